@@ -1,0 +1,40 @@
+# poprelay — see README.md.
+GO      ?= go
+BIN     := bin
+CMDS    := checkpassword-wrap relayctl cdbbuild
+FUZZTIME ?= 5s
+
+.PHONY: all build test unit e2e vet fuzz bench demo clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -o $(BIN)/ $(addprefix ./,$(CMDS))
+
+vet:
+	@test -z "$$(gofmt -l .)" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 ./internal/... $(addprefix ./,$(CMDS))
+
+e2e: build
+	POPRELAY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m ./t/...
+
+# The README's test command.
+test: vet unit e2e
+
+fuzz:
+	@for p in $$($(GO) list ./internal/...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$p | grep '^Fuzz'); do \
+	    echo "fuzz $$p $$f"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
+	  done; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
+
+clean:
+	rm -rf $(BIN)

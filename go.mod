@@ -1,0 +1,3 @@
+module github.com/poprelay/poprelay
+
+go 1.26
