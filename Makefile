@@ -4,7 +4,7 @@ BIN     := bin
 CMDS    := checkpassword-wrap relayctl cdbbuild
 FUZZTIME ?= 5s
 
-.PHONY: all build test unit e2e vet fuzz bench demo clean
+.PHONY: all build check deps test unit e2e vet fuzz bench demo clean
 
 all: build
 
@@ -22,8 +22,15 @@ unit:
 e2e: build
 	POPRELAY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m ./t/...
 
-# The README's test command.
 test: vet unit e2e
+
+# The README's test command: install what the tests need, then test.
+check: deps
+	$(GO) mod download
+	$(MAKE) test
+
+deps:
+	@sh scripts/deps
 
 fuzz:
 	@for p in $$($(GO) list ./internal/...); do \
