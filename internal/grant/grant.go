@@ -1,0 +1,488 @@
+// Package grant is poprelay's grant store: which client IP may relay,
+// because who logged in from it, with which service, and when.
+//
+// The embedded store is a spool directory (default /var/spool/poprelay)
+// holding one small file per granted address:
+//
+//	/var/spool/poprelay/198.51.100.7
+//	/var/spool/poprelay/2001:db8::7
+//
+// The file name is the address in canonical form (see CanonicalIP); its
+// content is a few key=value lines, its modification time the login time,
+// so "ls -lt" shows the newest logins first:
+//
+//	user=alice
+//	service=pop3
+//	time=1764150000
+//	expires=1764157200
+//
+// time is the login time in Unix seconds; expires (optional, Unix seconds)
+// overrides time + max age, as set by "relayctl allow --for". Unknown keys
+// are ignored, so later versions may add some; user, service and time are
+// required. A file is written as a dot-named temp file in the spool, then
+// fsync'ed and renamed over the canonical name, so a reader never sees half
+// a grant and a new login from the same address replaces the old grant.
+//
+// Reading never trusts the spool: symlinks are never followed (O_NOFOLLOW,
+// and symlinks, directories, FIFOs and devices are skipped by type), names
+// that are not canonical addresses are foreign and ignored, a file larger
+// than 4 KiB or without the required keys is damaged and ignored, and a
+// login time in the future beyond a few minutes of clock skew is capped to
+// the present, never kept as an immortal grant. Each skipped entry is one
+// Logf line; nothing aborts a listing.
+package grant
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// DefaultDir is the spool used when none is configured.
+const DefaultDir = "/var/spool/poprelay"
+
+const (
+	// tempPrefix starts the name of every temp file in the spool.
+	tempPrefix = ".tmp-"
+	// staleAge is how old a temp file must be to count as crash debris.
+	staleAge = time.Minute
+	// Skew is how far in the future a login time may be before it is
+	// capped to the present.
+	Skew = 5 * time.Minute
+	// maxFile bounds the size of a grant file.
+	maxFile = 4096
+	// maxField bounds the user and service names.
+	maxField = 255
+	// fileMode is the mode of grant files: the poprelay group reads them.
+	fileMode = 0o640
+)
+
+var (
+	// ErrDamaged reports a grant file that cannot be read as a grant.
+	ErrDamaged = errors.New("damaged grant")
+	// ErrBadField reports a user or service name that cannot be stored.
+	ErrBadField = errors.New("bad user or service name")
+)
+
+// Grant is one address allowed to relay.
+type Grant struct {
+	IP      string    // canonical form
+	User    string    // who logged in
+	Service string    // "pop3", "imap", "manual", ...
+	Time    time.Time // login time
+	Expires time.Time // zero: Time + max age; set by "relayctl allow --for"
+}
+
+// Expiry is when g stops granting relay: Expires if set, else Time+maxAge.
+func (g Grant) Expiry(maxAge time.Duration) time.Time {
+	if !g.Expires.IsZero() {
+		return g.Expires
+	}
+	return g.Time.Add(maxAge)
+}
+
+// Store is a spool directory of grants. Its methods are safe to call from
+// many goroutines and processes at once: writes are temp file + rename,
+// and there is no lock.
+type Store struct {
+	Dir  string
+	Logf func(format string, args ...any) // skipped entries; nil: silent
+}
+
+// New returns the store in dir.
+func New(dir string) *Store { return &Store{Dir: dir} }
+
+func (s *Store) logf(format string, args ...any) {
+	if s.Logf != nil {
+		s.Logf(format, args...)
+	}
+}
+
+// checkField accepts user and service names that fit on one line.
+func checkField(what, v string) error {
+	if len(v) > maxField {
+		return fmt.Errorf("%w: %s is %d bytes long", ErrBadField, what, len(v))
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] == 0x7f {
+			return fmt.Errorf("%w: %s %q has a control character", ErrBadField, what, v)
+		}
+	}
+	return nil
+}
+
+// Record writes g to the spool under its canonical address, replacing any
+// grant for the same address. A zero Time means now; a Time more than Skew
+// in the future is capped to now.
+func (s *Store) Record(g Grant) error {
+	ip, err := CanonicalIP(g.IP)
+	if err != nil {
+		return err
+	}
+	g.IP = ip
+	if err := checkField("user", g.User); err != nil {
+		return err
+	}
+	if err := checkField("service", g.Service); err != nil {
+		return err
+	}
+	now := time.Now()
+	if g.Time.IsZero() || g.Time.After(now.Add(Skew)) {
+		g.Time = now
+	}
+	return s.write(g)
+}
+
+// encode renders g as the content of its file.
+func encode(g Grant) []byte {
+	b := make([]byte, 0, 64+len(g.User)+len(g.Service))
+	b = append(b, "user="...)
+	b = append(b, g.User...)
+	b = append(b, "\nservice="...)
+	b = append(b, g.Service...)
+	b = append(b, "\ntime="...)
+	b = strconv.AppendInt(b, g.Time.Unix(), 10)
+	b = append(b, '\n')
+	if !g.Expires.IsZero() {
+		b = append(b, "expires="...)
+		b = strconv.AppendInt(b, g.Expires.Unix(), 10)
+		b = append(b, '\n')
+	}
+	return b
+}
+
+var tempSeq atomic.Uint64
+
+// createTemp creates a new dot-named temp file in the spool.
+func (s *Store) createTemp() (*os.File, string, error) {
+	for try := 0; ; try++ {
+		name := fmt.Sprintf("%s%d-%d-%x", tempPrefix, os.Getpid(), tempSeq.Add(1), rand.Uint32())
+		p := filepath.Join(s.Dir, name)
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, fileMode)
+		if err == nil {
+			return f, p, nil
+		}
+		if !errors.Is(err, fs.ErrExist) || try == 10 {
+			return nil, "", err
+		}
+	}
+}
+
+// write publishes g (already checked) by temp file, fsync and rename.
+func (s *Store) write(g Grant) (err error) {
+	f, tmp, err := s.createTemp()
+	if err != nil {
+		return fmt.Errorf("unable to create a temp file: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(encode(g)); err != nil {
+		return fmt.Errorf("unable to write %s: %w", tmp, err)
+	}
+	// The umask may have taken the group's read bit; relayctl needs it.
+	if err := f.Chmod(fileMode); err != nil {
+		return fmt.Errorf("unable to chmod %s: %w", tmp, err)
+	}
+	// The mtime shows the login time to ls; the content is authoritative,
+	// so a failure here (no /proc) is not worth failing the grant.
+	tv := syscall.NsecToTimeval(g.Time.UnixNano())
+	syscall.Futimes(int(f.Fd()), []syscall.Timeval{tv, tv})
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("unable to fsync %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("unable to write %s: %w", tmp, err)
+	}
+	dst := filepath.Join(s.Dir, g.IP)
+	if err := os.Rename(tmp, dst); err != nil {
+		return fmt.Errorf("unable to rename %s to %s: %w", tmp, g.IP, err)
+	}
+	return nil
+}
+
+// decode parses the content of the grant file for ip.
+func decode(ip string, b []byte) (Grant, error) {
+	g := Grant{IP: ip}
+	var have [3]bool
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if len(line) == 0 {
+			continue
+		}
+		k, v, ok := strings.Cut(string(line), "=")
+		if !ok {
+			return g, fmt.Errorf("%w: line %q is not key=value", ErrDamaged, line)
+		}
+		var slot int
+		switch k {
+		case "user":
+			slot, g.User = 0, v
+		case "service":
+			slot, g.Service = 1, v
+		case "time", "expires":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 || n > 1<<40 {
+				return g, fmt.Errorf("%w: bad %s %q", ErrDamaged, k, v)
+			}
+			if k == "expires" {
+				if !g.Expires.IsZero() {
+					return g, fmt.Errorf("%w: expires given twice", ErrDamaged)
+				}
+				g.Expires = time.Unix(n, 0)
+				continue
+			}
+			slot, g.Time = 2, time.Unix(n, 0)
+		default:
+			continue
+		}
+		if have[slot] {
+			return g, fmt.Errorf("%w: %s given twice", ErrDamaged, k)
+		}
+		have[slot] = true
+		if err := checkField(k, v); err != nil {
+			return g, fmt.Errorf("%w: %v", ErrDamaged, err)
+		}
+	}
+	for i, k := range []string{"user", "service", "time"} {
+		if !have[i] {
+			return g, fmt.Errorf("%w: no %s", ErrDamaged, k)
+		}
+	}
+	return g, nil
+}
+
+// read reads the grant file name (a canonical address) without following
+// a symlink and without blocking on a FIFO.
+func (s *Store) read(name string) (Grant, error) {
+	f, err := os.OpenFile(filepath.Join(s.Dir, name), os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return Grant{}, fmt.Errorf("%w: a symlink", ErrDamaged)
+		}
+		return Grant{}, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return Grant{}, err
+	}
+	if !st.Mode().IsRegular() {
+		return Grant{}, fmt.Errorf("%w: not a regular file (%v)", ErrDamaged, st.Mode().Type())
+	}
+	if st.Size() > maxFile {
+		return Grant{}, fmt.Errorf("%w: %d bytes long", ErrDamaged, st.Size())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxFile+1))
+	if err != nil {
+		return Grant{}, err
+	}
+	if len(b) > maxFile {
+		return Grant{}, fmt.Errorf("%w: longer than %d bytes", ErrDamaged, maxFile)
+	}
+	return decode(name, b)
+}
+
+// capTime caps a login time in the future beyond Skew to now.
+func (s *Store) capTime(g *Grant, now time.Time) bool {
+	if g.Time.After(now.Add(Skew)) {
+		s.logf("%s: login time %s is in the future; taken as now", filepath.Join(s.Dir, g.IP), g.Time.UTC().Format(time.RFC3339))
+		g.Time = now
+		return true
+	}
+	return false
+}
+
+// isTemp tells whether a spool entry is one of our temp files.
+func isTemp(name string) bool { return strings.HasPrefix(name, tempPrefix) }
+
+// ctime is the inode change time of fi, which no one can set back: a temp
+// file's mtime is the login time, which may be old.
+func ctime(fi fs.FileInfo) time.Time {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return time.Unix(st.Ctim.Unix())
+	}
+	return fi.ModTime()
+}
+
+// list reads every grant, skipping (with a log line) what is not one.
+// Login times in the future are capped to now if capFuture.
+func (s *Store) list(now time.Time, capFuture bool) ([]Grant, error) {
+	ents, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return nil, err
+	}
+	var gs []Grant
+	for _, e := range ents {
+		name := e.Name()
+		p := filepath.Join(s.Dir, name)
+		if isTemp(name) {
+			if fi, err := e.Info(); err == nil && now.Sub(ctime(fi)) > staleAge {
+				s.logf("%s: skipping stale temp file", p)
+			}
+			continue
+		}
+		if c, err := CanonicalIP(name); err != nil || c != name {
+			s.logf("%s: skipping: not a canonical IP address", p)
+			continue
+		}
+		if t := e.Type(); t != 0 {
+			s.logf("%s: skipping: not a regular file (%v)", p, t)
+			continue
+		}
+		g, err := s.read(name)
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) { // removed meanwhile
+				s.logf("%s: skipping: %v", p, err)
+			}
+			continue
+		}
+		if capFuture {
+			s.capTime(&g, now)
+		}
+		gs = append(gs, g)
+	}
+	slices.SortFunc(gs, func(a, b Grant) int {
+		return netip.MustParseAddr(a.IP).Compare(netip.MustParseAddr(b.IP))
+	})
+	return gs, nil
+}
+
+// List returns every grant in the spool, sorted by address (numerically,
+// IPv4 before IPv6). Entries that are not grants are skipped, each with
+// one Logf line; only an unreadable spool directory is an error.
+func (s *Store) List() ([]Grant, error) { return s.list(time.Now(), true) }
+
+// Get returns the grant for ip, if there is one.
+func (s *Store) Get(ip string) (Grant, bool, error) {
+	c, err := CanonicalIP(ip)
+	if err != nil {
+		return Grant{}, false, err
+	}
+	g, err := s.read(c)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Grant{}, false, nil
+	}
+	if err != nil {
+		return Grant{}, false, fmt.Errorf("%s: %w", filepath.Join(s.Dir, c), err)
+	}
+	s.capTime(&g, time.Now())
+	return g, true, nil
+}
+
+// Remove deletes the grant for ip, reporting whether there was one. A
+// symlink of that name is removed itself, never what it points to.
+func (s *Store) Remove(ip string) (bool, error) {
+	c, err := CanonicalIP(ip)
+	if err != nil {
+		return false, err
+	}
+	err = syscall.Unlink(filepath.Join(s.Dir, c))
+	if errors.Is(err, syscall.ENOENT) {
+		return false, nil
+	}
+	if err != nil {
+		return false, &fs.PathError{Op: "remove", Path: filepath.Join(s.Dir, c), Err: err}
+	}
+	return true, nil
+}
+
+// Expire removes every grant whose Expiry(maxAge) is at or before now and
+// returns the removed grants. A grant refreshed by a login while Expire
+// runs is kept: each file is first renamed to a temp name (an atomic claim),
+// checked again, and linked back if it turned out fresh. A login time more
+// than Skew after now is rewritten as now, so a clock that was set back
+// leaves no immortal grant.
+func (s *Store) Expire(now time.Time, maxAge time.Duration) ([]Grant, error) {
+	gs, err := s.list(now, false)
+	if err != nil {
+		return nil, err
+	}
+	var gone []Grant
+	var errs []error
+	for _, g := range gs {
+		if s.capTime(&g, now) {
+			if err := s.write(g); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if g.Expiry(maxAge).After(now) {
+			continue
+		}
+		ok, err := s.claim(g.IP, now, maxAge)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if ok {
+			gone = append(gone, g)
+		}
+	}
+	return gone, errors.Join(errs...)
+}
+
+// claim removes the grant file for ip if it is (still) expired.
+func (s *Store) claim(ip string, now time.Time, maxAge time.Duration) (bool, error) {
+	dst := filepath.Join(s.Dir, ip)
+	tmp := filepath.Join(s.Dir, fmt.Sprintf("%sexpire-%d-%d-%x", tempPrefix, os.Getpid(), tempSeq.Add(1), rand.Uint32()))
+	if err := os.Rename(dst, tmp); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	defer os.Remove(tmp)
+	g, err := s.read(filepath.Base(tmp))
+	if err == nil && g.Expiry(maxAge).After(now) {
+		// Refreshed meanwhile: put it back, unless an even newer grant
+		// took the name already.
+		if err := os.Link(tmp, dst); err != nil && !errors.Is(err, fs.ErrExist) {
+			return false, err
+		}
+		return false, nil
+	}
+	return true, nil
+}
+
+// Clean removes temp files left in the spool by a crash: those whose inode
+// changed more than a minute before now. Other entries are left alone.
+func (s *Store) Clean(now time.Time) error {
+	ents, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if !isTemp(e.Name()) {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil || now.Sub(ctime(fi)) <= staleAge {
+			continue
+		}
+		if err := syscall.Unlink(filepath.Join(s.Dir, e.Name())); err != nil && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, &fs.PathError{Op: "remove", Path: filepath.Join(s.Dir, e.Name()), Err: err})
+		}
+	}
+	return errors.Join(errs...)
+}
