@@ -1,0 +1,232 @@
+// Package never is the set of addresses poprelay never grants relaying to,
+// whoever logs in from them: the checkpassword-wrap refuses to record them
+// and relayctl refuses to put them in the CDB.
+//
+// Built in (Default): 127.0.0.1 and ::1 (where a local proxy, forwarder or
+// webmail connects from; the rest of 127.0.0.0/8 stays grantable), the
+// unspecified addresses 0.0.0.0 and ::, multicast (224.0.0.0/4, ff00::/8),
+// the limited broadcast 255.255.255.255, and this host's own interface
+// addresses (the exact addresses, not their networks).
+//
+// A never-grant file (Load) adds entries, one per line:
+//
+//	# the POP proxy: its "clients" are everyone behind it
+//	192.0.2.10
+//	10.1.            a tcprules-style prefix: 10.1.0.0 - 10.1.255.255
+//	2001:db8:        an IPv6 prefix, matched on the canonical text
+//	198.51.100.0/24  a CIDR prefix
+//
+// '#' starts a comment, blank lines are ignored, and any other line that is
+// not an address or a prefix is an error naming the file and line.
+package never
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/poprelay/poprelay/internal/grant"
+)
+
+// DefaultFile is the never-grant file read when it exists.
+const DefaultFile = "/etc/poprelay/never"
+
+// ErrSyntax reports a line of a never-grant file that is not an entry.
+var ErrSyntax = errors.New("not an IP address or prefix")
+
+// Set is a never-grant set. The zero Set refuses nothing.
+type Set struct {
+	exact    map[string]string // canonical IP -> reason
+	prefixes []entry           // tcprules-style text prefixes
+	nets     []netEntry        // CIDR prefixes
+}
+
+type entry struct{ text, reason string }
+
+type netEntry struct {
+	p      netip.Prefix
+	reason string // or, if kind is set, kind + " " + the address
+	kind   string
+}
+
+// interfaceAddrs lists this host's addresses; tests replace it.
+var interfaceAddrs = net.InterfaceAddrs
+
+func (s *Set) addExact(ip, reason string) {
+	if s.exact == nil {
+		s.exact = map[string]string{}
+	}
+	if _, ok := s.exact[ip]; !ok {
+		s.exact[ip] = reason
+	}
+}
+
+// Default returns the built-in set: loopback 127.0.0.1 and ::1, the
+// unspecified addresses, multicast, broadcast and this host's interface
+// addresses. An error listing the interfaces leaves them out.
+func Default() *Set {
+	s := &Set{}
+	s.addExact("127.0.0.1", "loopback 127.0.0.1")
+	s.addExact("::1", "loopback ::1")
+	s.addExact("0.0.0.0", "unspecified address 0.0.0.0")
+	s.addExact("::", "unspecified address ::")
+	s.addExact("255.255.255.255", "broadcast address 255.255.255.255")
+	s.nets = append(s.nets,
+		netEntry{p: netip.MustParsePrefix("224.0.0.0/4"), kind: "multicast"},
+		netEntry{p: netip.MustParsePrefix("ff00::/8"), kind: "multicast"})
+	if addrs, err := interfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			var ip net.IP
+			switch a := a.(type) {
+			case *net.IPNet:
+				ip = a.IP
+			case *net.IPAddr:
+				ip = a.IP
+			}
+			if c, err := grant.CanonicalIP(ip.String()); err == nil {
+				s.addExact(c, "own interface address "+c)
+			}
+		}
+	}
+	return s
+}
+
+// Load returns Default plus the entries of the never-grant file at path.
+func Load(path string) (*Set, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	s := Default()
+	if err := s.Parse(f, path); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Parse adds the entries of a never-grant file read from r to s; name
+// names the file in reasons and errors.
+func (s *Set) Parse(r io.Reader, name string) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 4096), 64*1024)
+	n := 0
+	for sc.Scan() {
+		n++
+		line := sc.Text()
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		where := name + ":" + strconv.Itoa(n)
+		if err := s.add(line, where); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s:%d: %w", name, n+1, err)
+	}
+	return nil
+}
+
+// add adds one entry: an address, a CIDR prefix, or a text prefix ending
+// in '.' (IPv4) or ':' (IPv6).
+func (s *Set) add(e, where string) error {
+	reason := "never-grant entry " + e + " (" + where + ")"
+	if strings.Contains(e, "/") {
+		p, err := netip.ParsePrefix(e)
+		if err != nil || p.Addr().Zone() != "" {
+			return fmt.Errorf("%w: %q", ErrSyntax, e)
+		}
+		p = p.Masked()
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		s.nets = append(s.nets, netEntry{p: p, reason: reason})
+		return nil
+	}
+	if c, err := grant.CanonicalIP(e); err == nil {
+		s.addExact(c, reason)
+		return nil
+	}
+	if t, ok := textPrefix(e); ok {
+		s.prefixes = append(s.prefixes, entry{t, reason})
+		return nil
+	}
+	return fmt.Errorf("%w: %q", ErrSyntax, e)
+}
+
+// textPrefix checks a tcprules-style prefix and returns it as it appears at
+// the start of canonical addresses: "10.1." (one to three decimal octets
+// without leading zeros, each followed by '.') or "2001:db8:" (one to seven
+// groups of hex digits without leading zeros, each followed by ':'; no
+// "::", whose meaning as a text prefix would be fuzzy: use CIDR).
+func textPrefix(e string) (string, bool) {
+	switch e[len(e)-1] {
+	case '.':
+		parts := strings.Split(e[:len(e)-1], ".")
+		if len(parts) > 3 {
+			return "", false
+		}
+		for _, p := range parts {
+			v, err := strconv.Atoi(p)
+			if err != nil || v < 0 || v > 255 || strconv.Itoa(v) != p {
+				return "", false
+			}
+		}
+		return e, true
+	case ':':
+		e = strings.ToLower(e)
+		parts := strings.Split(e[:len(e)-1], ":")
+		if len(parts) > 7 {
+			return "", false
+		}
+		for _, p := range parts {
+			if p == "" || len(p) > 4 || len(p) > 1 && p[0] == '0' {
+				return "", false
+			}
+			if _, err := strconv.ParseUint(p, 16, 16); err != nil {
+				return "", false
+			}
+		}
+		return e, true
+	}
+	return "", false
+}
+
+// Refuse tells whether ip (canonical, see grant.CanonicalIP) must never be
+// granted, and why, in words for a log line. Text that is not a canonical
+// address is refused too.
+func (s *Set) Refuse(ip string) (reason string, refused bool) {
+	c, err := grant.CanonicalIP(ip)
+	if err != nil || c != ip {
+		return "not a canonical IP address", true
+	}
+	if r, ok := s.exact[ip]; ok {
+		return r, true
+	}
+	a := netip.MustParseAddr(ip)
+	for _, n := range s.nets {
+		if n.p.Contains(a) {
+			if n.kind != "" {
+				return n.kind + " " + ip, true
+			}
+			return n.reason, true
+		}
+	}
+	for _, p := range s.prefixes {
+		if strings.HasPrefix(ip, p.text) {
+			return p.reason, true
+		}
+	}
+	return "", false
+}

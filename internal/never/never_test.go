@@ -1,0 +1,190 @@
+package never
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/poprelay/poprelay/internal/grant"
+)
+
+// fakeInterfaces makes Default see these interface addresses.
+func fakeInterfaces(t testing.TB, cidrs ...string) {
+	old := interfaceAddrs
+	interfaceAddrs = func() ([]net.Addr, error) {
+		var as []net.Addr
+		for _, c := range cidrs {
+			ip, n, err := net.ParseCIDR(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.IP = ip
+			as = append(as, n)
+		}
+		return as, nil
+	}
+	t.Cleanup(func() { interfaceAddrs = old })
+}
+
+const file = `# never-grant test file
+192.0.2.10          # the POP proxy
+10.1.
+2001:DB8:
+198.51.100.0/24
+
+::ffff:203.0.113.0/120
+172.16.5.
+`
+
+func TestRefuse(t *testing.T) {
+	fakeInterfaces(t, "127.0.0.1/8", "192.168.1.5/24", "fd00::5/64", "::1/128")
+	s := Default()
+	if err := s.Parse(strings.NewReader(file), "/etc/poprelay/never"); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ ip, reason string }{
+		{"127.0.0.1", "loopback 127.0.0.1"},
+		{"::1", "loopback ::1"},
+		{"0.0.0.0", "unspecified address 0.0.0.0"},
+		{"::", "unspecified address ::"},
+		{"224.0.0.1", "multicast 224.0.0.1"},
+		{"239.255.255.250", "multicast 239.255.255.250"},
+		{"ff02::1", "multicast ff02::1"},
+		{"255.255.255.255", "broadcast address 255.255.255.255"},
+		{"192.168.1.5", "own interface address 192.168.1.5"},
+		{"fd00::5", "own interface address fd00::5"},
+		{"192.0.2.10", "never-grant entry 192.0.2.10 (/etc/poprelay/never:2)"},
+		{"10.1.0.1", "never-grant entry 10.1. (/etc/poprelay/never:3)"},
+		{"10.1.255.255", "never-grant entry 10.1. (/etc/poprelay/never:3)"},
+		{"2001:db8::1", "never-grant entry 2001:DB8: (/etc/poprelay/never:4)"},
+		{"198.51.100.77", "never-grant entry 198.51.100.0/24 (/etc/poprelay/never:5)"},
+		{"203.0.113.9", "never-grant entry ::ffff:203.0.113.0/120 (/etc/poprelay/never:7)"},
+		{"172.16.5.1", "never-grant entry 172.16.5. (/etc/poprelay/never:8)"},
+		{"::ffff:1.2.3.4", "not a canonical IP address"},
+		{"../x", "not a canonical IP address"},
+		// Grantable.
+		{"127.0.0.2", ""},
+		{"127.255.255.254", ""},
+		{"192.168.1.6", ""},
+		{"192.168.1.0", ""},
+		{"fd00::6", ""},
+		{"10.10.0.1", ""},
+		{"10.11.0.1", ""},
+		{"172.16.50.1", ""},
+		{"2001:db9::1", ""},
+		{"198.51.101.1", ""},
+		{"223.255.255.255", ""},
+		{"240.0.0.1", ""},
+		{"fe80::1", ""},
+		{"192.0.2.11", ""},
+	} {
+		reason, refused := s.Refuse(tc.ip)
+		if refused != (tc.reason != "") || reason != tc.reason {
+			t.Errorf("Refuse(%s) = %q, %v; want %q", tc.ip, reason, refused, tc.reason)
+		}
+	}
+	// The zero Set refuses nothing but non-canonical text.
+	if _, refused := new(Set).Refuse("127.0.0.1"); refused {
+		t.Error("zero Set refused 127.0.0.1")
+	}
+}
+
+func TestDefaultRealInterfaces(t *testing.T) {
+	s := Default()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Skip("SKIP: no interface list:", err)
+	}
+	for _, a := range addrs {
+		ip := a.(*net.IPNet).IP.String()
+		c, _ := grant.CanonicalIP(ip)
+		if _, refused := s.Refuse(c); !refused {
+			t.Errorf("own address %s is grantable", c)
+		}
+	}
+	if _, refused := s.Refuse("127.0.0.2"); refused {
+		t.Error("127.0.0.2 refused: the rest of 127/8 must stay grantable")
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct{ in, err string }{
+		{"1.2.3.4\nlocalhost\n", "f:2: not an IP address or prefix: \"localhost\""},
+		{"\n\n001.2.3.4\n", "f:3:"},
+		{"10.1\n", "f:1:"},
+		{"10.01.\n", "f:1:"},
+		{"10.256.\n", "f:1:"},
+		{"1.2.3.4.\n", "f:1:"},
+		{".\n", "f:1:"},
+		{":\n", "f:1:"},
+		{"2001:db8:::\n", "f:1:"},
+		{"2001:0db8:\n", "f:1:"},
+		{"12345:\n", "f:1:"},
+		{"1.2.3.4/33\n", "f:1:"},
+		{"fe80::1%eth0\n", "f:1:"},
+		{"fe80::%eth0/64\n", "f:1:"},
+		{"1.2.3.4 5.6.7.8\n", "f:1:"},
+		{"=host.example\n", "f:1:"},
+		{"1.2.3.4:allow\n", "f:1:"},
+		{strings.Repeat("x", 100000), "f:1:"},
+	} {
+		err := new(Set).Parse(strings.NewReader(tc.in), "f")
+		if err == nil || !strings.HasPrefix(err.Error(), tc.err) {
+			t.Errorf("Parse(%.30q) = %v; want %s...", tc.in, err, tc.err)
+		}
+	}
+}
+
+func TestLoad(t *testing.T) {
+	fakeInterfaces(t)
+	p := filepath.Join(t.TempDir(), "never")
+	os.WriteFile(p, []byte("192.0.2.10\n"), 0o644)
+	s, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range []string{"192.0.2.10", "127.0.0.1"} {
+		if _, refused := s.Refuse(ip); !refused {
+			t.Errorf("%s granted", ip)
+		}
+	}
+	if _, err := Load(p + ".missing"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load(missing) = %v", err)
+	}
+	os.WriteFile(p, []byte("# ok\nbad\n"), 0o644)
+	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), p+":2:") {
+		t.Errorf("Load(bad) = %v", err)
+	}
+}
+
+// FuzzParse: a never-grant file either fails with file:line or yields a set
+// in which every exact address line refuses itself, and Refuse never
+// panics on the entries' text.
+func FuzzParse(f *testing.F) {
+	f.Add(file)
+	f.Add("1.2.3.4\n10.\n2001:db8:\n::/0\n")
+	f.Add("# c\n\n  ::ffff:1.2.3.4  # x\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		s := new(Set)
+		err := s.Parse(strings.NewReader(in), "f")
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "f:") {
+				t.Fatalf("error without file:line: %v", err)
+			}
+			return
+		}
+		for _, line := range strings.Split(in, "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			line = strings.TrimSpace(line)
+			if c, err := grant.CanonicalIP(line); err == nil {
+				if _, refused := s.Refuse(c); !refused {
+					t.Fatalf("entry %q (%s) not refused", line, c)
+				}
+			}
+			s.Refuse(line)
+		}
+	})
+}
