@@ -1,0 +1,78 @@
+// Package atomic publishes files the djb way: write a dot-named temporary
+// file in the target's directory, fsync it, close it, rename it over the
+// target and fsync the directory. A reader sees the old file or the new
+// one, never a part; on any failure the temporary file is removed and the
+// old file stays as it was.
+package atomic
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// WriteFile writes the file at path through fn and publishes it. The new
+// file keeps the mode of the file it replaces, or gets perm (less the
+// umask) if there is none. fn gets the temporary file, positioned at 0; it
+// may seek in it.
+func WriteFile(path string, perm fs.FileMode, fn func(f *os.File) error) (err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	mode, keep := perm, false
+	if st, err := os.Stat(path); err == nil {
+		if !st.Mode().IsRegular() {
+			return &fs.PathError{Op: "replace", Path: path, Err: errors.New("not a regular file")}
+		}
+		mode, keep = st.Mode().Perm(), true
+	}
+	f, err := os.CreateTemp(dir, "."+base+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err := fn(f); err != nil {
+		return err
+	}
+	if keep {
+		err = f.Chmod(mode)
+	} else {
+		// CreateTemp makes 0600; honour the umask as open(2) would.
+		err = f.Chmod(mode &^ umask())
+	}
+	if err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return &fs.PathError{Op: "sync", Path: dir, Err: err}
+	}
+	return nil
+}
