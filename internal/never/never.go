@@ -25,11 +25,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/poprelay/poprelay/internal/grant"
 )
@@ -56,7 +56,50 @@ type netEntry struct {
 }
 
 // interfaceAddrs lists this host's addresses; tests replace it.
-var interfaceAddrs = net.InterfaceAddrs
+var interfaceAddrs = hostAddrs
+
+// hostAddrs lists the addresses of this host's interfaces with one netlink
+// request, as the net package does, without importing net (which would
+// link the C resolver into checkpassword-wrap and slow every login).
+func hostAddrs() ([]netip.Addr, error) {
+	b, err := syscall.NetlinkRIB(syscall.RTM_GETADDR, syscall.AF_UNSPEC)
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := syscall.ParseNetlinkMessage(b)
+	if err != nil {
+		return nil, err
+	}
+	var as []netip.Addr
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Header.Type != syscall.RTM_NEWADDR || len(m.Data) < syscall.SizeofIfAddrmsg {
+			continue
+		}
+		attrs, err := syscall.ParseNetlinkRouteAttr(m)
+		if err != nil {
+			continue
+		}
+		// IPv4 point-to-point links: IFA_LOCAL is ours, IFA_ADDRESS the
+		// peer's. Otherwise IFA_ADDRESS is ours.
+		var local, addr []byte
+		for _, a := range attrs {
+			switch a.Attr.Type {
+			case syscall.IFA_LOCAL:
+				local = a.Value
+			case syscall.IFA_ADDRESS:
+				addr = a.Value
+			}
+		}
+		if m.Data[0] == syscall.AF_INET && local != nil {
+			addr = local
+		}
+		if a, ok := netip.AddrFromSlice(addr); ok {
+			as = append(as, a.Unmap())
+		}
+	}
+	return as, nil
+}
 
 func (s *Set) addExact(ip, reason string) {
 	if s.exact == nil {
@@ -82,14 +125,8 @@ func Default() *Set {
 		netEntry{p: netip.MustParsePrefix("ff00::/8"), kind: "multicast"})
 	if addrs, err := interfaceAddrs(); err == nil {
 		for _, a := range addrs {
-			var ip net.IP
-			switch a := a.(type) {
-			case *net.IPNet:
-				ip = a.IP
-			case *net.IPAddr:
-				ip = a.IP
-			}
-			if c, err := grant.CanonicalIP(ip.String()); err == nil {
+			if a.IsValid() && a.Zone() == "" {
+				c := a.Unmap().String()
 				s.addExact(c, "own interface address "+c)
 			}
 		}

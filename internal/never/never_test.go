@@ -3,6 +3,7 @@ package never
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,15 +15,10 @@ import (
 // fakeInterfaces makes Default see these interface addresses.
 func fakeInterfaces(t testing.TB, cidrs ...string) {
 	old := interfaceAddrs
-	interfaceAddrs = func() ([]net.Addr, error) {
-		var as []net.Addr
+	interfaceAddrs = func() ([]netip.Addr, error) {
+		var as []netip.Addr
 		for _, c := range cidrs {
-			ip, n, err := net.ParseCIDR(c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			n.IP = ip
-			as = append(as, n)
+			as = append(as, netip.MustParsePrefix(c).Addr())
 		}
 		return as, nil
 	}
@@ -92,6 +88,8 @@ func TestRefuse(t *testing.T) {
 	}
 }
 
+// TestDefaultRealInterfaces checks the netlink listing against the net
+// package's.
 func TestDefaultRealInterfaces(t *testing.T) {
 	s := Default()
 	addrs, err := net.InterfaceAddrs()
@@ -104,6 +102,10 @@ func TestDefaultRealInterfaces(t *testing.T) {
 		if _, refused := s.Refuse(c); !refused {
 			t.Errorf("own address %s is grantable", c)
 		}
+	}
+	mine, err := hostAddrs()
+	if err != nil || len(mine) != len(addrs) {
+		t.Errorf("hostAddrs = %v, %v; net says %v", mine, err, addrs)
 	}
 	if _, refused := s.Refuse("127.0.0.2"); refused {
 		t.Error("127.0.0.2 refused: the rest of 127/8 must stay grantable")
