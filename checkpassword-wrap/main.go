@@ -1,0 +1,132 @@
+// Checkpassword-wrap records the client address of every successful POP3
+// or IMAP login as a relay grant, then runs the rest of its command line.
+//
+// Usage:
+//
+//	checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--rebuild] program [arg ...]
+//
+// It sits in a checkpassword chain after the password check, for example
+//
+//	tcpserver -R -H 0 110 qmail-popup mail.example.com \
+//	    checkpassword checkpassword-wrap qmail-pop3d Maildir
+//
+// or as a Dovecot post-login script, or between a checkpassword program
+// and Dovecot 2.3's checkpassword-reply. See checkpassword-wrap(8).
+//
+// The client address comes from TCPREMOTEIP (tcpserver, Dovecot's
+// checkpassword passdb) or IP (Dovecot post-login), the user from USER
+// (else AUTHENTICATED under Courier, AUTH_USER, AUTHUSER). Nothing is
+// recorded when AUTHORIZED is set (a Dovecot userdb lookup, no password
+// was checked), under Courier (AUTHUSER and AUTHARGV0 set) unless
+// AUTHENTICATED is set, for an address of the never-grant set, or when
+// standard input is a TCP socket whose peer is not the client address.
+// Each grant is one line on standard error:
+//
+//	checkpassword-wrap: ip=198.51.100.7 user=alice service=pop3
+//
+// and each refusal one line saying why. Nothing is ever written on
+// standard output: it is the client's session. A failure to record never
+// stops the login: the program runs with the environment unchanged. If it
+// cannot be run, checkpassword-wrap exits 111; a usage error exits 100.
+//
+// Flags stop at the first argument that is not one, or after "--".
+// Environment: POPRELAY_SPOOL (default /var/spool/poprelay),
+// POPRELAY_SERVICE (default $SERVICE, else pop3), POPRELAY_NEVER (read in
+// addition to /etc/poprelay/never, which is always read if it exists).
+//
+// Installed setgid to the group that owns the spool, it drops that
+// privilege before running the program. Unless the caller is root or a
+// member of that group, it records only when standard input is a TCP
+// socket from the client address: a local user cannot forge a grant.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+)
+
+func main() {
+	res := run(os.Args[1:], os.Environ(), os.Stderr, realSystem())
+	if res.argv == nil {
+		os.Exit(res.code)
+	}
+	os.Exit(execNext(res, os.Environ(), os.Stderr))
+}
+
+// execNext starts the rebuild if asked, drops the setgid privilege and
+// execs the next program. It returns only on failure, with exit code 111.
+func execNext(res result, env []string, stderr io.Writer) int {
+	if res.rebuild {
+		if err := startRebuild(res.trusted, env); err != nil {
+			fmt.Fprintf(stderr, "%s: warning: unable to start relayctl rebuild: %v\n", prog, err)
+		}
+	}
+	if err := dropPrivilege(); err != nil {
+		fmt.Fprintf(stderr, "%s: fatal: unable to drop the setgid privilege: %v\n", prog, err)
+		return 111
+	}
+	path, err := exec.LookPath(res.argv[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: fatal: unable to run %s: %v\n", prog, res.argv[0], err)
+		return 111
+	}
+	err = syscall.Exec(path, res.argv, env)
+	fmt.Fprintf(stderr, "%s: fatal: unable to run %s: %v\n", prog, res.argv[0], err)
+	return 111
+}
+
+// dropPrivilege sets the real, effective and saved group IDs to the real
+// group ID, in every thread, undoing a setgid installation.
+func dropPrivilege() error {
+	gid := syscall.Getgid()
+	if syscall.Getegid() == gid {
+		return nil
+	}
+	if err := syscall.Setresgid(gid, gid, gid); err != nil {
+		return err
+	}
+	if syscall.Getegid() != gid {
+		return fmt.Errorf("effective gid is still %d", syscall.Getegid())
+	}
+	return nil
+}
+
+// startRebuild runs "relayctl rebuild" in the background, in its own
+// session, with standard input and output on /dev/null. It keeps the
+// setgid privilege (it must read the spool), so for an untrusted caller
+// relayctl must be the one installed next to this program, and it gets
+// only a fixed PATH, never the caller's environment.
+func startRebuild(trusted bool, env []string) error {
+	var path string
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "relayctl")
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			path = p
+		}
+	}
+	if path == "" {
+		if !trusted {
+			return fmt.Errorf("no relayctl next to %s (PATH is not searched for an untrusted caller)", prog)
+		}
+		p, err := exec.LookPath("relayctl")
+		if err != nil {
+			return err
+		}
+		path = p
+	}
+	if !trusted {
+		env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	}
+	cmd := &exec.Cmd{
+		Path:        path,
+		Args:        []string{"relayctl", "rebuild"},
+		Env:         env,
+		Stderr:      os.Stderr,
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	return cmd.Start()
+}

@@ -1,0 +1,273 @@
+package main
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/poprelay/poprelay/internal/grant"
+)
+
+// ownAddress returns an address of this host other than 127.0.0.1 and ::1,
+// if it has one.
+func ownAddress(t *testing.T) string {
+	b, err := syscall.NetlinkRIB(syscall.RTM_GETADDR, syscall.AF_UNSPEC)
+	if err != nil {
+		return ""
+	}
+	msgs, _ := syscall.ParseNetlinkMessage(b)
+	for i := range msgs {
+		attrs, _ := syscall.ParseNetlinkRouteAttr(&msgs[i])
+		for _, a := range attrs {
+			if a.Attr.Type != syscall.IFA_LOCAL && a.Attr.Type != syscall.IFA_ADDRESS {
+				continue
+			}
+			if ip, ok := netip.AddrFromSlice(a.Value); ok {
+				if s := ip.Unmap().String(); s != "127.0.0.1" && s != "::1" && !ip.IsLinkLocalUnicast() {
+					return s
+				}
+			}
+		}
+	}
+	return ""
+}
+
+func TestRun(t *testing.T) {
+	own := ownAddress(t)
+	type tc struct {
+		name      string
+		args      []string // before the program
+		env       []string
+		peer      string // fd 0 is a TCP socket from this address
+		untrusted bool
+		code      int    // usage errors: exit code, no exec
+		ip        string // the grant recorded, if any
+		user      string
+		service   string
+		stderr    string // a substring of stderr; "" means stderr is empty
+	}
+	tcs := []tc{
+		{name: "qmail chain", env: []string{"TCPREMOTEIP=198.51.100.7", "USER=alice"},
+			ip: "198.51.100.7", user: "alice", service: "pop3",
+			stderr: "checkpassword-wrap: ip=198.51.100.7 user=alice service=pop3\n"},
+		{name: "IPv6 tcpserver, IPv4 client", env: []string{"TCPREMOTEIP=::ffff:198.51.100.8", "USER=alice"},
+			ip: "198.51.100.8", user: "alice", service: "pop3", stderr: "ip=198.51.100.8 user=alice"},
+		{name: "IPv6 client", env: []string{"TCPREMOTEIP=2001:DB8:0::7", "USER=alice"},
+			ip: "2001:db8::7", user: "alice", service: "pop3", stderr: "ip=2001:db8::7 "},
+		{name: "dovecot post-login", args: []string{"--service", "imap"}, env: []string{"IP=198.51.100.9", "USER=bob", "LOCAL_IP=127.0.0.1"},
+			ip: "198.51.100.9", user: "bob", service: "imap", stderr: "ip=198.51.100.9 user=bob service=imap\n"},
+		{name: "dovecot passdb", env: []string{"TCPREMOTEIP=198.51.100.10", "SERVICE=imap", "AUTH_USER=carol", "USER=carol", "REMOTE_IP=198.51.100.10"},
+			ip: "198.51.100.10", user: "carol", service: "imap", stderr: "service=imap"},
+		{name: "POPRELAY_SERVICE beats SERVICE", env: []string{"TCPREMOTEIP=198.51.100.11", "SERVICE=imap", "POPRELAY_SERVICE=imaps", "USER=carol"},
+			ip: "198.51.100.11", user: "carol", service: "imaps", stderr: "service=imaps"},
+		{name: "--service beats env", args: []string{"--service=pop3s"}, env: []string{"TCPREMOTEIP=198.51.100.12", "POPRELAY_SERVICE=imaps", "USER=carol"},
+			ip: "198.51.100.12", user: "carol", service: "pop3s", stderr: "service=pop3s"},
+		{name: "AUTH_USER without USER", env: []string{"TCPREMOTEIP=198.51.100.13", "AUTH_USER=erin"},
+			ip: "198.51.100.13", user: "erin", service: "pop3", stderr: "user=erin"},
+		{name: "AUTHUSER without USER", env: []string{"TCPREMOTEIP=198.51.100.14", "AUTHUSER=frank"},
+			ip: "198.51.100.14", user: "frank", service: "pop3", stderr: "user=frank"},
+
+		// No password was checked: nothing, silently.
+		{name: "dovecot userdb lookup AUTHORIZED=1", env: []string{"TCPREMOTEIP=198.51.100.20", "USER=alice", "AUTHORIZED=1", "SERVICE=lmtp"}},
+		{name: "dovecot userdb lookup AUTHORIZED=2", env: []string{"TCPREMOTEIP=198.51.100.20", "USER=alice", "AUTHORIZED=2"}},
+		{name: "AUTHORIZED set and empty", env: []string{"TCPREMOTEIP=198.51.100.20", "USER=alice", "AUTHORIZED="}},
+		{name: "doveadm user", env: []string{"USER=alice", "AUTHORIZED=1", "SERVICE=doveadm"}},
+		{name: "courier, not authenticated", env: []string{"TCPREMOTEIP=198.51.100.21", "AUTHUSER=/usr/lib/courier/authlib/authdaemon", "AUTHARGV0=imapd"}},
+		{name: "courier, AUTHENTICATED empty", env: []string{"TCPREMOTEIP=198.51.100.21", "AUTHUSER=/x", "AUTHARGV0=imapd", "AUTHENTICATED=", "USER=x"}},
+		{name: "courier, authenticated", args: []string{"--service", "imap"}, env: []string{"TCPREMOTEIP=198.51.100.22", "AUTHUSER=/usr/lib/courier/authlib/authdaemon", "AUTHARGV0=imapd", "AUTHENTICATED=dave"},
+			ip: "198.51.100.22", user: "dave", service: "imap", stderr: "ip=198.51.100.22 user=dave service=imap"},
+
+		// Loud refusals.
+		{name: "no address", env: []string{"USER=alice"}, stderr: "not recording: no client address (TCPREMOTEIP and IP are unset)"},
+		{name: "no user", env: []string{"TCPREMOTEIP=198.51.100.30"}, stderr: "not recording ip=198.51.100.30: no user"},
+		{name: "user with a newline", env: []string{"TCPREMOTEIP=198.51.100.31", "USER=a\nexpires=9999999999"}, stderr: `unable to record ip=198.51.100.31 user="a\nexpires=9999999999"`},
+		{name: "peer differs", env: []string{"TCPREMOTEIP=198.51.100.32", "USER=alice"}, peer: "203.0.113.5",
+			stderr: "not recording ip=198.51.100.32 user=alice service=pop3: standard input is a TCP connection from 203.0.113.5, not from 198.51.100.32"},
+		{name: "peer matches", env: []string{"TCPREMOTEIP=::ffff:198.51.100.33", "USER=alice"}, peer: "198.51.100.33",
+			ip: "198.51.100.33", user: "alice", service: "pop3", stderr: "ip=198.51.100.33 user=alice"},
+		{name: "untrusted, not a socket", env: []string{"TCPREMOTEIP=198.51.100.34", "USER=mallory"}, untrusted: true,
+			stderr: "not recording ip=198.51.100.34 user=mallory service=pop3: standard input is not a TCP socket and uid 1000 is neither root nor in group 999"},
+		{name: "untrusted, socket from elsewhere", env: []string{"TCPREMOTEIP=198.51.100.35", "USER=mallory"}, untrusted: true, peer: "203.0.113.5",
+			stderr: "standard input is a TCP connection from 203.0.113.5"},
+		{name: "untrusted, socket from the client", env: []string{"TCPREMOTEIP=198.51.100.36", "USER=alice"}, untrusted: true, peer: "198.51.100.36",
+			ip: "198.51.100.36", user: "alice", service: "pop3", stderr: "ip=198.51.100.36 user=alice"},
+
+		// Flags.
+		{name: "-- ends flags", args: []string{"--"}, env: []string{"TCPREMOTEIP=198.51.100.40", "USER=a"}, ip: "198.51.100.40", user: "a", service: "pop3", stderr: "ip="},
+		{name: "unknown flag", args: []string{"--bogus"}, code: 100, stderr: "fatal: unknown flag --bogus"},
+		{name: "flag without value", args: []string{"--spool="}, code: 100, stderr: "fatal: flag --spool needs a value"},
+		{name: "help", args: []string{"--help"}, code: 0, stderr: "usage: checkpassword-wrap"},
+	}
+	for _, ip := range []string{"../../etc/passwd", "1.2.3.4/../x", "1.2.3.4\nRELAYCLIENT", "001.002.003.004", "", strings.Repeat("1", 10240),
+		"fe80::1%eth0", "[::1]", "1.2.3.4:110", " 1.2.3.4", "localhost"} {
+		want := "not recording: client address " + show(ip) + " is not an IP address\n"
+		tcs = append(tcs, tc{name: "hostile " + show(ip), env: []string{"TCPREMOTEIP=" + ip, "USER=alice"}, stderr: want})
+	}
+	nev := map[string]string{
+		"127.0.0.1":       "loopback 127.0.0.1",
+		"::1":             "loopback ::1",
+		"0.0.0.0":         "unspecified address 0.0.0.0",
+		"::":              "unspecified address ::",
+		"224.0.0.1":       "multicast 224.0.0.1",
+		"ff02::1":         "multicast ff02::1",
+		"255.255.255.255": "broadcast address 255.255.255.255",
+		"192.0.2.10":      "never-grant entry 192.0.2.10 (NEVER:2)",
+		"10.1.2.3":        "never-grant entry 10.1. (NEVER:3)",
+		"192.0.2.99":      "never-grant entry 192.0.2.99 (DEFAULT:1)",
+	}
+	if own != "" {
+		nev[own] = "own interface address " + own
+	} else {
+		t.Log("this host has no address but loopback: own-address case left out")
+	}
+	for ip, why := range nev {
+		tcs = append(tcs, tc{name: "never " + ip, env: []string{"TCPREMOTEIP=" + ip, "USER=alice"},
+			stderr: "checkpassword-wrap: not recording ip=" + ip + " user=alice service=pop3: never granted: " + why + "\n"})
+	}
+
+	for _, tc := range tcs {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			spool := filepath.Join(dir, "spool")
+			os.Mkdir(spool, 0o770)
+			neverFile := filepath.Join(dir, "never")
+			defaultNever := filepath.Join(dir, "default-never")
+			os.WriteFile(neverFile, []byte("# test\n192.0.2.10\n10.1.\n"), 0o644)
+			os.WriteFile(defaultNever, []byte("192.0.2.99\n"), 0o644)
+			sys := system{
+				peer:      func() (string, bool) { return tc.peer, tc.peer != "" },
+				trusted:   func() (bool, string) { return !tc.untrusted, "uid 1000 is neither root nor in group 999" },
+				neverFile: defaultNever,
+			}
+			env := append([]string{"POPRELAY_SPOOL=" + spool, "POPRELAY_NEVER=" + neverFile}, tc.env...)
+			args := append(slices.Clone(tc.args), "qmail-pop3d", "--spool", "Maildir")
+			var stderr strings.Builder
+			res := run(args, env, &stderr, sys)
+
+			got := strings.ReplaceAll(strings.ReplaceAll(stderr.String(), neverFile, "NEVER"), defaultNever, "DEFAULT")
+			if tc.stderr == "" && got != "" || !strings.Contains(got, tc.stderr) {
+				t.Errorf("stderr %q; want %q", got, tc.stderr)
+			}
+			if strings.Count(got, "\n") > 1 && tc.code != 100 && !strings.Contains(tc.stderr, "usage") {
+				t.Errorf("more than one line on stderr: %q", got)
+			}
+			if tc.code != 0 || strings.Contains(tc.stderr, "usage") {
+				if res.argv != nil || res.code != tc.code {
+					t.Errorf("run = %+v; want exit %d", res, tc.code)
+				}
+				return
+			}
+			if !slices.Equal(res.argv, []string{"qmail-pop3d", "--spool", "Maildir"}) {
+				t.Errorf("argv = %q", res.argv)
+			}
+			gs, err := grant.New(spool).List()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ents, _ := os.ReadDir(spool)
+			if tc.ip == "" {
+				if len(ents) != 0 {
+					t.Errorf("recorded %v (spool: %v)", gs, ents)
+				}
+				return
+			}
+			if len(gs) != 1 || len(ents) != 1 || gs[0].IP != tc.ip || gs[0].User != tc.user || gs[0].Service != tc.service {
+				t.Errorf("recorded %+v; want %s %s %s", gs, tc.ip, tc.user, tc.service)
+			}
+			if all, _ := os.ReadDir(dir); len(all) != 3 {
+				t.Errorf("something created outside the spool: %v", all)
+			}
+		})
+	}
+}
+
+func TestRunSpoolTrouble(t *testing.T) {
+	sys := system{peer: func() (string, bool) { return "", false }, trusted: func() (bool, string) { return true, "" }}
+	dir := t.TempDir()
+	link := filepath.Join(dir, "link")
+	os.Symlink("/etc", link)
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, nil, 0o644)
+	for _, tc := range []struct{ spool, want string }{
+		{filepath.Join(dir, "missing"), "no such file or directory"},
+		{file, "not a directory"},
+	} {
+		var stderr strings.Builder
+		res := run([]string{"--spool", tc.spool, "/bin/true"}, []string{"TCPREMOTEIP=198.51.100.7", "USER=alice"}, &stderr, sys)
+		if !slices.Equal(res.argv, []string{"/bin/true"}) {
+			t.Errorf("%s: argv %q", tc.spool, res.argv)
+		}
+		if !strings.HasPrefix(stderr.String(), "checkpassword-wrap: warning: unable to record ip=198.51.100.7 user=alice service=pop3: ") ||
+			!strings.Contains(stderr.String(), tc.want) || strings.Count(stderr.String(), "\n") != 1 {
+			t.Errorf("%s: stderr %q", tc.spool, stderr.String())
+		}
+	}
+	// A planted symlink of the client's name is replaced, not written through.
+	spool := filepath.Join(dir, "spool")
+	os.Mkdir(spool, 0o755)
+	target := filepath.Join(dir, "target")
+	os.WriteFile(target, []byte("keep"), 0o644)
+	os.Symlink(target, filepath.Join(spool, "198.51.100.7"))
+	var stderr strings.Builder
+	run([]string{"--spool", spool, "/bin/true"}, []string{"TCPREMOTEIP=198.51.100.7", "USER=alice"}, &stderr, sys)
+	if b, _ := os.ReadFile(target); string(b) != "keep" {
+		t.Errorf("written through a symlink: %q", b)
+	}
+	if g, ok, err := grant.New(spool).Get("198.51.100.7"); !ok || err != nil || g.User != "alice" {
+		t.Errorf("grant %+v %v %v", g, ok, err)
+	}
+}
+
+func TestRunNeverFileTrouble(t *testing.T) {
+	sys := system{peer: func() (string, bool) { return "", false }, trusted: func() (bool, string) { return true, "" }}
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad")
+	os.WriteFile(bad, []byte("10.0.0.1\nnonsense\n"), 0o644)
+	for _, tc := range []struct{ never, want string }{
+		{filepath.Join(dir, "missing"), "unable to read never-grant file"},
+		{bad, "never-grant file: " + bad + ":2: not an IP address or prefix"},
+	} {
+		var stderr strings.Builder
+		res := run([]string{"--spool", dir, "--never", tc.never, "--rebuild", "/bin/true"}, []string{"TCPREMOTEIP=198.51.100.7", "USER=alice"}, &stderr, sys)
+		if res.argv == nil || res.rebuild || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%s: %+v, stderr %q", tc.never, res, stderr.String())
+		}
+		if _, ok, _ := grant.New(dir).Get("198.51.100.7"); ok {
+			t.Errorf("%s: recorded", tc.never)
+		}
+	}
+	// A missing default file is fine.
+	sys.neverFile = filepath.Join(dir, "no-default")
+	var stderr strings.Builder
+	res := run([]string{"--spool", dir, "--rebuild", "/bin/true"}, []string{"TCPREMOTEIP=198.51.100.7", "USER=alice"}, &stderr, sys)
+	if !res.rebuild || !strings.HasPrefix(stderr.String(), "checkpassword-wrap: ip=198.51.100.7 ") {
+		t.Errorf("%+v, stderr %q", res, stderr.String())
+	}
+}
+
+func TestParseArgsStopsAtProgram(t *testing.T) {
+	c, err := parseArgs([]string{"--rebuild", "-spool=/s", "prog", "--spool", "x", "--"}, map[string]string{})
+	if err != nil || !c.rebuild || c.spool != "/s" || !slices.Equal(c.argv, []string{"prog", "--spool", "x", "--"}) {
+		t.Errorf("%+v, %v", c, err)
+	}
+	c, err = parseArgs([]string{"--", "--spool"}, map[string]string{})
+	if err != nil || !slices.Equal(c.argv, []string{"--spool"}) || c.spool != grant.DefaultDir {
+		t.Errorf("%+v, %v", c, err)
+	}
+	for _, args := range [][]string{{}, {"--"}, {"--rebuild"}, {"--rebuild=yes", "p"}, {"--service=", "p"}} {
+		if _, err := parseArgs(args, map[string]string{}); err == nil {
+			t.Errorf("parseArgs(%q) accepted", args)
+		}
+	}
+}
+
+func TestStdinPeer(t *testing.T) {
+	// The test's own stdin is not a TCP socket.
+	if ip, ok := stdinPeer(); ok {
+		t.Errorf("stdinPeer = %s", ip)
+	}
+}

@@ -1,0 +1,317 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/never"
+)
+
+const prog = "checkpassword-wrap"
+
+const usage = `usage: checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--rebuild] program [arg ...]
+  --spool DIR     grant spool (env POPRELAY_SPOOL; default /var/spool/poprelay)
+  --service NAME  service recorded with the grant (env POPRELAY_SERVICE, else SERVICE, else pop3)
+  --never FILE    never-grant file read in addition to /etc/poprelay/never (env POPRELAY_NEVER)
+  --rebuild       run "relayctl rebuild" in the background after recording
+`
+
+// result is what run decided: exec argv (if not nil), else exit with code.
+type result struct {
+	argv    []string
+	code    int
+	rebuild bool // start "relayctl rebuild" before the exec
+	trusted bool // the caller is root or in the spool's group
+}
+
+// system is what run needs from the process; tests fake it.
+type system struct {
+	// peer returns the address of the peer of standard input if it is a
+	// connected TCP socket, and ok false if it is anything else.
+	peer func() (ip string, ok bool)
+	// trusted tells whether the caller holds the spool's group by itself
+	// (root, not setgid, or a member of the effective group), and a word
+	// about who the caller is for the log.
+	trusted func() (bool, string)
+	// neverFile is the never-grant file always read if it exists.
+	neverFile string
+}
+
+func realSystem() system {
+	return system{peer: stdinPeer, trusted: callerTrusted, neverFile: never.DefaultFile}
+}
+
+// stdinPeer returns the peer address of fd 0 if it is a connected TCP
+// socket. A UDP socket is not accepted: "connecting" one proves nothing.
+func stdinPeer() (string, bool) {
+	typ, err := syscall.GetsockoptInt(0, syscall.SOL_SOCKET, syscall.SO_TYPE)
+	if err != nil || typ != syscall.SOCK_STREAM {
+		return "", false
+	}
+	proto, err := syscall.GetsockoptInt(0, syscall.SOL_SOCKET, syscall.SO_PROTOCOL)
+	if err != nil || proto != syscall.IPPROTO_TCP {
+		return "", false
+	}
+	sa, err := syscall.Getpeername(0)
+	if err != nil {
+		return "", false
+	}
+	switch sa := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return netip.AddrFrom4(sa.Addr).String(), true
+	case *syscall.SockaddrInet6:
+		return netip.AddrFrom16(sa.Addr).Unmap().String(), true
+	}
+	return "", false
+}
+
+// callerTrusted: root, a process whose effective group is its real group
+// (no setgid privilege in play), or a member of the effective group.
+func callerTrusted() (bool, string) {
+	uid, gid, egid := os.Getuid(), os.Getgid(), os.Getegid()
+	who := fmt.Sprintf("uid %d is neither root nor in group %d", uid, egid)
+	if uid == 0 || gid == egid {
+		return true, who
+	}
+	gs, _ := os.Getgroups()
+	for _, g := range gs {
+		if g == egid {
+			return true, who
+		}
+	}
+	return false, who
+}
+
+// config is the command line and environment, parsed.
+type config struct {
+	spool, service, never string
+	rebuild               bool
+	argv                  []string
+}
+
+// parseArgs reads the flags before the program name.
+func parseArgs(args []string, env map[string]string) (config, error) {
+	c := config{spool: grant.DefaultDir, service: "pop3", never: env["POPRELAY_NEVER"]}
+	if v := env["POPRELAY_SPOOL"]; v != "" {
+		c.spool = v
+	}
+	if v := env["POPRELAY_SERVICE"]; v != "" {
+		c.service = v
+	} else if v := env["SERVICE"]; v != "" {
+		c.service = v
+	}
+	for len(args) > 0 {
+		a := args[0]
+		if a == "--" {
+			args = args[1:]
+			break
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			break
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		args = args[1:]
+		var dst *string
+		switch name {
+		case "spool":
+			dst = &c.spool
+		case "service":
+			dst = &c.service
+		case "never":
+			dst = &c.never
+		case "rebuild":
+			if hasValue {
+				return c, fmt.Errorf("--rebuild takes no value")
+			}
+			c.rebuild = true
+			continue
+		case "h", "help":
+			return c, errHelp
+		default:
+			return c, fmt.Errorf("unknown flag %s", a)
+		}
+		if !hasValue {
+			if len(args) == 0 {
+				return c, fmt.Errorf("flag --%s needs a value", name)
+			}
+			value, args = args[0], args[1:]
+		}
+		if value == "" {
+			return c, fmt.Errorf("flag --%s needs a value", name)
+		}
+		*dst = value
+	}
+	if len(args) == 0 {
+		return c, fmt.Errorf("no program to run")
+	}
+	c.argv = args
+	return c, nil
+}
+
+var errHelp = errors.New("help")
+
+// show renders untrusted text for a log line: bounded and quoted when it
+// holds anything but plain printable bytes.
+func show(s string) string {
+	const max = 64
+	long := len(s) > max
+	if long {
+		s = s[:max]
+	}
+	plain := s != ""
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f || s[i] == '"' || s[i] == '\\' {
+			plain = false
+		}
+	}
+	if !plain {
+		s = strconv.Quote(s)
+	}
+	if long {
+		s += "..."
+	}
+	return s
+}
+
+// run decides what checkpassword-wrap does: record a grant or say why
+// not, then exec the rest of the command line (or exit on a usage error).
+// It never writes to standard output.
+func run(args, environ []string, stderr io.Writer, sys system) result {
+	env := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			if _, dup := env[k]; !dup { // getenv takes the first
+				env[k] = v
+			}
+		}
+	}
+	c, err := parseArgs(args, env)
+	if err == errHelp {
+		io.WriteString(stderr, usage)
+		return result{code: 0}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: fatal: %v\n%s", prog, err, usage)
+		return result{code: 100}
+	}
+	trusted, who := sys.trusted()
+	res := result{argv: c.argv, trusted: trusted}
+	if record(c, env, stderr, sys, trusted, who) {
+		res.rebuild = c.rebuild
+	}
+	return res
+}
+
+// record records the grant the environment describes, if it describes
+// one, and tells whether it did. Every refusal but "this was no login"
+// is one line on stderr.
+func record(c config, env map[string]string, stderr io.Writer, sys system, trusted bool, who string) bool {
+	say := func(format string, args ...any) {
+		fmt.Fprintf(stderr, prog+": "+format+"\n", args...)
+	}
+	// A Dovecot userdb lookup (LMTP delivery, doveadm): no password.
+	if _, ok := env["AUTHORIZED"]; ok {
+		return false
+	}
+	_, authuser := env["AUTHUSER"]
+	_, argv0 := env["AUTHARGV0"]
+	courier := authuser && argv0
+	if courier && env["AUTHENTICATED"] == "" {
+		return false
+	}
+
+	raw, ok := env["TCPREMOTEIP"]
+	if !ok {
+		raw, ok = env["IP"]
+	}
+	if !ok {
+		say("warning: not recording: no client address (TCPREMOTEIP and IP are unset)")
+		return false
+	}
+	ip, err := grant.CanonicalIP(raw)
+	if err != nil {
+		say("warning: not recording: client address %s is not an IP address", show(raw))
+		return false
+	}
+
+	user := env["USER"]
+	if user == "" && courier {
+		user = env["AUTHENTICATED"]
+	}
+	if user == "" {
+		user = env["AUTH_USER"]
+	}
+	if user == "" && !courier {
+		user = env["AUTHUSER"]
+	}
+	if user == "" {
+		say("warning: not recording ip=%s: no user (USER is unset: does checkpassword-wrap come after the password check?)", ip)
+		return false
+	}
+	what := fmt.Sprintf("ip=%s user=%s service=%s", ip, show(user), show(c.service))
+
+	if peer, isTCP := sys.peer(); isTCP {
+		if peer != ip {
+			say("warning: not recording %s: standard input is a TCP connection from %s, not from %s", what, show(peer), ip)
+			return false
+		}
+	} else if !trusted {
+		say("warning: not recording %s: standard input is not a TCP socket and %s", what, who)
+		return false
+	}
+
+	set, err := loadNever(sys.neverFile, c.never)
+	if err != nil {
+		say("warning: not recording %s: %v", what, err)
+		return false
+	}
+	if reason, refused := set.Refuse(ip); refused {
+		say("not recording %s: never granted: %s", what, reason)
+		return false
+	}
+
+	g := grant.Grant{IP: ip, User: user, Service: c.service}
+	if err := grant.New(c.spool).Record(g); err != nil {
+		say("warning: unable to record %s: %v", what, err)
+		return false
+	}
+	say("%s", what)
+	return true
+}
+
+// loadNever returns the built-in never-grant set plus the default file
+// (if it exists) plus the configured one (which must exist). A caller can
+// add entries, never remove the default file's.
+func loadNever(defaultFile, file string) (*never.Set, error) {
+	set := never.Default()
+	var paths []string
+	if defaultFile != "" {
+		paths = append(paths, defaultFile)
+	}
+	if file != "" && file != defaultFile {
+		paths = append(paths, file)
+	}
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			if p == defaultFile && file != defaultFile && errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return nil, fmt.Errorf("unable to read never-grant file: %w", err)
+		}
+		err = set.Parse(f, p)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("never-grant file: %w", err)
+		}
+	}
+	return set, nil
+}
