@@ -1,0 +1,262 @@
+package share
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/poprelay/poprelay/internal/grant"
+)
+
+// Mirror keeps an in-memory copy of the shared grants: a full read, then
+// a watch from that revision; on compaction or a lost watch, a fresh full
+// read. It offers the grants through List and Get (the watch.Source
+// interface), from memory, hiding grants past their exp, so grants close
+// on time even while etcd is down. Once it has read etcd, it never
+// forgets what it knows because a read failed: List then answers from the
+// last good data.
+type Mirror struct {
+	c        *Cluster
+	onChange func(ips []string)
+
+	mu      sync.RWMutex
+	grants  map[string]grant.Grant
+	rev     int64
+	ready   chan struct{}
+	loaded  bool
+	reloads int
+}
+
+// Mirror returns a Mirror of c's grants. onChange (nil ignores) is called
+// from Run's goroutine with the IPs whose grant changed in etcd (added,
+// replaced, deleted), after the mirror has them: a watcher re-reads them
+// with Get and debounces a rebuild. It must not block for long. Grants
+// reaching their exp cause no call: consumers schedule that themselves
+// from Expires.
+func (c *Cluster) Mirror(onChange func(ips []string)) *Mirror {
+	return &Mirror{
+		c:        c,
+		onChange: onChange,
+		grants:   map[string]grant.Grant{},
+		ready:    make(chan struct{}),
+	}
+}
+
+// Ready is closed after the first successful full read.
+func (m *Mirror) Ready() <-chan struct{} { return m.ready }
+
+// Revision is the etcd revision the mirror is current to.
+func (m *Mirror) Revision() int64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.rev
+}
+
+// Reloads counts the full reads done so far.
+func (m *Mirror) Reloads() int {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.reloads
+}
+
+// List returns the live grants, in no particular order. Before the first
+// successful read of etcd it returns ErrNotReady; after it, never an
+// error.
+func (m *Mirror) List() ([]grant.Grant, error) {
+	now := m.c.opt.Now()
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if !m.loaded {
+		return nil, ErrNotReady
+	}
+	out := make([]grant.Grant, 0, len(m.grants))
+	for _, g := range m.grants {
+		if g.Expires.After(now) {
+			out = append(out, g)
+		}
+	}
+	return out, nil
+}
+
+// Get returns ip's live grant.
+func (m *Mirror) Get(ip string) (grant.Grant, bool, error) {
+	now := m.c.opt.Now()
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if !m.loaded {
+		return grant.Grant{}, false, ErrNotReady
+	}
+	g, ok := m.grants[ip]
+	if !ok || !g.Expires.After(now) {
+		return grant.Grant{}, false, nil
+	}
+	return g, true, nil
+}
+
+// Run keeps the mirror current until ctx is done, riding out etcd
+// failures with retries; it returns nil when ctx is done.
+func (m *Mirror) Run(ctx context.Context) error {
+	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
+	backoff := minBackoff
+	failing := false
+	for ctx.Err() == nil {
+		if err := m.load(ctx); err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if !failing {
+				m.c.logf("warning: unable to read grants from etcd, keeping the last good copy: %v", err)
+				failing = true
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		if failing {
+			m.c.logf("etcd is back: %d grants at revision %d", m.count(), m.Revision())
+			failing = false
+		}
+		backoff = minBackoff
+		err := m.watch(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		m.c.logf("watch ended, reading all grants again: %v", err)
+	}
+	return nil
+}
+
+func (m *Mirror) count() int {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return len(m.grants)
+}
+
+// load replaces the copy by a full read and reports what changed.
+func (m *Mirror) load(ctx context.Context) error {
+	all, rev, err := m.c.read(ctx)
+	if err != nil {
+		return err
+	}
+	fresh := make(map[string]grant.Grant, len(all))
+	for ip, s := range all {
+		fresh[ip] = s.Grant
+	}
+	var changed []string
+	m.mu.Lock()
+	for ip, g := range fresh {
+		if old, ok := m.grants[ip]; !ok || !sameGrant(old, g) {
+			changed = append(changed, ip)
+		}
+	}
+	for ip := range m.grants {
+		if _, ok := fresh[ip]; !ok {
+			changed = append(changed, ip)
+		}
+	}
+	m.grants, m.rev = fresh, rev
+	m.reloads++
+	first := !m.loaded
+	m.loaded = true
+	m.mu.Unlock()
+	if first {
+		close(m.ready)
+	}
+	if len(changed) > 0 && m.onChange != nil {
+		m.onChange(changed)
+	}
+	return nil
+}
+
+// errWatchClosed reports a watch channel closed without an error.
+var errWatchClosed = errors.New("share: watch closed")
+
+// watch applies changes from the mirror's revision on, until the watch
+// fails (compaction, lost leader) or ctx is done. Expired grants are
+// pruned from memory once a minute.
+func (m *Mirror) watch(ctx context.Context) error {
+	// WithRequireLeader: a member cut off from its cluster closes the
+	// watch instead of going silent, and the next read finds a member
+	// that is still in the cluster.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := m.c.cli.Watch(wctx, m.c.grants, clientv3.WithPrefix(),
+		clientv3.WithRev(m.Revision()+1), clientv3.WithPrevKV(), clientv3.WithProgressNotify())
+	prune := time.NewTicker(time.Minute)
+	defer prune.Stop()
+	for {
+		select {
+		case <-prune.C:
+			m.prune()
+			continue
+		case resp, ok := <-wch:
+			if !ok {
+				return errWatchClosed
+			}
+			if err := resp.Err(); err != nil {
+				return err
+			}
+			if resp.Canceled {
+				return errWatchClosed
+			}
+			m.apply(resp)
+		}
+	}
+}
+
+// apply takes one watch response into the copy.
+func (m *Mirror) apply(resp clientv3.WatchResponse) {
+	var changed []string
+	m.mu.Lock()
+	for _, ev := range resp.Events {
+		kv := ev.Kv
+		switch ev.Type {
+		case mvccpb.PUT:
+			g, _, err := m.c.decode(kv.Key, kv.Value)
+			if err != nil {
+				// The key no longer holds a usable grant.
+				m.c.logf("warning: skipping %v", err)
+				ip := string(kv.Key[len(m.c.grants):])
+				if _, ok := m.grants[ip]; ok {
+					delete(m.grants, ip)
+					changed = append(changed, ip)
+				}
+				continue
+			}
+			m.grants[g.IP] = g
+			changed = append(changed, g.IP)
+		case mvccpb.DELETE:
+			ip := string(kv.Key[len(m.c.grants):])
+			if _, ok := m.grants[ip]; ok {
+				delete(m.grants, ip)
+				changed = append(changed, ip)
+			}
+		}
+	}
+	if rev := resp.Header.Revision; rev > m.rev {
+		m.rev = rev
+	}
+	m.mu.Unlock()
+	if len(changed) > 0 && m.onChange != nil {
+		m.onChange(changed)
+	}
+}
+
+// prune forgets expired grants.
+func (m *Mirror) prune() {
+	now := m.c.opt.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for ip, g := range m.grants {
+		if !g.Expires.After(now) {
+			delete(m.grants, ip)
+		}
+	}
+}

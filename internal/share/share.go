@@ -1,0 +1,666 @@
+// Package share shares grants between hosts through etcd (v3 API), so a
+// login on any POP/IMAP host opens relaying on every SMTP host.
+//
+// The local spool stays the source of truth on each POP/IMAP host: a
+// login only writes the spool, and a Publisher copies the host's grants
+// to etcd in the background (it never blocks, and keeps a bounded backlog
+// while etcd is unreachable). Each SMTP host runs a Mirror: a full read,
+// then a watch from that revision, kept in memory and offered as a grant
+// source for the CDB rebuild.
+//
+// Keys, under a prefix (default /poprelay/v1/):
+//
+//	grants/<ip>   {"user":"alice","service":"pop3","host":"pop1",
+//	               "time":"2026-11-26T11:00:00.123Z","exp":"2026-11-26T12:00:00.123Z"}
+//	revoked/<ip>  {"time":"2026-11-26T11:30:00Z","by":"relayctl@smtp2"}
+//
+// <ip> is the canonical text of grant.CanonicalIP. "exp" is when the
+// grant stops relaying; every mirror applies it itself, so grants close
+// on time even while etcd is down. Each grant key is attached to a lease
+// that outlives exp a little, so etcd cleans up after itself; leases are
+// shared by all grants expiring in the same bucket (one minute by
+// default), so 100k grants need about 60 leases, not 100k.
+//
+// A revocation deletes the grant and leaves a revoked/<ip> marker for
+// MarkerTTL (at least the max age). A grant whose login time is not after
+// the marker's time is refused, so a delayed replay from a POP host
+// cannot bring a revoked grant back; a new login can.
+//
+// Writes are conditional transactions: a grant replaces the shared one
+// only if it is newer (login time, then exp), and a host deletes a key
+// only while it still holds exactly what that host wrote.
+//
+// The package never prints: it returns errors and logs through Logf.
+package share
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/poprelay/poprelay/internal/grant"
+)
+
+// DefaultPrefix is where poprelay keeps its keys in etcd.
+const DefaultPrefix = "/poprelay/v1/"
+
+// Environment variables read by FromEnv.
+const (
+	EnvEndpoints = "POPRELAY_ETCD_ENDPOINTS" // comma or space separated
+	EnvCert      = "POPRELAY_ETCD_CERT"      // client certificate (PEM file)
+	EnvKey       = "POPRELAY_ETCD_KEY"       // client key (PEM file)
+	EnvCA        = "POPRELAY_ETCD_CA"        // CA bundle (PEM file)
+	EnvUser      = "POPRELAY_ETCD_USER"
+	EnvPassword  = "POPRELAY_ETCD_PASSWORD"
+	EnvPrefix    = "POPRELAY_ETCD_PREFIX"
+	EnvTimeout   = "POPRELAY_ETCD_TIMEOUT" // Go duration ("5s") or seconds
+)
+
+var (
+	// ErrConfig reports an unusable etcd configuration.
+	ErrConfig = errors.New("share: bad etcd configuration")
+	// ErrRevoked reports a grant refused because its address was
+	// revoked at or after its login time.
+	ErrRevoked = errors.New("share: address revoked")
+	// ErrNotReady reports a mirror that has not read etcd successfully
+	// yet. Once it has, it always answers from its last good data.
+	ErrNotReady = errors.New("share: no successful read from etcd yet")
+	// ErrExpired reports a grant that expired before it could be shared.
+	ErrExpired = errors.New("share: grant already expired")
+	// errBusy reports a key that kept changing under a write.
+	errBusy = errors.New("share: key changed during the write; giving up")
+)
+
+// Config says how to reach etcd. Only Endpoints is required.
+type Config struct {
+	Endpoints   []string      // e.g. https://10.0.0.1:2379
+	Cert, Key   string        // client certificate and key files (PEM)
+	CA          string        // CA bundle file (PEM); empty: system roots
+	Username    string        // etcd user (needs etcd reachable at Open)
+	Password    string        // its password
+	Prefix      string        // key prefix; default DefaultPrefix
+	DialTimeout time.Duration // connect and request timeout; default 5s
+}
+
+// Enabled tells whether any endpoint is configured.
+func (c Config) Enabled() bool { return len(c.Endpoints) > 0 }
+
+// FromEnv reads the POPRELAY_ETCD_* variables through getenv (os.Getenv
+// in production). Unset variables leave the zero value.
+func FromEnv(getenv func(string) string) (Config, error) {
+	c := Config{
+		Endpoints: splitList(getenv(EnvEndpoints)),
+		Cert:      getenv(EnvCert),
+		Key:       getenv(EnvKey),
+		CA:        getenv(EnvCA),
+		Username:  getenv(EnvUser),
+		Password:  getenv(EnvPassword),
+		Prefix:    getenv(EnvPrefix),
+	}
+	if s := getenv(EnvTimeout); s != "" {
+		d, err := parseDuration(s)
+		if err != nil {
+			return c, fmt.Errorf("%w: %s=%q: %v", ErrConfig, EnvTimeout, s, err)
+		}
+		c.DialTimeout = d
+	}
+	return c, c.check()
+}
+
+// Register adds -etcd-* flags to fs, with c's current values (e.g. from
+// FromEnv) as defaults. Call Check after fs.Parse.
+func (c *Config) Register(fs *flag.FlagSet) {
+	fs.Var((*listFlag)(&c.Endpoints), "etcd-endpoints", "etcd endpoints, comma separated ($"+EnvEndpoints+")")
+	fs.StringVar(&c.Cert, "etcd-cert", c.Cert, "etcd client certificate file ($"+EnvCert+")")
+	fs.StringVar(&c.Key, "etcd-key", c.Key, "etcd client key file ($"+EnvKey+")")
+	fs.StringVar(&c.CA, "etcd-ca", c.CA, "etcd CA bundle file ($"+EnvCA+")")
+	fs.StringVar(&c.Username, "etcd-user", c.Username, "etcd user name ($"+EnvUser+")")
+	fs.StringVar(&c.Password, "etcd-password", c.Password, "etcd password ($"+EnvPassword+"; prefer the variable)")
+	fs.StringVar(&c.Prefix, "etcd-prefix", c.Prefix, "etcd key prefix, default "+DefaultPrefix+" ($"+EnvPrefix+")")
+	fs.DurationVar(&c.DialTimeout, "etcd-timeout", c.DialTimeout, "etcd connect and request timeout, default 5s ($"+EnvTimeout+")")
+}
+
+// Check reports an inconsistent configuration.
+func (c Config) Check() error { return c.check() }
+
+func (c Config) check() error {
+	if (c.Cert == "") != (c.Key == "") {
+		return fmt.Errorf("%w: a client certificate needs both %s and %s", ErrConfig, EnvCert, EnvKey)
+	}
+	if (c.Username == "") != (c.Password == "") {
+		return fmt.Errorf("%w: %s and %s go together", ErrConfig, EnvUser, EnvPassword)
+	}
+	if c.Prefix != "" && !strings.HasSuffix(c.Prefix, "/") {
+		return fmt.Errorf("%w: prefix %q must end in /", ErrConfig, c.Prefix)
+	}
+	if c.DialTimeout < 0 {
+		return fmt.Errorf("%w: negative timeout", ErrConfig)
+	}
+	for _, e := range c.Endpoints {
+		if strings.ContainsAny(e, " \t\n") || e == "" {
+			return fmt.Errorf("%w: endpoint %q", ErrConfig, e)
+		}
+	}
+	return nil
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error {
+	*l = splitList(s)
+	return nil
+}
+
+func splitList(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' })
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	if n, err := strconv.ParseFloat(s, 64); err == nil {
+		if n < 0 {
+			return 0, errors.New("negative")
+		}
+		return time.Duration(n * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err == nil && d < 0 {
+		return 0, errors.New("negative")
+	}
+	return d, err
+}
+
+func (c Config) tls() (*tls.Config, error) {
+	if c.Cert == "" && c.CA == "" && !anyHTTPS(c.Endpoints) {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.Cert != "" {
+		kp, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+		if err != nil {
+			return nil, fmt.Errorf("%w: client certificate: %v", ErrConfig, err)
+		}
+		tc.Certificates = []tls.Certificate{kp}
+	}
+	if c.CA != "" {
+		pem, err := os.ReadFile(c.CA)
+		if err != nil {
+			return nil, fmt.Errorf("%w: CA: %v", ErrConfig, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%w: CA: no certificate in %s", ErrConfig, c.CA)
+		}
+		tc.RootCAs = pool
+	}
+	return tc, nil
+}
+
+func anyHTTPS(eps []string) bool {
+	for _, e := range eps {
+		if strings.HasPrefix(e, "https://") || strings.HasPrefix(e, "unixs://") {
+			return true
+		}
+	}
+	return false
+}
+
+// Options tune a Cluster. All are optional.
+type Options struct {
+	// Host names this host in the grants it shares and the markers it
+	// leaves; default os.Hostname().
+	Host string
+	// MaxAge is the lifetime of a grant without its own expiry;
+	// default 1h.
+	MaxAge time.Duration
+	// MarkerTTL is how long a revocation marker lives; default and
+	// minimum MaxAge, so a replayed grant older than the revocation has
+	// expired by the time the marker goes.
+	MarkerTTL time.Duration
+	// Bucket is the width of a lease bucket; default 1 minute.
+	Bucket time.Duration
+	// Slack is how long a key outlives the end of its bucket; default
+	// 30s. The mirrors' own expiry is exact; the lease only cleans up.
+	Slack time.Duration
+	// Logf logs one line; nil discards.
+	Logf func(format string, args ...any)
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// Cluster is a connection to etcd and the operations poprelay runs on it.
+// It is safe for concurrent use.
+type Cluster struct {
+	cli     *clientv3.Client
+	cfg     Config
+	opt     Options
+	grants  string // prefix + "grants/"
+	revoked string // prefix + "revoked/"
+	leases  leaseCache
+}
+
+// Open returns a Cluster for cfg. Without a user name it does not wait
+// for etcd: a cluster that is down at start is reached when it comes
+// back. With one, etcd must answer within the timeout (to get a token).
+func Open(cfg Config, opt Options) (*Cluster, error) {
+	if !cfg.Enabled() {
+		return nil, fmt.Errorf("%w: no endpoints (%s)", ErrConfig, EnvEndpoints)
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if opt.Host == "" {
+		opt.Host, _ = os.Hostname()
+	}
+	if opt.MaxAge <= 0 {
+		opt.MaxAge = time.Hour
+	}
+	if opt.MarkerTTL < opt.MaxAge {
+		opt.MarkerTTL = opt.MaxAge
+	}
+	if opt.Bucket <= 0 {
+		opt.Bucket = time.Minute
+	}
+	if opt.Slack <= 0 {
+		opt.Slack = 30 * time.Second
+	}
+	if opt.Logf == nil {
+		opt.Logf = func(string, ...any) {}
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	tc, err := cfg.tls()
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:            cfg.Endpoints,
+		DialTimeout:          cfg.DialTimeout,
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: cfg.DialTimeout,
+		TLS:                  tc,
+		Username:             cfg.Username,
+		Password:             cfg.Password,
+		Logger:               zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("share: unable to reach etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	return &Cluster{
+		cli:     cli,
+		cfg:     cfg,
+		opt:     opt,
+		grants:  cfg.Prefix + "grants/",
+		revoked: cfg.Prefix + "revoked/",
+		leases:  leaseCache{byEnd: map[int64]clientv3.LeaseID{}},
+	}, nil
+}
+
+// Close closes the connection. Publishers and mirrors must be stopped
+// first.
+func (c *Cluster) Close() error { return c.cli.Close() }
+
+// Client is the underlying etcd client (for tests and tools).
+func (c *Cluster) Client() *clientv3.Client { return c.cli }
+
+// Host is the name this host shares grants under.
+func (c *Cluster) Host() string { return c.opt.Host }
+
+func (c *Cluster) logf(format string, args ...any) { c.opt.Logf(format, args...) }
+
+// withTimeout bounds one request by the configured timeout.
+func (c *Cluster) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.cfg.DialTimeout)
+}
+
+// record is the JSON of a grant key.
+type record struct {
+	User    string    `json:"user"`
+	Service string    `json:"service,omitempty"`
+	Host    string    `json:"host,omitempty"`
+	Time    time.Time `json:"time"`
+	Exp     time.Time `json:"exp"`
+}
+
+// marker is the JSON of a revoked key.
+type marker struct {
+	Time time.Time `json:"time"`
+	By   string    `json:"by,omitempty"`
+}
+
+// maxValue bounds what a key's value may hold.
+const maxValue = 4096
+
+func (c *Cluster) encode(g grant.Grant, host string) []byte {
+	b, _ := json.Marshal(record{
+		User:    g.User,
+		Service: g.Service,
+		Host:    host,
+		Time:    g.Time.UTC(),
+		Exp:     g.Expiry(c.opt.MaxAge).UTC(),
+	})
+	return b
+}
+
+// decode turns a grant key and value into a grant, checking both: the key
+// must end in a canonical IP and the value must have a login time and an
+// expiry.
+func (c *Cluster) decode(key, value []byte) (grant.Grant, string, error) {
+	ip := string(bytes.TrimPrefix(key, []byte(c.grants)))
+	if canon, err := grant.CanonicalIP(ip); err != nil || canon != ip {
+		return grant.Grant{}, "", fmt.Errorf("share: key %q: not a canonical IP", key)
+	}
+	if len(value) > maxValue {
+		return grant.Grant{}, "", fmt.Errorf("share: key %q: value of %d bytes", key, len(value))
+	}
+	var r record
+	if err := json.Unmarshal(value, &r); err != nil {
+		return grant.Grant{}, "", fmt.Errorf("share: key %q: %v", key, err)
+	}
+	if r.Time.IsZero() || r.Exp.IsZero() {
+		return grant.Grant{}, "", fmt.Errorf("share: key %q: no time or exp", key)
+	}
+	return grant.Grant{IP: ip, User: r.User, Service: r.Service, Time: r.Time, Expires: r.Exp}, r.Host, nil
+}
+
+// newer tells whether a should replace b: a later login, or the same
+// login with a later expiry.
+func newer(a, b grant.Grant) bool {
+	if !a.Time.Equal(b.Time) {
+		return a.Time.After(b.Time)
+	}
+	return a.Expires.After(b.Expires)
+}
+
+// share writes g (with origin host) unless a newer grant is already there
+// or a revocation marker forbids it. It reports whether it wrote.
+func (c *Cluster) share(ctx context.Context, g grant.Grant, host string) (bool, error) {
+	now := c.opt.Now()
+	exp := g.Expiry(c.opt.MaxAge)
+	if !exp.After(now) {
+		return false, ErrExpired
+	}
+	g.Expires = exp
+	gk, rk := c.grants+g.IP, c.revoked+g.IP
+	val := c.encode(g, host)
+	var gRev, rRev int64 // what the key and marker were when last read
+	for try := 0; try < 5; try++ {
+		lease, err := c.leases.get(ctx, c, exp)
+		if err != nil {
+			return false, err
+		}
+		cmp := []clientv3.Cmp{
+			clientv3.Compare(clientv3.ModRevision(gk), "=", gRev),
+			clientv3.Compare(clientv3.ModRevision(rk), "=", rRev),
+		}
+		tctx, cancel := c.withTimeout(ctx)
+		resp, err := c.cli.Txn(tctx).If(cmp...).
+			Then(clientv3.OpPut(gk, string(val), clientv3.WithLease(lease))).
+			Else(clientv3.OpGet(gk), clientv3.OpGet(rk)).Commit()
+		cancel()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			c.leases.drop(exp, c, lease)
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if resp.Succeeded {
+			return true, nil
+		}
+		gRev, rRev = 0, 0
+		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			gRev = kvs[0].ModRevision
+			if bytes.Equal(kvs[0].Value, val) {
+				return false, nil
+			}
+			if old, _, err := c.decode(kvs[0].Key, kvs[0].Value); err == nil && !newer(g, old) {
+				return false, nil
+			}
+		}
+		if kvs := resp.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			rRev = kvs[0].ModRevision
+			var m marker
+			if err := json.Unmarshal(kvs[0].Value, &m); err == nil && !g.Time.After(m.Time) {
+				return false, fmt.Errorf("%w: %s at %s by %s", ErrRevoked, g.IP, m.Time.UTC().Format(time.RFC3339), m.By)
+			}
+		}
+	}
+	return false, errBusy
+}
+
+// unshare deletes ip's key if it still holds exactly value.
+func (c *Cluster) unshare(ctx context.Context, ip string, value []byte) (bool, error) {
+	gk := c.grants + ip
+	tctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	resp, err := c.cli.Txn(tctx).If(clientv3.Compare(clientv3.Value(gk), "=", string(value))).
+		Then(clientv3.OpDelete(gk)).Commit()
+	if err != nil {
+		return false, err
+	}
+	return resp.Succeeded, nil
+}
+
+// Allow shares g cluster-wide (relayctl allow): g.Time should be now, and
+// g.Expires the end of the allowance (zero: Time + max age). It returns
+// ErrRevoked if the address was revoked at or after g.Time.
+func (c *Cluster) Allow(ctx context.Context, g grant.Grant) error {
+	ip, err := grant.CanonicalIP(g.IP)
+	if err != nil {
+		return err
+	}
+	g.IP = ip
+	_, err = c.share(ctx, g, c.opt.Host)
+	return err
+}
+
+// Revoke deletes ip's grant cluster-wide and leaves a marker, so that no
+// grant with a login time up to now comes back. by says who revoked it
+// (default: this host). It reports whether a grant was there.
+func (c *Cluster) Revoke(ctx context.Context, ip, by string) (bool, error) {
+	ip, err := grant.CanonicalIP(ip)
+	if err != nil {
+		return false, err
+	}
+	if by == "" {
+		by = c.opt.Host
+	}
+	now := c.opt.Now()
+	exp := now.Add(c.opt.MarkerTTL)
+	m, _ := json.Marshal(marker{Time: now.UTC(), By: by})
+	for try := 0; try < 3; try++ {
+		lease, err := c.leases.get(ctx, c, exp)
+		if err != nil {
+			return false, err
+		}
+		tctx, cancel := c.withTimeout(ctx)
+		resp, err := c.cli.Txn(tctx).Then(
+			clientv3.OpDelete(c.grants+ip),
+			clientv3.OpPut(c.revoked+ip, string(m), clientv3.WithLease(lease)),
+		).Commit()
+		cancel()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			c.leases.drop(exp, c, lease)
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		return resp.Responses[0].GetResponseDeleteRange().GetDeleted() > 0, nil
+	}
+	return false, errBusy
+}
+
+// RevokeUser revokes every shared grant of user and returns their IPs.
+func (c *Cluster) RevokeUser(ctx context.Context, user, by string) ([]string, error) {
+	gs, err := c.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var ips []string
+	for _, g := range gs {
+		if g.User != user {
+			continue
+		}
+		if _, err := c.Revoke(ctx, g.IP, by); err != nil {
+			return ips, err
+		}
+		ips = append(ips, g.IP)
+	}
+	return ips, nil
+}
+
+// Shared is a grant as etcd holds it, with the host that shared it.
+type Shared struct {
+	grant.Grant
+	Host string
+}
+
+// List reads every live grant from etcd, sorted by IP. Damaged keys are
+// logged and skipped.
+func (c *Cluster) List(ctx context.Context) ([]grant.Grant, error) {
+	all, _, err := c.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := c.opt.Now()
+	out := make([]grant.Grant, 0, len(all))
+	for _, s := range all {
+		if s.Expires.After(now) {
+			out = append(out, s.Grant)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].IP < out[j].IP })
+	return out, nil
+}
+
+// ListShared is List with each grant's origin host.
+func (c *Cluster) ListShared(ctx context.Context) ([]Shared, error) {
+	all, _, err := c.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := c.opt.Now()
+	out := make([]Shared, 0, len(all))
+	for _, s := range all {
+		if s.Expires.After(now) {
+			out = append(out, s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].IP < out[j].IP })
+	return out, nil
+}
+
+// page is how many keys one read returns.
+const page = 5000
+
+// read returns every grant key (expired ones too, raw values kept) as of
+// one revision, reading in pages.
+func (c *Cluster) read(ctx context.Context) (map[string]Shared, int64, error) {
+	end := clientv3.GetPrefixRangeEnd(c.grants)
+	all := map[string]Shared{}
+	var rev int64
+	from := c.grants
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(page)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		tctx, cancel := c.withTimeout(ctx)
+		resp, err := c.cli.Get(tctx, from, opts...)
+		cancel()
+		if err != nil {
+			return nil, 0, err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			g, host, err := c.decode(kv.Key, kv.Value)
+			if err != nil {
+				c.logf("warning: skipping %v", err)
+				continue
+			}
+			all[g.IP] = Shared{Grant: g, Host: host}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return all, rev, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// leaseCache hands out one lease per expiry bucket.
+type leaseCache struct {
+	mu    sync.Mutex
+	byEnd map[int64]clientv3.LeaseID // bucket end (Unix seconds) → lease
+}
+
+// bucketEnd is the end of exp's bucket.
+func (c *Cluster) bucketEnd(exp time.Time) time.Time {
+	b := exp.Truncate(c.opt.Bucket)
+	if b.Before(exp) {
+		b = b.Add(c.opt.Bucket)
+	}
+	return b
+}
+
+// get returns the lease for exp's bucket, granting it if needed: its TTL
+// runs to the bucket's end plus the slack.
+func (l *leaseCache) get(ctx context.Context, c *Cluster, exp time.Time) (clientv3.LeaseID, error) {
+	end := c.bucketEnd(exp)
+	now := c.opt.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for e := range l.byEnd {
+		if time.Unix(e, 0).Add(c.opt.Slack).Before(now) {
+			delete(l.byEnd, e)
+		}
+	}
+	if id, ok := l.byEnd[end.Unix()]; ok {
+		return id, nil
+	}
+	ttl := int64((end.Add(c.opt.Slack).Sub(now) + time.Second - 1) / time.Second)
+	ttl = max(ttl, 5)
+	tctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	resp, err := c.cli.Grant(tctx, ttl)
+	if err != nil {
+		return 0, err
+	}
+	l.byEnd[end.Unix()] = resp.ID
+	return resp.ID, nil
+}
+
+// drop forgets a lease etcd no longer knows.
+func (l *leaseCache) drop(exp time.Time, c *Cluster, id clientv3.LeaseID) {
+	end := c.bucketEnd(exp).Unix()
+	l.mu.Lock()
+	if l.byEnd[end] == id {
+		delete(l.byEnd, end)
+	}
+	l.mu.Unlock()
+}

@@ -1,0 +1,295 @@
+package share
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/poprelay/poprelay/internal/grant"
+)
+
+func TestFromEnv(t *testing.T) {
+	env := map[string]string{
+		EnvEndpoints: "http://10.0.0.1:2379, http://10.0.0.2:2379",
+		EnvPrefix:    "/mail/poprelay/",
+		EnvTimeout:   "3",
+		EnvCert:      "/etc/poprelay/c.pem",
+		EnvKey:       "/etc/poprelay/k.pem",
+	}
+	c, err := FromEnv(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Endpoints) != 2 || c.Endpoints[1] != "http://10.0.0.2:2379" || c.DialTimeout != 3*time.Second || c.Prefix != "/mail/poprelay/" {
+		t.Fatalf("got %+v", c)
+	}
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	c.Register(fs)
+	if err := fs.Parse([]string{"-etcd-endpoints", "http://a:1,http://b:2", "-etcd-timeout", "750ms"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Endpoints) != 2 || c.Endpoints[0] != "http://a:1" || c.DialTimeout != 750*time.Millisecond || c.Cert != "/etc/poprelay/c.pem" {
+		t.Fatalf("after flags: %+v", c)
+	}
+	for _, bad := range []map[string]string{
+		{EnvTimeout: "soon"},
+		{EnvCert: "c.pem"},
+		{EnvUser: "root"},
+		{EnvPrefix: "/no/slash"},
+	} {
+		if _, err := FromEnv(func(k string) string { return bad[k] }); !errors.Is(err, ErrConfig) {
+			t.Errorf("%v: got %v, want ErrConfig", bad, err)
+		}
+	}
+	if _, err := Open(Config{}, Options{}); !errors.Is(err, ErrConfig) {
+		t.Errorf("Open without endpoints: %v", err)
+	}
+}
+
+func TestBucket(t *testing.T) {
+	c := &Cluster{opt: Options{Bucket: time.Minute}}
+	base := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct{ exp, end time.Time }{
+		{base, base},
+		{base.Add(time.Nanosecond), base.Add(time.Minute)},
+		{base.Add(59 * time.Second), base.Add(time.Minute)},
+	} {
+		if got := c.bucketEnd(tc.exp); !got.Equal(tc.end) {
+			t.Errorf("bucketEnd(%v) = %v, want %v", tc.exp, got, tc.end)
+		}
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	c := &Cluster{grants: DefaultPrefix + "grants/", opt: Options{MaxAge: time.Hour}}
+	ok := `{"user":"a","time":"2026-11-26T12:00:00Z","exp":"2026-11-26T13:00:00Z"}`
+	if _, _, err := c.decode([]byte(c.grants+"10.0.0.1"), []byte(ok)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ key, value string }{
+		{"010.0.0.1", ok},
+		{"::FFFF:10.0.0.1", ok},
+		{"10.0.0.1/8", ok},
+		{"10.0.0.1", `{"user":"a"}`},
+		{"10.0.0.1", `not json`},
+	} {
+		if _, _, err := c.decode([]byte(c.grants+tc.key), []byte(tc.value)); err == nil {
+			t.Errorf("decode(%q, %q) accepted", tc.key, tc.value)
+		}
+	}
+}
+
+// mirrorOf runs a mirror of c until the test ends and waits for its first
+// read. changes collects what its callback reported.
+type changes struct {
+	mu   sync.Mutex
+	seen map[string]time.Time
+}
+
+func (ch *changes) add(ips []string) {
+	now := time.Now()
+	ch.mu.Lock()
+	for _, ip := range ips {
+		if _, ok := ch.seen[ip]; !ok {
+			ch.seen[ip] = now
+		}
+	}
+	ch.mu.Unlock()
+}
+
+func runMirror(t testing.TB, c *Cluster) (*Mirror, *changes) {
+	t.Helper()
+	ch := &changes{seen: map[string]time.Time{}}
+	m := c.Mirror(ch.add)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return m, ch
+}
+
+func runPublisher(t testing.TB, c *Cluster, opt PublisherOptions) *Publisher {
+	t.Helper()
+	p := c.Publisher(opt)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return p
+}
+
+func has(m *Mirror, ip string) bool {
+	_, ok, _ := m.Get(ip)
+	return ok
+}
+
+func TestPublishMirrorRevoke(t *testing.T) {
+	e := startEtcd(t)
+	now := time.Now()
+	pop := open(t, Options{Host: "pop1"}, e.client)
+	smtp := open(t, Options{Host: "smtp1"}, e.client)
+	m, _ := runMirror(t, smtp)
+	<-m.Ready()
+	p := runPublisher(t, pop, PublisherOptions{})
+
+	alice := grant.Grant{IP: "192.0.2.1", User: "alice", Service: "pop3", Time: now}
+	bob := grant.Grant{IP: "2001:db8::1", User: "bob", Service: "imap", Time: now}
+	p.Sync([]grant.Grant{alice, bob}, now)
+	eventually(t, 5*time.Second, "the mirror to see both grants", func() bool { return has(m, alice.IP) && has(m, bob.IP) })
+	g, _, _ := m.Get(alice.IP)
+	if g.User != "alice" || g.Service != "pop3" || !g.Time.Equal(now) || !g.Expires.Equal(now.Add(time.Hour)) {
+		t.Fatalf("mirror has %+v", g)
+	}
+	shared, err := smtp.ListShared(context.Background())
+	if err != nil || len(shared) != 2 || shared[0].Host != "pop1" {
+		t.Fatalf("ListShared = %+v, %v", shared, err)
+	}
+
+	// Removing a grant on the POP host deletes its key.
+	p.Sync([]grant.Grant{alice}, now)
+	eventually(t, 5*time.Second, "bob to go", func() bool { return !has(m, bob.IP) })
+
+	// A cluster-wide revoke deletes it everywhere and leaves a marker.
+	if ok, err := smtp.Revoke(context.Background(), alice.IP, "admin"); err != nil || !ok {
+		t.Fatalf("Revoke = %v, %v", ok, err)
+	}
+	eventually(t, 5*time.Second, "alice to go", func() bool { return !has(m, alice.IP) })
+
+	// A delayed replay of the old login is refused ...
+	if _, err := pop.share(context.Background(), alice, "pop1"); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("replay after revoke: %v, want ErrRevoked", err)
+	}
+	p.Put(alice)
+	eventually(t, 5*time.Second, "the publisher to settle", func() bool { return p.Pending() == 0 })
+	if st := p.Stats(); st.Refused != 1 {
+		t.Fatalf("stats %+v, want one refused", st)
+	}
+	// ... a new login is not.
+	later := alice
+	later.Time = time.Now().Add(time.Millisecond)
+	p.Put(later)
+	eventually(t, 5*time.Second, "the new login to arrive", func() bool { return has(m, alice.IP) })
+
+	// RevokeUser and Allow.
+	ips, err := smtp.RevokeUser(context.Background(), "alice", "")
+	if err != nil || len(ips) != 1 || ips[0] != alice.IP {
+		t.Fatalf("RevokeUser = %v, %v", ips, err)
+	}
+	eventually(t, 5*time.Second, "alice to go again", func() bool { return !has(m, alice.IP) })
+	allow := grant.Grant{IP: "198.51.100.9", User: "admin", Service: "manual", Time: time.Now(), Expires: time.Now().Add(2 * time.Hour)}
+	if err := smtp.Allow(context.Background(), allow); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the allowance", func() bool { return has(m, allow.IP) })
+	list, err := pop.List(context.Background())
+	if err != nil || len(list) != 1 || list[0].IP != allow.IP || !list[0].Expires.Equal(allow.Expires) {
+		t.Fatalf("List = %+v, %v", list, err)
+	}
+}
+
+func TestNewerWins(t *testing.T) {
+	e := startEtcd(t)
+	a := open(t, Options{Host: "popA"}, e.client)
+	b := open(t, Options{Host: "popB"}, e.client)
+	ctx := context.Background()
+	now := time.Now()
+	old := grant.Grant{IP: "192.0.2.7", User: "alice", Service: "pop3", Time: now.Add(-10 * time.Minute)}
+	young := grant.Grant{IP: "192.0.2.7", User: "bob", Service: "imap", Time: now}
+	if ok, err := b.share(ctx, young, "popB"); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	// A's older login (a late replay) does not replace B's.
+	if ok, err := a.share(ctx, old, "popA"); err != nil || ok {
+		t.Fatalf("older replaced newer: %v %v", ok, err)
+	}
+	// A removing its own grant does not delete B's.
+	if ok, err := a.unshare(ctx, old.IP, a.encode(old, "popA")); err != nil || ok {
+		t.Fatalf("A deleted B's grant: %v %v", ok, err)
+	}
+	gs, _ := a.List(ctx)
+	if len(gs) != 1 || gs[0].User != "bob" {
+		t.Fatalf("List = %+v", gs)
+	}
+	// An expired grant is not shared.
+	if _, err := a.share(ctx, grant.Grant{IP: "192.0.2.8", Time: now.Add(-2 * time.Hour)}, "popA"); !errors.Is(err, ErrExpired) {
+		t.Fatalf("expired grant: %v", err)
+	}
+}
+
+// TestExpiryLocal: grants close at exp in the mirror on its own, with no
+// help from etcd (here the lease outlives exp by minutes).
+func TestExpiryLocal(t *testing.T) {
+	e := startEtcd(t)
+	c := open(t, Options{Host: "pop1"}, e.client)
+	m, _ := runMirror(t, c)
+	<-m.Ready()
+	now := time.Now()
+	g := grant.Grant{IP: "192.0.2.9", User: "carol", Service: "pop3", Time: now, Expires: now.Add(1500 * time.Millisecond)}
+	if err := c.Allow(context.Background(), g); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the grant", func() bool { return has(m, g.IP) })
+	eventually(t, 5*time.Second, "the grant to expire", func() bool { return !has(m, g.IP) })
+	if time.Now().Before(g.Expires) {
+		t.Fatal("gone before its exp")
+	}
+	if late := time.Since(g.Expires); late > 100*time.Millisecond {
+		t.Errorf("expired %v late", late)
+	}
+	// etcd still has the key: the lease only cleans up later.
+	resp, err := c.Client().Get(context.Background(), DefaultPrefix+"grants/"+g.IP)
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
+		t.Fatalf("key in etcd: %v %v", resp, err)
+	}
+}
+
+// TestLeaseBuckets: many grants, few leases.
+func TestLeaseBuckets(t *testing.T) {
+	e := startEtcd(t)
+	c := open(t, Options{Host: "pop1"}, e.client)
+	p := runPublisher(t, c, PublisherOptions{Workers: 8})
+	now := time.Now()
+	var gs []grant.Grant
+	// 2000 logins spread over 5 minutes: 5 or 6 one-minute buckets.
+	for i := 0; i < 2000; i++ {
+		gs = append(gs, grant.Grant{
+			IP:      fmt.Sprintf("10.1.%d.%d", i/250, i%250+1),
+			User:    fmt.Sprint("u", i),
+			Service: "pop3",
+			Time:    now.Add(-time.Duration(i) * 150 * time.Millisecond),
+		})
+	}
+	p.Sync(gs, now)
+	eventually(t, 30*time.Second, "2000 grants written", func() bool { return p.Stats().Written == 2000 })
+	resp, err := c.Client().Leases(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("2000 grants, %d leases", len(resp.Leases))
+	if n := len(resp.Leases); n < 5 || n > 7 {
+		t.Fatalf("%d leases for 2000 grants over 5 minutes, want 5 to 7", n)
+	}
+	// Each key's lease outlives its exp, by less than a bucket + slack.
+	ttl, err := c.Client().TimeToLive(context.Background(), clientv3.LeaseID(resp.Leases[0].ID))
+	if err != nil || ttl.TTL <= 0 {
+		t.Fatalf("TimeToLive: %v %v", ttl, err)
+	}
+	kv, err := c.Client().Get(context.Background(), DefaultPrefix+"grants/10.1.0.1")
+	if err != nil || len(kv.Kvs) != 1 {
+		t.Fatal(err)
+	}
+	lt, err := c.Client().TimeToLive(context.Background(), clientv3.LeaseID(kv.Kvs[0].Lease))
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := time.Duration(lt.TTL) * time.Second
+	if want := time.Until(now.Add(time.Hour)); left < want || left > want+90*time.Second+time.Second {
+		t.Fatalf("lease has %v left, grant %v", left, want)
+	}
+}
