@@ -172,6 +172,8 @@ func TestRun(t *testing.T) {
 		{"-- then names", []string{"--", p("-n.cdb"), p("-n.tmp")}, strings.NewReader(good), 0, "", ""},
 		{"parse error", []string{p("b.cdb"), p("b.tmp")}, strings.NewReader("1.2.3.4:allow\nbad:x \t\n"), 100,
 			"cdbbuild: fatal: unable to parse this line: bad:x\n", ""},
+		{"NUL cuts the message as in C", []string{p("b.cdb"), p("b.tmp")}, strings.NewReader(":allow,A=\"x\x00y\"z\n"), 100,
+			"cdbbuild: fatal: unable to parse this line: :allow,A=\"x\n", ""},
 		{"missing dir", []string{p("nodir/a.cdb"), p("nodir/a.tmp")}, strings.NewReader(good), 111,
 			"cdbbuild: fatal: unable to create DIR/nodir/a.tmp: file does not exist\n", ""},
 		{"TMP is a directory", []string{p("a.cdb"), p("sub")}, strings.NewReader(good), 111,

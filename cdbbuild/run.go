@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/poprelay/poprelay/internal/cdb"
@@ -136,7 +137,7 @@ func (c *cmd) compile(target, tmp string, stdin io.Reader) int {
 	var pe *rules.ParseError
 	switch {
 	case errors.As(err, &pe):
-		return c.fail(exitPermanent, "unable to parse this line: %s", pe.Text)
+		return c.fail(exitPermanent, "unable to parse this line: %s", cText(pe.Text))
 	case errors.Is(err, rules.ErrLineTooLong):
 		return c.fail(exitPermanent, "unable to read input: line too long")
 	case in.err != nil:
@@ -165,6 +166,12 @@ func (c *cmd) compile(target, tmp string, stdin io.Reader) int {
 	return exitOK
 }
 
+// cText cuts s at its first NUL byte, as tcprules' C-string message does.
+func cText(s string) string {
+	s, _, _ = strings.Cut(s, "\x00")
+	return s
+}
+
 // check parses file (stdin for "-") and reports the first bad line.
 func (c *cmd) check(file string, stdin io.Reader) int {
 	in := stdin
@@ -181,7 +188,7 @@ func (c *cmd) check(file string, stdin io.Reader) int {
 	var pe *rules.ParseError
 	switch {
 	case errors.As(err, &pe):
-		fmt.Fprintf(c.stderr, "%s: %s\n", prog, pe.Error())
+		fmt.Fprintf(c.stderr, "%s: %s:%d: unable to parse this line: %s\n", prog, pe.File, pe.Line, cText(pe.Text))
 		return exitPermanent
 	case errors.Is(err, rules.ErrLineTooLong):
 		return c.fail(exitPermanent, "unable to read %s: line too long", file)
