@@ -29,6 +29,8 @@ type Mirror struct {
 	ready   chan struct{}
 	loaded  bool
 	reloads int
+
+	beforeWatch func() // test hook: runs between a full read and its watch
 }
 
 // Mirror returns a Mirror of c's grants. onChange (nil ignores) is called
@@ -124,6 +126,9 @@ func (m *Mirror) Run(ctx context.Context) error {
 			failing = false
 		}
 		backoff = minBackoff
+		if m.beforeWatch != nil {
+			m.beforeWatch()
+		}
 		err := m.watch(ctx)
 		if ctx.Err() != nil {
 			break
