@@ -1,0 +1,409 @@
+// Package watch keeps a relay CDB current: it watches the grant spool and
+// the static rules file with fsnotify, keeps the grants and the parsed rules
+// in memory, and republishes within milliseconds of a change.
+//
+// A burst of changes is coalesced: a rebuild runs Debounce after the last
+// change, but never later than MaxDelay after the first one, so a steady
+// login storm still publishes at least every MaxDelay. Grants lapse exactly
+// on time: a timer fires at the next expiry and republishes without it.
+// A full rescan runs at start, after an event overflow, and every Rescan as
+// a safety net. A bad edit of the rules file is logged and the last good
+// rules stay in use; a failed publish is logged and retried, and the
+// previous CDB stays in place meanwhile.
+package watch
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/rules"
+)
+
+// Source is where grants live: the spool store, or any store with the same
+// two reads.
+type Source interface {
+	List() ([]grant.Grant, error)
+	Get(ip string) (grant.Grant, bool, error)
+}
+
+// Stats describes one publish, for logs and metrics.
+type Stats struct {
+	Grants   int           // live grants published
+	Duration time.Duration // time the publish took
+	// Latency is, for each grant that changed since the last publish,
+	// the time from the watcher seeing its file change to the publish
+	// completing.
+	Latency []time.Duration
+	Reason  string // what triggered it: "start", "change", "expiry", ...
+}
+
+// Config configures a Watcher. Spool, Rules, Source and Publish are
+// required.
+type Config struct {
+	Spool    string        // grant spool directory
+	Rules    string        // static rules file (tcprules syntax)
+	MaxAge   time.Duration // grant lifetime (default 1h)
+	Debounce time.Duration // quiet time before a rebuild (default 5ms)
+	MaxDelay time.Duration // longest a change waits under a storm (default 50ms)
+	Rescan   time.Duration // full rescan period (default 5m)
+	Retry    time.Duration // wait after a failed publish (default 1s)
+
+	Source Source
+	// Publish writes the CDB for the static rules and the live grants
+	// (already without the expired ones). It must be atomic.
+	Publish func(static []rules.Rule, grants []grant.Grant, now time.Time) error
+	// Logf logs one line; nil discards.
+	Logf func(format string, args ...any)
+	// Observe is called after each successful publish; nil ignores.
+	Observe func(Stats)
+	// OnError is called for each failure (rules, spool, publish); nil
+	// ignores.
+	OnError func(what string, err error)
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// Watcher is a running watch. Create it with New and run it with Run.
+type Watcher struct {
+	cfg    Config
+	reload chan struct{}
+
+	static      []rules.Rule
+	haveRules   bool
+	grants      map[string]grant.Grant
+	changed     map[string]time.Time // IPs seen changing since the last publish
+	fullScan    bool
+	scanFailing bool // the last full scan failed; read again on the next timer
+	rulesStale  bool
+}
+
+// New returns a Watcher for cfg, with defaults filled in.
+func New(cfg Config) *Watcher {
+	if cfg.MaxAge <= 0 {
+		cfg.MaxAge = time.Hour
+	}
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = 5 * time.Millisecond
+	}
+	if cfg.MaxDelay < cfg.Debounce {
+		cfg.MaxDelay = 10 * cfg.Debounce
+	}
+	if cfg.Rescan <= 0 {
+		cfg.Rescan = 5 * time.Minute
+	}
+	if cfg.Retry <= 0 {
+		cfg.Retry = time.Second
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	cfg.Spool = filepath.Clean(cfg.Spool)
+	cfg.Rules = filepath.Clean(cfg.Rules)
+	return &Watcher{
+		cfg:     cfg,
+		reload:  make(chan struct{}, 1),
+		grants:  map[string]grant.Grant{},
+		changed: map[string]time.Time{},
+	}
+}
+
+// Reload asks the running watcher to re-read the rules and rescan the
+// spool (what SIGHUP does).
+func (w *Watcher) Reload() {
+	select {
+	case w.reload <- struct{}{}:
+	default:
+	}
+}
+
+func (w *Watcher) fail(what string, err error) {
+	w.cfg.Logf("warning: %s: %v", what, err)
+	if w.cfg.OnError != nil {
+		w.cfg.OnError(what, err)
+	}
+}
+
+// loadRules re-reads the static rules file, keeping the last good rules
+// on any error. A missing file means no static rules.
+func (w *Watcher) loadRules() {
+	w.rulesStale = false
+	f, err := os.Open(w.cfg.Rules)
+	if errors.Is(err, os.ErrNotExist) {
+		if w.haveRules && len(w.static) > 0 {
+			w.cfg.Logf("rules file %s is gone; using no static rules", w.cfg.Rules)
+		}
+		w.static, w.haveRules = nil, true
+		return
+	}
+	if err != nil {
+		w.fail("unable to read "+w.cfg.Rules, err)
+		return
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && !st.Mode().IsRegular() {
+		w.fail("unable to read "+w.cfg.Rules, errors.New("not a regular file"))
+		return
+	}
+	rs, err := rules.Parse(f, w.cfg.Rules)
+	if err != nil {
+		if w.haveRules {
+			w.fail("keeping the last good rules", err)
+		} else {
+			w.fail("no usable rules yet", err)
+		}
+		return
+	}
+	w.static, w.haveRules = rs, true
+}
+
+// scan re-reads every grant from the source.
+func (w *Watcher) scan() error {
+	gs, err := w.cfg.Source.List()
+	if err != nil {
+		return err
+	}
+	m := make(map[string]grant.Grant, len(gs))
+	for _, g := range gs {
+		m[g.IP] = g
+	}
+	w.grants = m
+	w.fullScan = false
+	return nil
+}
+
+// refresh re-reads the grants whose files changed.
+func (w *Watcher) refresh() {
+	for ip, seen := range w.changed {
+		if !seen.IsZero() {
+			g, ok, err := w.cfg.Source.Get(ip)
+			switch {
+			case err != nil:
+				w.fail("unable to read grant "+ip, err)
+			case ok:
+				w.grants[ip] = g
+			default:
+				delete(w.grants, ip)
+			}
+		}
+	}
+}
+
+// publish rebuilds the CDB from memory and returns the next expiry.
+func (w *Watcher) publish(reason string) (next time.Time, err error) {
+	start := time.Now()
+	if w.rulesStale || !w.haveRules {
+		w.loadRules()
+	}
+	if !w.haveRules {
+		return time.Time{}, errors.New("no usable static rules")
+	}
+	scanFailed := false
+	if w.fullScan {
+		if err := w.scan(); err != nil {
+			// Never publish an empty CDB because a read failed: go on
+			// with the grants last seen (they still expire on time)
+			// and read again soon.
+			if !w.scanFailing {
+				w.fail("unable to read the spool, using the grants last seen", err)
+			}
+			w.scanFailing, scanFailed = true, true
+			w.refresh()
+		} else if w.scanFailing {
+			w.cfg.Logf("spool %s readable again", w.cfg.Spool)
+			w.scanFailing = false
+		}
+	} else {
+		w.refresh()
+	}
+	now := w.cfg.Now()
+	live := make([]grant.Grant, 0, len(w.grants))
+	for _, g := range w.grants {
+		exp := g.Expiry(w.cfg.MaxAge)
+		if !exp.After(now) {
+			continue
+		}
+		live = append(live, g)
+		if next.IsZero() || exp.Before(next) {
+			next = exp
+		}
+	}
+	if scanFailed {
+		if retry := now.Add(w.cfg.Retry); next.IsZero() || retry.Before(next) {
+			next = retry
+		}
+	}
+	sort.Slice(live, func(i, j int) bool { return live[i].IP < live[j].IP })
+	if err := w.cfg.Publish(w.static, live, now); err != nil {
+		return time.Time{}, err
+	}
+	done := time.Now()
+	st := Stats{Grants: len(live), Duration: done.Sub(start), Reason: reason}
+	for _, seen := range w.changed {
+		if !seen.IsZero() {
+			st.Latency = append(st.Latency, done.Sub(seen))
+		}
+	}
+	clear(w.changed)
+	w.cfg.Logf("rebuilt: %s: %d grants in %.1f ms", reason, st.Grants, float64(st.Duration.Microseconds())/1000)
+	if w.cfg.Observe != nil {
+		w.cfg.Observe(st)
+	}
+	return next, nil
+}
+
+// addWatches (re)registers the spool, its parent and the rules file's
+// directory. Missing directories are skipped: the parent's events bring
+// the spool back when it is recreated.
+func (w *Watcher) addWatches(fw *fsnotify.Watcher) {
+	dirs := []string{filepath.Dir(w.cfg.Spool), w.cfg.Spool, filepath.Dir(w.cfg.Rules)}
+	have := map[string]bool{}
+	for _, d := range fw.WatchList() {
+		have[filepath.Clean(d)] = true
+	}
+	for _, d := range dirs {
+		if have[d] {
+			continue
+		}
+		if err := fw.Add(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			w.fail("unable to watch "+d, err)
+		}
+		have[d] = true
+	}
+}
+
+// classify tells what an event means: a grant file changed (its IP), the
+// spool itself appeared or vanished, or the rules file changed.
+func (w *Watcher) classify(ev fsnotify.Event) (ip string, spool, rulesChanged bool) {
+	name := filepath.Clean(ev.Name)
+	switch {
+	case name == w.cfg.Rules:
+		return "", false, true
+	case name == w.cfg.Spool:
+		return "", true, false
+	case filepath.Dir(name) == w.cfg.Spool:
+		base := filepath.Base(name)
+		if strings.HasPrefix(base, ".") {
+			return "", false, false // temp files; the rename brings the grant
+		}
+		return base, false, false
+	}
+	return "", false, false
+}
+
+// Run watches until ctx is done. A publish in flight is always finished
+// before Run returns. It returns an error only if the watch cannot start.
+func (w *Watcher) Run(ctx context.Context) error {
+	fw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return err
+	}
+	defer fw.Close()
+	w.addWatches(fw)
+
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	expiry := time.NewTimer(time.Hour)
+	expiry.Stop()
+	rescan := time.NewTicker(w.cfg.Rescan)
+	defer rescan.Stop()
+
+	var pendingSince time.Time // zero: nothing pending
+	retrying := false          // the expiry timer is a retry after a failure
+	arm := func() {
+		now := time.Now()
+		if pendingSince.IsZero() {
+			pendingSince = now
+		}
+		d := w.cfg.Debounce
+		if lim := pendingSince.Add(w.cfg.MaxDelay).Sub(now); lim < d {
+			d = max(lim, 0)
+		}
+		debounce.Reset(d)
+	}
+	run := func(reason string) {
+		pendingSince = time.Time{}
+		debounce.Stop()
+		next, err := w.publish(reason)
+		if err != nil {
+			w.fail("rebuild failed, previous CDB kept", err)
+			w.fullScan = true
+			retrying = true
+			expiry.Reset(w.cfg.Retry)
+			return
+		}
+		retrying = false
+		if next.IsZero() {
+			expiry.Stop()
+		} else {
+			expiry.Reset(max(next.Sub(w.cfg.Now()), 0))
+		}
+	}
+
+	w.fullScan = true
+	w.rulesStale = true
+	run("start")
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-fw.Events:
+			if !ok {
+				return errors.New("watch: fsnotify closed")
+			}
+			ip, spool, rc := w.classify(ev)
+			switch {
+			case rc:
+				w.rulesStale = true
+				arm()
+			case spool:
+				// The spool was created, removed or renamed:
+				// watch it again and rescan it.
+				w.addWatches(fw)
+				w.fullScan = true
+				arm()
+			case ip != "":
+				w.changed[ip] = time.Now()
+				arm()
+			}
+		case err, ok := <-fw.Errors:
+			if !ok {
+				return errors.New("watch: fsnotify closed")
+			}
+			// Overflow or another loss of events: trust nothing.
+			w.fail("watch", err)
+			w.fullScan = true
+			arm()
+		case <-debounce.C:
+			run("change")
+		case <-expiry.C:
+			if retrying || w.scanFailing {
+				w.addWatches(fw)
+				w.fullScan = true
+				run("retry")
+			} else {
+				run("expiry")
+			}
+		case <-rescan.C:
+			w.addWatches(fw)
+			w.fullScan = true
+			w.rulesStale = true
+			run("rescan")
+		case <-w.reload:
+			w.addWatches(fw)
+			w.fullScan = true
+			w.rulesStale = true
+			run("reload")
+		}
+	}
+}

@@ -1,0 +1,254 @@
+package watch
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/poprelay/poprelay/internal/atomic"
+	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/merge"
+	"github.com/poprelay/poprelay/internal/rules"
+)
+
+// rig is a watcher on a temp spool and rules file, publishing a real CDB
+// through the merge, as relayctl watch does.
+type rig struct {
+	dir, spool, rules, cdb string
+	store                  *grant.Store
+	mu                     sync.Mutex
+	errs                   []string
+	stats                  []Stats
+	cancel                 context.CancelFunc
+	done                   chan error
+}
+
+func newRig(t *testing.T, static string, maxAge time.Duration) *rig {
+	t.Helper()
+	dir := t.TempDir()
+	r := &rig{
+		dir:   dir,
+		spool: filepath.Join(dir, "spool"),
+		rules: filepath.Join(dir, "tcp.smtp"),
+		cdb:   filepath.Join(dir, "tcp.smtp.cdb"),
+	}
+	if err := os.Mkdir(r.spool, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(r.rules, []byte(static), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.store = grant.New(r.spool)
+	w := New(Config{
+		Spool:  r.spool,
+		Rules:  r.rules,
+		MaxAge: maxAge,
+		Rescan: time.Hour,
+		Retry:  50 * time.Millisecond,
+		Source: r.store,
+		Publish: func(static []rules.Rule, grants []grant.Grant, now time.Time) error {
+			return atomic.WriteFile(r.cdb, 0o644, func(f *os.File) error {
+				cw := cdb.NewWriter(f)
+				if _, err := merge.Write(cw, static, grants, merge.Options{Now: now, MaxAge: maxAge}); err != nil {
+					return err
+				}
+				return cw.Finish()
+			})
+		},
+		Logf: t.Logf,
+		Observe: func(s Stats) {
+			r.mu.Lock()
+			r.stats = append(r.stats, s)
+			r.mu.Unlock()
+		},
+		OnError: func(what string, err error) {
+			r.mu.Lock()
+			r.errs = append(r.errs, what+": "+err.Error())
+			r.mu.Unlock()
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.done = make(chan error, 1)
+	go func() { r.done <- w.Run(ctx) }()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *rig) stop() {
+	if r.cancel != nil {
+		r.cancel()
+		<-r.done
+		r.cancel = nil
+	}
+}
+
+// lookup decides ip against the current CDB; "" if there is no CDB yet.
+func (r *rig) lookup(t *testing.T, ip string) string {
+	t.Helper()
+	db, err := cdb.Open(r.cdb)
+	if os.IsNotExist(err) {
+		return ""
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	d, err := rules.Lookup(db, rules.Query{IP: ip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if d.Deny {
+		b.WriteString("deny")
+	} else {
+		b.WriteString("allow")
+	}
+	for _, v := range d.Environ() {
+		b.WriteString(" " + v.Name + "=" + v.Value)
+	}
+	return b.String()
+}
+
+// waitFor polls until ip's decision satisfies ok, or fails after limit.
+func (r *rig) waitFor(t *testing.T, ip string, limit time.Duration, ok func(string) bool) string {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		got := r.lookup(t, ip)
+		if ok(got) {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: after %v decision is %q", ip, limit, got)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func relays(s string) bool    { return strings.Contains(s, "RELAYCLIENT=") }
+func notRelays(s string) bool { return s != "" && !relays(s) }
+
+func TestLoginOpensAndExpiryCloses(t *testing.T) {
+	r := newRig(t, "127.0.0.:allow,QMAILQUEUE=\"/q\"\n:allow\n", time.Hour)
+	r.waitFor(t, "127.0.0.5", time.Second, notRelays)
+
+	// A login: the wrapper's write. Relaying opens within the debounce.
+	// The store keeps whole seconds: expire at the start of a second.
+	now := time.Now()
+	exp := now.Truncate(time.Second).Add(2 * time.Second)
+	if err := r.store.Record(grant.Grant{IP: "127.0.0.5", User: "alice", Service: "pop3", Time: now, Expires: exp}); err != nil {
+		t.Fatal(err)
+	}
+	got := r.waitFor(t, "127.0.0.5", time.Second, relays)
+	if !strings.Contains(got, "QMAILQUEUE=/q") {
+		t.Errorf("static env lost: %q", got)
+	}
+	opened := time.Since(now)
+	// No event at all: the expiry timer alone closes it, on time.
+	r.waitFor(t, "127.0.0.5", 3*time.Second, notRelays)
+	late := time.Since(exp)
+	if late < 0 {
+		t.Errorf("grant closed %v before its expiry", -late)
+	}
+	if late > 200*time.Millisecond {
+		t.Errorf("grant closed %v after its expiry", late)
+	}
+	t.Logf("opened %v after the login, closed %v after the expiry", opened, late)
+
+	// A revoke (the file removed) closes at once.
+	r.store.Record(grant.Grant{IP: "127.0.0.6", User: "bob", Service: "imap", Time: time.Now()})
+	r.waitFor(t, "127.0.0.6", time.Second, relays)
+	if _, err := r.store.Remove("127.0.0.6"); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor(t, "127.0.0.6", time.Second, notRelays)
+}
+
+func TestBadRulesKeepLastGood(t *testing.T) {
+	r := newRig(t, ":allow,WHO=\"good\"\n", time.Hour)
+	r.waitFor(t, "127.0.0.9", time.Second, func(s string) bool { return strings.Contains(s, "WHO=good") })
+
+	// An editor saves a broken file by rename.
+	tmp := r.rules + ".new"
+	os.WriteFile(tmp, []byte(":allow,WHO=\"bad\n"), 0o644)
+	if err := os.Rename(tmp, r.rules); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		r.mu.Lock()
+		n := len(r.errs)
+		r.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("bad rules edit not reported")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.mu.Lock()
+	if !strings.Contains(strings.Join(r.errs, "\n"), "tcp.smtp:1") {
+		t.Errorf("error does not name file:line: %q", r.errs)
+	}
+	r.mu.Unlock()
+	// Grants still publish, with the last good static rules.
+	r.store.Record(grant.Grant{IP: "127.0.0.9", User: "carol", Service: "pop3", Time: time.Now()})
+	got := r.waitFor(t, "127.0.0.9", time.Second, relays)
+	if !strings.Contains(got, "WHO=good") {
+		t.Errorf("last good rules not kept: %q", got)
+	}
+	// A fixed file is picked up.
+	os.WriteFile(r.rules, []byte(":allow,WHO=\"fixed\"\n"), 0o644)
+	r.waitFor(t, "127.0.0.9", time.Second, func(s string) bool { return strings.Contains(s, "WHO=fixed") && relays(s) })
+}
+
+func TestSpoolDeletedAndRecreated(t *testing.T) {
+	r := newRig(t, ":allow\n", time.Hour)
+	r.store.Record(grant.Grant{IP: "127.0.0.20", User: "dave", Service: "pop3", Time: time.Now()})
+	r.waitFor(t, "127.0.0.20", time.Second, relays)
+
+	if err := os.RemoveAll(r.spool); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor(t, "127.0.0.20", time.Second, notRelays)
+	if err := os.Mkdir(r.spool, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Give the watcher a moment to re-add the spool's watch, as a
+	// recreated spool would be in real life before the next login.
+	time.Sleep(50 * time.Millisecond)
+	r.store.Record(grant.Grant{IP: "127.0.0.21", User: "erin", Service: "pop3", Time: time.Now()})
+	r.waitFor(t, "127.0.0.21", time.Second, relays)
+}
+
+func TestStormIsCoalesced(t *testing.T) {
+	r := newRig(t, ":allow\n", time.Hour)
+	r.waitFor(t, "127.0.1.1", time.Second, notRelays)
+	r.mu.Lock()
+	before := len(r.stats)
+	r.mu.Unlock()
+	for i := 1; i <= 200; i++ {
+		r.store.Record(grant.Grant{IP: "127.0.1." + strconv.Itoa(i), User: "u", Service: "pop3", Time: time.Now()})
+	}
+	r.waitFor(t, "127.0.1.200", time.Second, relays)
+	for i := 1; i <= 200; i++ {
+		if got := r.lookup(t, "127.0.1."+strconv.Itoa(i)); !relays(got) {
+			t.Fatalf("127.0.1.%d: %q", i, got)
+		}
+	}
+	r.mu.Lock()
+	n := len(r.stats) - before
+	r.mu.Unlock()
+	if n >= 200 {
+		t.Errorf("%d rebuilds for 200 logins: not coalesced", n)
+	}
+	t.Logf("200 logins → %d rebuilds", n)
+}
