@@ -15,6 +15,7 @@ package watch
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -64,9 +65,10 @@ type Config struct {
 	Logf func(format string, args ...any)
 	// Observe is called after each successful publish; nil ignores.
 	Observe func(Stats)
-	// OnError is called for each failure (rules, spool, publish); nil
-	// ignores.
-	OnError func(what string, err error)
+	// OnError is called for each failure, with its kind: "rules" (the
+	// rules file is unreadable or bad), "spool" (grants unreadable),
+	// "rebuild" (publish failed) or "watch" (events lost); nil ignores.
+	OnError func(kind string, err error)
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 }
@@ -127,10 +129,12 @@ func (w *Watcher) Reload() {
 	}
 }
 
-func (w *Watcher) fail(what string, err error) {
+// fail logs a failure and reports it by kind: "rules", "spool",
+// "rebuild" or "watch".
+func (w *Watcher) fail(kind, what string, err error) {
 	w.cfg.Logf("warning: %s: %v", what, err)
 	if w.cfg.OnError != nil {
-		w.cfg.OnError(what, err)
+		w.cfg.OnError(kind, fmt.Errorf("%s: %w", what, err))
 	}
 }
 
@@ -147,20 +151,20 @@ func (w *Watcher) loadRules() {
 		return
 	}
 	if err != nil {
-		w.fail("unable to read "+w.cfg.Rules, err)
+		w.fail("rules", "unable to read "+w.cfg.Rules, err)
 		return
 	}
 	defer f.Close()
 	if st, err := f.Stat(); err == nil && !st.Mode().IsRegular() {
-		w.fail("unable to read "+w.cfg.Rules, errors.New("not a regular file"))
+		w.fail("rules", "unable to read "+w.cfg.Rules, errors.New("not a regular file"))
 		return
 	}
 	rs, err := rules.Parse(f, w.cfg.Rules)
 	if err != nil {
 		if w.haveRules {
-			w.fail("keeping the last good rules", err)
+			w.fail("rules", "keeping the last good rules", err)
 		} else {
-			w.fail("no usable rules yet", err)
+			w.fail("rules", "no usable rules yet", err)
 		}
 		return
 	}
@@ -189,7 +193,7 @@ func (w *Watcher) refresh() {
 			g, ok, err := w.cfg.Source.Get(ip)
 			switch {
 			case err != nil:
-				w.fail("unable to read grant "+ip, err)
+				w.fail("spool", "unable to read grant "+ip, err)
 			case ok:
 				w.grants[ip] = g
 			default:
@@ -215,7 +219,7 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 			// with the grants last seen (they still expire on time)
 			// and read again soon.
 			if !w.scanFailing {
-				w.fail("unable to read the spool, using the grants last seen", err)
+				w.fail("spool", "unable to read the spool, using the grants last seen", err)
 			}
 			w.scanFailing, scanFailed = true, true
 			w.refresh()
@@ -276,7 +280,7 @@ func (w *Watcher) addWatches(fw *fsnotify.Watcher) {
 			continue
 		}
 		if err := fw.Add(d); err != nil && !errors.Is(err, os.ErrNotExist) {
-			w.fail("unable to watch "+d, err)
+			w.fail("watch", "unable to watch "+d, err)
 		}
 		have[d] = true
 	}
@@ -336,7 +340,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 		debounce.Stop()
 		next, err := w.publish(reason)
 		if err != nil {
-			w.fail("rebuild failed, previous CDB kept", err)
+			w.fail("rebuild", "rebuild failed, previous CDB kept", err)
 			w.fullScan = true
 			retrying = true
 			expiry.Reset(w.cfg.Retry)
@@ -381,7 +385,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 				return errors.New("watch: fsnotify closed")
 			}
 			// Overflow or another loss of events: trust nothing.
-			w.fail("watch", err)
+			w.fail("watch", "events lost, rescanning", err)
 			w.fullScan = true
 			arm()
 		case <-debounce.C:

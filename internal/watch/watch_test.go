@@ -67,9 +67,9 @@ func newRig(t *testing.T, static string, maxAge time.Duration) *rig {
 			r.stats = append(r.stats, s)
 			r.mu.Unlock()
 		},
-		OnError: func(what string, err error) {
+		OnError: func(kind string, err error) {
 			r.mu.Lock()
-			r.errs = append(r.errs, what+": "+err.Error())
+			r.errs = append(r.errs, kind+": "+err.Error())
 			r.mu.Unlock()
 		},
 	})
