@@ -13,16 +13,18 @@ type slot struct {
 }
 
 // Writer streams records to an io.WriteSeeker and writes the hash tables and
-// the header on Finish. It keeps 8 bytes per record in memory; keys and
-// values go straight to the output.
+// the header on Finish. It keeps 8 bytes per record in memory, already
+// grouped by hash table, so Finish needs no second copy; keys and values go
+// straight to the output.
 type Writer struct {
-	w     io.WriteSeeker
-	buf   *bufio.Writer
-	pos   uint64 // offset of the next record
-	slots []slot
-	count [256]uint32
-	err   error // sticky: once set, every later call returns it
-	done  bool
+	w      io.WriteSeeker
+	buf    *bufio.Writer
+	pos    uint64 // offset of the next record
+	tables [256][]slot
+	n      int   // records added
+	err    error // sticky: once set, every later call returns it
+	done   bool
+	hdr    [8]byte // Add's record header, here so it is not allocated per call
 }
 
 // NewWriter returns a Writer that writes a database to w, starting at its
@@ -45,14 +47,14 @@ func (cw *Writer) Add(key, value []byte) error {
 	n := 8 + uint64(len(key)) + uint64(len(value))
 	// The record, and one more hash-table pair for it in the worst case,
 	// must stay addressable.
-	if cw.pos+n+16*uint64(len(cw.slots)+1) > limit {
+	if cw.pos+n+16*uint64(cw.n+1) > limit {
 		cw.err = ErrTooBig
 		return cw.err
 	}
-	var hdr [8]byte
+	hdr := cw.hdr[:]
 	binary.LittleEndian.PutUint32(hdr[0:], uint32(len(key)))
 	binary.LittleEndian.PutUint32(hdr[4:], uint32(len(value)))
-	if _, err := cw.buf.Write(hdr[:]); err != nil {
+	if _, err := cw.buf.Write(hdr); err != nil {
 		cw.err = err
 		return err
 	}
@@ -65,8 +67,8 @@ func (cw *Writer) Add(key, value []byte) error {
 		return err
 	}
 	h := Hash(key)
-	cw.slots = append(cw.slots, slot{h, uint32(cw.pos)})
-	cw.count[h&255]++
+	cw.tables[h&255] = append(cw.tables[h&255], slot{h, uint32(cw.pos)})
+	cw.n++
 	cw.pos += n
 	return nil
 }
@@ -82,28 +84,13 @@ func (cw *Writer) Finish() error {
 	}
 	cw.done = true
 
-	// Group the records by table, keeping insertion order inside a table,
-	// as cdb_make's split does.
-	var start [256]uint32
-	var sum uint32
-	for i := range 256 {
-		start[i] = sum
-		sum += cw.count[i]
-	}
-	split := make([]slot, len(cw.slots))
-	next := start
-	for _, s := range cw.slots {
-		t := s.h & 255
-		split[next[t]] = s
-		next[t]++
-	}
-	cw.slots = nil
-
+	// Each table holds its records in insertion order, as cdb_make's
+	// split does.
 	var header [headerSize]byte
 	var table []slot
-	var pair [8]byte
+	var out []byte
 	for i := range 256 {
-		n := cw.count[i]
+		n := uint32(len(cw.tables[i]))
 		slots := 2 * n
 		binary.LittleEndian.PutUint32(header[8*i:], uint32(cw.pos))
 		binary.LittleEndian.PutUint32(header[8*i+4:], slots)
@@ -113,10 +100,11 @@ func (cw *Writer) Finish() error {
 		}
 		if uint32(cap(table)) < slots {
 			table = make([]slot, slots)
+			out = make([]byte, 8*slots)
 		}
 		table = table[:slots]
 		clear(table)
-		for _, s := range split[start[i] : start[i]+n] {
+		for _, s := range cw.tables[i] {
 			where := (s.h >> 8) % slots
 			for table[where].pos != 0 {
 				where++
@@ -126,13 +114,15 @@ func (cw *Writer) Finish() error {
 			}
 			table[where] = s
 		}
-		for _, s := range table {
-			binary.LittleEndian.PutUint32(pair[0:], s.h)
-			binary.LittleEndian.PutUint32(pair[4:], s.pos)
-			if _, err := cw.buf.Write(pair[:]); err != nil {
-				cw.err = err
-				return err
-			}
+		cw.tables[i] = nil
+		b := out[:8*slots]
+		for j, s := range table {
+			binary.LittleEndian.PutUint32(b[8*j:], s.h)
+			binary.LittleEndian.PutUint32(b[8*j+4:], s.pos)
+		}
+		if _, err := cw.buf.Write(b); err != nil {
+			cw.err = err
+			return err
 		}
 		cw.pos += 8 * uint64(slots)
 	}
