@@ -161,10 +161,17 @@ func getnum(b []byte) (uint64, bool) {
 // expandRange applies tcprules' range rule to addr; false means a parse
 // error.
 func expandRange(addr []byte) (keyRange, bool) {
-	if bytes.IndexByte(addr, '=') >= 0 || bytes.IndexByte(addr, '@') >= 0 {
-		return keyRange{}, true
+	dash := -1
+	for i, c := range addr {
+		switch c {
+		case '=', '@':
+			return keyRange{}, true
+		case '-':
+			if dash < 0 {
+				dash = i
+			}
+		}
 	}
-	dash := bytes.IndexByte(addr, '-')
 	if dash < 0 {
 		return keyRange{}, true
 	}
@@ -236,37 +243,42 @@ func (lr *lineReader) next() ([]byte, error) {
 	return line, nil
 }
 
-// scanRaw is the streaming core of Scan and Build: it calls fn for every
-// rule line with the parsed line and its key range. Read errors are
-// wrapped; fn's errors are returned as they are.
-func scanRaw(r io.Reader, file string, fn func(n int, x []byte, p *parsed, kr keyRange) error) error {
-	lr := newLineReader(r)
-	var p parsed
+// scanner is the streaming core of Scan and Build: next parses lines
+// until one makes records.
+type scanner struct {
+	lr   *lineReader
+	file string
+	x    []byte // the current line, trimmed
+	p    parsed
+	kr   keyRange
+}
+
+// next advances to the next rule line; false at the end or on error.
+// Read errors are wrapped.
+func (s *scanner) next() (bool, error) {
 	for {
-		line, err := lr.next()
+		line, err := s.lr.next()
 		if err == io.EOF {
-			return nil
+			return false, nil
 		}
 		if err != nil {
-			return fmt.Errorf("rules: reading %s: %w", file, err)
+			return false, fmt.Errorf("rules: reading %s: %w", s.file, err)
 		}
 		if line[0] == '#' || line[0] == '\n' {
 			continue
 		}
-		x := trim(line)
-		switch parseLine(x, &p) {
+		s.x = trim(line)
+		switch parseLine(s.x, &s.p) {
 		case lineSkip:
 			continue
 		case lineBad:
-			return &ParseError{File: file, Line: lr.n, Text: string(x)}
+			return false, &ParseError{File: s.file, Line: s.lr.n, Text: string(s.x)}
 		}
-		kr, ok := expandRange(p.addr)
-		if !ok {
-			return &ParseError{File: file, Line: lr.n, Text: string(x)}
+		var ok bool
+		if s.kr, ok = expandRange(s.p.addr); !ok {
+			return false, &ParseError{File: s.file, Line: s.lr.n, Text: string(s.x)}
 		}
-		if err := fn(lr.n, x, &p, kr); err != nil {
-			return err
-		}
+		return true, nil
 	}
 }
 
@@ -275,8 +287,14 @@ func scanRaw(r io.Reader, file string, fn func(n int, x []byte, p *parsed, kr ke
 // reject stops the scan with a *ParseError; read errors are wrapped; an
 // error from fn is returned as it is.
 func Scan(r io.Reader, file string, fn func(*Rule) error) error {
-	return scanRaw(r, file, func(n int, x []byte, p *parsed, kr keyRange) error {
-		rule := &Rule{Line: n, Addr: string(p.addr), Deny: p.deny}
+	s := &scanner{lr: newLineReader(r), file: file}
+	for {
+		ok, err := s.next()
+		if !ok {
+			return err
+		}
+		x, p, kr := s.x, &s.p, s.kr
+		rule := &Rule{Line: s.lr.n, Addr: string(p.addr), Deny: p.deny}
 		if len(p.env) > 0 {
 			rule.Env = make([]Var, len(p.env))
 			for i, s := range p.env {
@@ -292,8 +310,10 @@ func Scan(r io.Reader, file string, fn func(*Rule) error) error {
 				return nil
 			})
 		}
-		return fn(rule)
-	})
+		if err := fn(rule); err != nil {
+			return err
+		}
+	}
 }
 
 // Parse reads a whole rules file; see Scan.
@@ -329,28 +349,43 @@ func Compile(w *cdb.Writer, rs []Rule) error {
 // line. It returns the number of records added. Errors are as Scan's, and
 // w's errors as they are. It does not call w.Finish.
 func Build(w *cdb.Writer, r io.Reader, file string) (int, error) {
+	s := &scanner{lr: newLineReader(r), file: file}
 	var value, key []byte
 	n := 0
-	err := scanRaw(r, file, func(_ int, x []byte, p *parsed, kr keyRange) error {
+	for {
+		ok, err := s.next()
+		if !ok {
+			return n, err
+		}
+		x, p, kr := s.x, &s.p, s.kr
 		value = value[:0]
 		if p.deny {
 			value = append(value, 'D', 0)
 		}
-		for _, s := range p.env {
+		for _, e := range p.env {
 			value = append(value, '+')
-			value = append(value, x[s.name.start:s.name.end]...)
+			value = append(value, x[e.name.start:e.name.end]...)
 			value = append(value, '=')
-			value = append(value, x[s.value.start:s.value.end]...)
+			value = append(value, x[e.value.start:e.value.end]...)
 			value = append(value, 0)
 		}
-		var err error
-		key, err = kr.each(p.addr, key, func(k []byte) error {
+		if !kr.ok {
 			n++
-			return w.Add(k, value)
-		})
-		return err
-	})
-	return n, err
+			if err := w.Add(p.addr, value); err != nil {
+				return n, err
+			}
+			continue
+		}
+		for v := kr.lo; v <= kr.hi; v++ {
+			key = append(key[:0], p.addr[:kr.left]...)
+			key = strconv.AppendUint(key, v, 10)
+			key = append(key, p.addr[kr.right:]...)
+			n++
+			if err := w.Add(key, value); err != nil {
+				return n, err
+			}
+		}
+	}
 }
 
 // Index is an in-memory view of compiled rules: for each key, the first
