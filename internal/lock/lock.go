@@ -13,9 +13,11 @@ type File struct {
 	f *os.File
 }
 
-// Lock creates path if needed and waits for an exclusive lock on it.
+// Lock creates path if needed and waits for an exclusive lock on it. The
+// file is opened read-only: flock needs no more, so a lock file someone
+// else created works as long as it is readable.
 func Lock(path string) (*File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o644)
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|syscall.O_CLOEXEC, 0o644)
 	if err != nil {
 		return nil, err
 	}

@@ -51,9 +51,12 @@ type Options struct {
 	RemoteInfo bool          // add TCPREMOTEINFO=user
 	Never      Refuser       // nil: refuse nothing here
 
-	// Logf, if set, hears of every grant left out for a reason the admin
-	// should know: refused, or denied by a static rule.
+	// Logf, if set, hears of every grant the never-grant set refuses: a
+	// sign of a misconfigured wrapper or a tampered spool.
 	Logf func(format string, args ...any)
+	// Verbosef, if set, hears of every key form a static deny leaves
+	// without relay: routine, as users log in from denied networks.
+	Verbosef func(format string, args ...any)
 }
 
 // Status is what became of one key form of a grant.
@@ -364,9 +367,12 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 	sum.Static = len(rs)
 	sum.Grants = len(grants)
 	m := newMerger(rules.NewIndex(rs), opt)
-	logf := opt.Logf
+	logf, verbosef := opt.Logf, opt.Verbosef
 	if logf == nil {
 		logf = func(string, ...any) {}
+	}
+	if verbosef == nil {
+		verbosef = func(string, ...any) {}
 	}
 
 	// One rec per key form that gets a record: the address's own in
@@ -405,7 +411,7 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 				if j == 1 {
 					key = twinPrefix + key
 				}
-				logf("no relay for %s (user %q): %s denies it", key, g.User, where(f.rule))
+				verbosef("no relay for %s (user %q): %s denies it", key, g.User, where(f.rule))
 			case Relay:
 				relayed = true
 				if j == 0 {

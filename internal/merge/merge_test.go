@@ -336,8 +336,8 @@ func TestClassify(t *testing.T) {
 
 func TestSummaryAndLogs(t *testing.T) {
 	var logs []string
-	opt := Options{Now: now, MaxAge: time.Hour, Never: refuser{"127.0.0.1"},
-		Logf: func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) }}
+	logf := func(f string, a ...any) { logs = append(logs, fmt.Sprintf(f, a...)) }
+	opt := Options{Now: now, MaxAge: time.Hour, Never: refuser{"127.0.0.1"}, Logf: logf, Verbosef: logf}
 	_, sum := build(t, "10.1.2.3:deny\n10.2.:deny\n:allow\n", []grant.Grant{
 		g("10.1.2.3", "a"), g("10.2.0.1", "b"), g("127.0.0.1", "c"), g("192.0.2.1", "d"),
 		g("2001:db8::1", "e"), {IP: "192.0.2.9", Time: now.Add(-2 * time.Hour)},

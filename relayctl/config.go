@@ -1,0 +1,217 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/never"
+)
+
+// setting is one configurable value: a flag, its environment variable and
+// its default, and where the effective value came from.
+type setting struct {
+	name, env, def, help string
+	isBool               bool
+
+	fromFlag bool   // set on the command line
+	flagVal  string // its value then
+	value    string // effective value
+	source   string // "flag --name", "env NAME", "default"
+}
+
+// flag.Value, so the flag set records whether the flag was given.
+func (s *setting) String() string { return s.flagVal }
+func (s *setting) Set(v string) error {
+	s.fromFlag, s.flagVal = true, v
+	return nil
+}
+func (s *setting) IsBoolFlag() bool { return s.isBool }
+
+// config is the effective configuration of one run.
+type config struct {
+	spool, rules, cdb, maxAge, never, keepRBL, remoteInfo, verbose *setting
+
+	Spool      string
+	Rules      string // "" means no static rules
+	CDB        string
+	MaxAge     time.Duration
+	Never      string // "" means the built-in set only
+	KeepRBL    bool
+	RemoteInfo bool
+	Verbose    bool
+}
+
+func (c *config) all() []*setting {
+	return []*setting{c.spool, c.rules, c.cdb, c.maxAge, c.never, c.keepRBL, c.remoteInfo, c.verbose}
+}
+
+// Lock is the lock file that serializes writers of the CDB.
+func (c *config) Lock() string { return c.CDB + ".lock" }
+
+// newConfig registers the common options on fset.
+func newConfig(fset *flag.FlagSet) *config {
+	c := &config{
+		spool:      &setting{name: "spool", env: "POPRELAY_SPOOL", def: grant.DefaultDir, help: "the grant spool directory"},
+		rules:      &setting{name: "rules", env: "POPRELAY_RULES", def: "/etc/tcp.smtp", help: `the static rules file (tcprules syntax); "" for none`},
+		cdb:        &setting{name: "cdb", env: "POPRELAY_CDB", def: "/etc/tcp.smtp.cdb", help: "the CDB tcpserver -x reads"},
+		maxAge:     &setting{name: "max-age", env: "POPRELAY_MAXAGE", def: "1h", help: "how long a login grants relaying (Go duration, or seconds)"},
+		never:      &setting{name: "never", env: "POPRELAY_NEVER", def: never.DefaultFile, help: `never-grant file, added to the built-in set; "" for the built-ins only`},
+		keepRBL:    &setting{name: "keep-rbl", env: "POPRELAY_KEEPRBL", def: "false", isBool: true, help: `do not add RBLSMTPD="" to grant records`},
+		remoteInfo: &setting{name: "remoteinfo", env: "POPRELAY_REMOTEINFO", def: "false", isBool: true, help: "set TCPREMOTEINFO to the user in grant records"},
+		verbose:    &setting{name: "v", env: "POPRELAY_VERBOSE", def: "false", isBool: true, help: "say what was done"},
+	}
+	for _, s := range c.all() {
+		fset.Var(s, s.name, s.help)
+	}
+	return c
+}
+
+// resolve computes the effective values: flag, else environment, else
+// default.
+func (c *config) resolve(lookup func(string) (string, bool)) error {
+	for _, s := range c.all() {
+		switch v, ok := lookup(s.env); {
+		case s.fromFlag:
+			s.value, s.source = s.flagVal, "flag -"+s.name
+			if len(s.name) > 1 {
+				s.source = "flag --" + s.name
+			}
+		case ok:
+			s.value, s.source = v, "env "+s.env
+		default:
+			s.value, s.source = s.def, "default"
+		}
+	}
+	c.Spool, c.Rules, c.CDB, c.Never = c.spool.value, c.rules.value, c.cdb.value, c.never.value
+	if c.Spool == "" {
+		return usagef("the spool (%s) must not be empty", c.spool.source)
+	}
+	if c.CDB == "" {
+		return usagef("the CDB (%s) must not be empty", c.cdb.source)
+	}
+	d, err := parseDuration(c.maxAge.value)
+	if err != nil {
+		return usagef("bad max age %q (%s): %v", c.maxAge.value, c.maxAge.source, err)
+	}
+	c.MaxAge = d
+	for _, b := range []struct {
+		s   *setting
+		dst *bool
+	}{{c.keepRBL, &c.KeepRBL}, {c.remoteInfo, &c.RemoteInfo}, {c.verbose, &c.Verbose}} {
+		v, err := parseBool(b.s.value)
+		if err != nil {
+			return usagef("bad %s %q (%s): want true or false", b.s.name, b.s.value, b.s.source)
+		}
+		*b.dst = v
+	}
+	return nil
+}
+
+// parseDuration reads a positive Go duration ("90m", "2h") or a number of
+// seconds ("3600", as envdir files often hold).
+func parseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	var d time.Duration
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		if n > int64(1<<62/time.Second) {
+			return 0, errors.New("too long")
+		}
+		d = time.Duration(n) * time.Second
+	} else if d, err = time.ParseDuration(s); err != nil {
+		return 0, errors.New("not a duration like 1h or 90m, nor seconds")
+	}
+	if d <= 0 {
+		return 0, errors.New("must be positive")
+	}
+	return d, nil
+}
+
+// parseBool reads a flag or variable value; empty is false (envdir sets
+// an empty variable from an empty file).
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", "0", "false", "no", "off":
+		return false, nil
+	case "1", "true", "yes", "on":
+		return true, nil
+	}
+	return false, errors.New("not a boolean")
+}
+
+// loadNever returns the never-grant set: the built-ins plus the file, if
+// one is configured. The default file is optional; a file named by a flag
+// or the environment must exist.
+func (c *config) loadNever() (*never.Set, error) {
+	if c.Never == "" {
+		return never.Default(), nil
+	}
+	s, err := never.Load(c.Never)
+	switch {
+	case err == nil:
+		return s, nil
+	case errors.Is(err, fs.ErrNotExist) && c.never.source == "default":
+		return never.Default(), nil
+	case errors.Is(err, never.ErrSyntax):
+		return nil, perm("%v", err)
+	}
+	return nil, unable("read never-grant file "+c.Never, err)
+}
+
+// neverNote describes the never-grant setting for config.
+func (c *config) neverNote() string {
+	if c.Never == "" {
+		return "(built-ins only)"
+	}
+	if _, err := os.Stat(c.Never); err != nil && c.never.source == "default" {
+		return "(absent: built-ins only)"
+	}
+	return "(plus the built-ins)"
+}
+
+var configCmd = &command{
+	name:  "config",
+	short: "every effective setting and where it came from",
+	usage: "[options]",
+	help: `Print every effective setting, its value and where it came from: a flag,
+the environment, or the default. The lock file is derived from --cdb.`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		return func(e *env, args []string) error {
+			if len(args) > 0 {
+				return usagef("no arguments expected")
+			}
+			c := e.cfg
+			rows := [][3]string{}
+			for _, s := range c.all() {
+				v := s.value
+				switch s {
+				case c.maxAge:
+					v = c.MaxAge.String()
+				case c.never:
+					v = strings.TrimSpace(strconv.Quote(v) + " " + c.neverNote())
+				case c.rules:
+					if v == "" {
+						v = `"" (no static rules)`
+					}
+				case c.keepRBL, c.remoteInfo, c.verbose:
+					b, _ := parseBool(v)
+					v = strconv.FormatBool(b)
+				}
+				rows = append(rows, [3]string{s.name, v, s.source})
+			}
+			rows = append(rows, [3]string{"lock", c.Lock(), "derived from cdb"})
+			w := newTable(e.stdout)
+			fmt.Fprintln(w, "SETTING\tVALUE\tSOURCE")
+			for _, r := range rows {
+				fmt.Fprintf(w, "%s\t%s\t%s\n", r[0], r[1], r[2])
+			}
+			return w.Flush()
+		}
+	},
+}

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/merge"
+	"github.com/poprelay/poprelay/internal/rules"
+)
+
+var expireCmd = &command{
+	name:  "expire",
+	short: "remove expired grants, rebuild if any went (for cron)",
+	usage: "[options]",
+	help: `Remove the grants older than the max age (or past their own expiry, from
+allow --for) from the spool, remove temp files a crash left there, and
+rebuild the CDB if any grant went. Silent when there is nothing to do, for
+cron ("*/5 * * * * root relayctl expire").`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		return func(e *env, args []string) error {
+			if len(args) > 0 {
+				return usagef("no arguments expected")
+			}
+			return e.locked(func() error {
+				s := e.store()
+				now := e.now()
+				gone, err := s.Expire(now, e.cfg.MaxAge)
+				for _, g := range gone {
+					e.vlogf("expired %s (user %q, login %s)", g.IP, g.User, g.Time.Format(time.RFC3339))
+				}
+				if cerr := s.Clean(now); cerr != nil {
+					e.logf("warning: unable to clean %s: %s", e.cfg.Spool, why(cerr))
+				}
+				var rerr error
+				if len(gone) > 0 {
+					rerr = e.rebuildAfter(fmt.Sprintf("expired %d grants", len(gone)))
+				}
+				if err != nil {
+					if rerr != nil {
+						e.logf("fatal: %s", rerr)
+					}
+					return unable("expire grants in "+e.cfg.Spool, err)
+				}
+				return rerr
+			})
+		}
+	},
+}
+
+var listCmd = &command{
+	name:  "list",
+	short: "show the grants in the spool",
+	usage: "[--json] [options]",
+	help: `Show the grants in the spool, sorted by address: IP, user, service, login
+time, age, time left, and what a rebuild does with the grant: "relay", or
+"expired", "refused: WHY" (never-grant set), "denied: FILE:LINE" (a static
+deny), "static: FILE:LINE" (an exact static record wins). --json prints an
+array of objects for scripts, times in RFC 3339 and durations in seconds.`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		asJSON := fs.Bool("json", false, "print JSON")
+		return func(e *env, args []string) error {
+			if len(args) > 0 {
+				return usagef("no arguments expected")
+			}
+			return e.list(*asJSON)
+		}
+	},
+}
+
+// listed is one row of list.
+type listed struct {
+	IP        string `json:"ip"`
+	User      string `json:"user"`
+	Service   string `json:"service"`
+	Login     string `json:"login"`
+	Age       int64  `json:"age"`
+	Expires   string `json:"expires"`
+	ExpiresIn int64  `json:"expires_in"`
+	Status    string `json:"status"` // relay, expired, refused, denied, static
+	Reason    string `json:"reason,omitempty"`
+}
+
+func (e *env) list(asJSON bool) error {
+	gs, err := e.store().List()
+	if err != nil {
+		return unable("list grants in "+e.cfg.Spool, err)
+	}
+	rs, err := e.readRules()
+	if err != nil {
+		return err
+	}
+	ix := rules.NewIndex(rs)
+	opt, err := e.mergeOptions()
+	if err != nil {
+		return err
+	}
+	now := opt.Now
+	rows := make([]listed, 0, len(gs))
+	for _, g := range gs {
+		en, err := merge.Classify(ix, g, opt)
+		if err != nil {
+			return unable("classify "+g.IP, err)
+		}
+		exp := g.Expiry(e.cfg.MaxAge)
+		r := listed{
+			IP: g.IP, User: g.User, Service: g.Service,
+			Login:     g.Time.Format(time.RFC3339),
+			Age:       int64(now.Sub(g.Time) / time.Second),
+			Expires:   exp.Format(time.RFC3339),
+			ExpiresIn: int64(exp.Sub(now) / time.Second),
+		}
+		r.Status, r.Reason = e.status(en)
+		rows = append(rows, r)
+	}
+	if asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	w := newTable(e.stdout)
+	fmt.Fprintln(w, "IP\tUSER\tSERVICE\tLOGIN\tAGE\tEXPIRES IN\tSTATUS")
+	for _, r := range rows {
+		login, _ := time.Parse(time.RFC3339, r.Login)
+		st := r.Status
+		if r.Reason != "" {
+			st += ": " + r.Reason
+		}
+		user := r.User
+		if user == "" {
+			user = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.IP, user, r.Service,
+			login.Local().Format("2006-01-02 15:04:05"), secs(r.Age), secs(r.ExpiresIn), st)
+	}
+	return w.Flush()
+}
+
+func secs(n int64) string { return (time.Duration(n) * time.Second).String() }
+
+// status names what a rebuild does with a grant.
+func (e *env) status(en merge.Entry) (status, reason string) {
+	switch {
+	case en.Expired:
+		return "expired", ""
+	case en.Refused != "":
+		return "refused", en.Refused
+	case en.Live():
+		var notes []string
+		for _, k := range en.Keys {
+			if k.Status != merge.Relay {
+				notes = append(notes, fmt.Sprintf("%s %s: %s", k.Key, k.Status, e.ruleWhere(k.Rule)))
+			}
+		}
+		return "relay", strings.Join(notes, "; ")
+	}
+	k := en.Keys[0]
+	for _, kk := range en.Keys {
+		if kk.Status == merge.Static {
+			k = kk
+		}
+	}
+	return k.Status.String(), e.ruleWhere(k.Rule)
+}
+
+// ruleWhere names a static rule as FILE:LINE.
+func (e *env) ruleWhere(r *rules.Rule) string {
+	if r == nil {
+		return "no rule"
+	}
+	return fmt.Sprintf("%s:%d", e.cfg.Rules, r.Line)
+}
+
+var allowCmd = &command{
+	name:  "allow",
+	short: "grant IP by hand, then rebuild",
+	usage: "IP [--for DUR] [--user NAME] [options]",
+	help: `Grant IP by hand, as if NAME had logged in from it now, then rebuild.
+The grant lasts the max age, or DUR with --for. An address in the
+never-grant set is refused (exit 100).`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		dur := fs.String("for", "", "how long the grant lasts, `DUR` (default: the max age)")
+		user := fs.String("user", "", "the user `NAME` to record")
+		return func(e *env, args []string) error {
+			if len(args) != 1 {
+				return usagef("one IP address expected")
+			}
+			ip, err := grant.CanonicalIP(args[0])
+			if err != nil {
+				return perm("unable to grant %q: %v", args[0], err)
+			}
+			g := grant.Grant{IP: ip, User: *user, Service: "manual", Time: e.now()}
+			if *dur != "" {
+				d, err := parseDuration(*dur)
+				if err != nil {
+					return usagef("bad --for %q: %v", *dur, err)
+				}
+				g.Expires = g.Time.Add(d)
+			}
+			set, err := e.cfg.loadNever()
+			if err != nil {
+				return err
+			}
+			if why, refused := set.Refuse(ip); refused {
+				return perm("unable to grant %s: %s is in the never-grant set", ip, why)
+			}
+			return e.locked(func() error {
+				if err := e.store().Record(g); err != nil {
+					if errors.Is(err, grant.ErrBadField) {
+						return perm("unable to grant %s: %v", ip, err)
+					}
+					return unable("record grant for "+ip+" in "+e.cfg.Spool, err)
+				}
+				e.vlogf("granted %s (user %q) until %s", ip, g.User, g.Expiry(e.cfg.MaxAge).Format(time.RFC3339))
+				if err := e.rebuildAfter("granted " + ip); err != nil {
+					return err
+				}
+				// Say so when the static rules keep the grant from relaying.
+				if en, err := merge.Classify(e.built.ix, g, e.built.opt); err == nil && !en.Live() {
+					st, reason := e.status(en)
+					e.logf("warning: %s gets no relay: %s: %s", ip, st, reason)
+				}
+				return nil
+			})
+		}
+	},
+}
+
+var revokeCmd = &command{
+	name:  "revoke",
+	short: "remove grants, then rebuild",
+	usage: "IP | --user NAME [options]",
+	help: `Remove the grant for IP, or every grant of user NAME, then rebuild. No
+such grant is an error (exit 100).`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		user := fs.String("user", "", "revoke every grant of user `NAME`")
+		return func(e *env, args []string) error {
+			byUser := false
+			fs.Visit(func(f *flag.Flag) { byUser = byUser || f.Name == "user" })
+			switch {
+			case byUser && len(args) > 0, !byUser && len(args) != 1:
+				return usagef("one IP address or --user NAME expected")
+			}
+			var ip string
+			if !byUser {
+				var err error
+				if ip, err = grant.CanonicalIP(args[0]); err != nil {
+					return perm("unable to revoke %q: %v", args[0], err)
+				}
+			}
+			return e.locked(func() error {
+				s := e.store()
+				var gone []string
+				if byUser {
+					gs, err := s.List()
+					if err != nil {
+						return unable("list grants in "+e.cfg.Spool, err)
+					}
+					for _, g := range gs {
+						if g.User != *user {
+							continue
+						}
+						ok, err := s.Remove(g.IP)
+						if err != nil {
+							return unable("revoke "+g.IP, err)
+						}
+						if ok {
+							gone = append(gone, g.IP)
+						}
+					}
+					if len(gone) == 0 {
+						return perm("unable to revoke: no grant for user %q", *user)
+					}
+				} else {
+					ok, err := s.Remove(ip)
+					if err != nil {
+						return unable("revoke "+ip, err)
+					}
+					if !ok {
+						return perm("unable to revoke %s: no grant for it", ip)
+					}
+					gone = append(gone, ip)
+				}
+				for _, ip := range gone {
+					e.vlogf("revoked %s", ip)
+				}
+				return e.rebuildAfter("revoked " + strings.Join(gone, " "))
+			})
+		}
+	},
+}

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+
+	"github.com/poprelay/poprelay/internal/atomic"
+	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/lock"
+	"github.com/poprelay/poprelay/internal/merge"
+	"github.com/poprelay/poprelay/internal/rules"
+)
+
+var rebuildCmd = &command{
+	name:  "rebuild",
+	short: "write the CDB from the rules file and the live grants",
+	usage: "[options]",
+	help: `Write the CDB from the static rules file and the live grants. Static
+records come first, in file order; then, for each grant that has not
+expired and is not in the never-grant set, a record for its address (and
+for an IPv4 address its ::ffff: twin, as Debian's IPv6 tcpserver looks it
+up) with the settings of the static rule tcpserver would have matched, plus
+RELAYCLIENT="" (unless that rule sets RELAYCLIENT), RBLSMTPD="" (unless it
+sets RBLSMTPD, or --keep-rbl) and with --remoteinfo TCPREMOTEINFO=user. An
+exact static record for the address wins, and a static deny stays a deny.
+The CDB is replaced atomically under the lock; on any failure the old one
+stays. A missing rules file is an error; --rules "" means none.`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		return func(e *env, args []string) error {
+			if len(args) > 0 {
+				return usagef("no arguments expected")
+			}
+			return e.locked(func() error {
+				_, err := e.rebuild()
+				return err
+			})
+		}
+	},
+}
+
+// locked runs fn holding the CDB's lock.
+func (e *env) locked(fn func() error) error {
+	l, err := lock.Lock(e.cfg.Lock())
+	if err != nil {
+		return unable("lock "+e.cfg.Lock(), err)
+	}
+	defer l.Unlock()
+	return fn()
+}
+
+// store returns the grant store, logging skipped entries.
+func (e *env) store() *grant.Store {
+	s := grant.New(e.cfg.Spool)
+	s.Logf = func(format string, args ...any) {
+		e.logf("warning: spool: "+format, args...)
+	}
+	return s
+}
+
+// readRules parses the static rules file. A parse error is permanent; a
+// file that cannot be read is temporary, except one that is not a regular
+// file (a directory, a FIFO: opened without blocking).
+func (e *env) readRules() ([]rules.Rule, error) {
+	path := e.cfg.Rules
+	if path == "" {
+		return nil, nil
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, unable("read "+path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, unable("read "+path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, perm("unable to read %s: not a regular file", path)
+	}
+	rs, err := rules.Parse(f, path)
+	var pe *rules.ParseError
+	switch {
+	case errors.As(err, &pe):
+		return nil, perm("%s", pe.Error())
+	case errors.Is(err, rules.ErrLineTooLong):
+		return nil, perm("unable to read %s: %v", path, err)
+	case err != nil:
+		return nil, unable("read "+path, err)
+	}
+	return rs, nil
+}
+
+// mergeOptions are the merge settings of this run.
+func (e *env) mergeOptions() (merge.Options, error) {
+	set, err := e.cfg.loadNever()
+	if err != nil {
+		return merge.Options{}, err
+	}
+	return merge.Options{
+		Now:        e.now(),
+		MaxAge:     e.cfg.MaxAge,
+		KeepRBL:    e.cfg.KeepRBL,
+		RemoteInfo: e.cfg.RemoteInfo,
+		Never:      set,
+	}, nil
+}
+
+// cdbOutput lets a test make the CDB's file fail like a full disk.
+var cdbOutput = func(f *os.File) io.WriteSeeker { return f }
+
+// rebuild writes the CDB; the caller holds the lock.
+func (e *env) rebuild() (merge.Summary, error) {
+	var sum merge.Summary
+	rs, err := e.readRules()
+	if err != nil {
+		return sum, err
+	}
+	if e.cfg.Rules == "" {
+		e.vlogf("no rules file: building from grants alone")
+	}
+	gs, err := e.store().List()
+	if err != nil {
+		return sum, unable("list grants in "+e.cfg.Spool, err)
+	}
+	opt, err := e.mergeOptions()
+	if err != nil {
+		return sum, err
+	}
+	opt.Logf = func(format string, args ...any) {
+		e.logf("warning: "+format, args...)
+	}
+	opt.Verbosef = e.vlogf
+	err = atomic.WriteFile(e.cfg.CDB, 0o644, func(f *os.File) error {
+		w := cdb.NewWriter(cdbOutput(f))
+		var err error
+		if sum, err = merge.Write(w, rs, gs, opt); err != nil {
+			return err
+		}
+		return w.Finish()
+	})
+	if err != nil {
+		return sum, unable("write "+e.cfg.CDB, err)
+	}
+	e.built = &built{rules.NewIndex(rs), opt}
+	e.vlogf("wrote %s: %d static rules; %d grants: %d relayed (%d records), %d expired, %d refused, %d key forms denied, %d left to static records",
+		e.cfg.CDB, sum.Static, sum.Grants, sum.Relayed, sum.Records, sum.Expired, sum.Refused, sum.Denied, sum.Shadow)
+	return sum, nil
+}
+
+// built is what the last rebuild of this run merged.
+type built struct {
+	ix  *rules.Index
+	opt merge.Options
+}
+
+// rebuildAfter is the rebuild that follows a change of the spool.
+func (e *env) rebuildAfter(change string) error {
+	if _, err := e.rebuild(); err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) {
+			ee.msg = fmt.Sprintf("%s (%s in the spool; the CDB is unchanged)", ee.msg, change)
+		}
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,644 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/rules"
+)
+
+// TestMain lets a test run the binary itself, as another user.
+func TestMain(m *testing.M) {
+	if os.Getenv("RELAYCTL_TEST_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+const staticRules = `# the admin's rules
+127.0.0.1:allow,RELAYCLIENT=""
+192.0.2.66:deny
+192.0.2.:allow,QMAILQUEUE="/var/qmail/bin/qq"
+198.51.100.:deny
+:allow
+`
+
+type fixture struct {
+	t                     *testing.T
+	dir, spool, rules, db string
+	env                   map[string]string
+	now                   time.Time
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &fixture{t: t, dir: dir,
+		spool: filepath.Join(dir, "spool"),
+		rules: filepath.Join(dir, "tcp.smtp"),
+		db:    filepath.Join(dir, "tcp.smtp.cdb"),
+	}
+	if err := os.Mkdir(f.spool, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f.write(f.rules, staticRules)
+	f.env = map[string]string{
+		"POPRELAY_SPOOL": f.spool,
+		"POPRELAY_RULES": f.rules,
+		"POPRELAY_CDB":   f.db,
+		"POPRELAY_NEVER": "",
+	}
+	return f
+}
+
+func (f *fixture) write(path, content string) {
+	f.t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// run runs relayctl in-process.
+func (f *fixture) run(args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb,
+		lookup: func(k string) (string, bool) { v, ok := f.env[k]; return v, ok },
+		now: func() time.Time {
+			if f.now.IsZero() {
+				return time.Now()
+			}
+			return f.now
+		},
+	}
+	code = e.run(args)
+	return code, out.String(), errb.String()
+}
+
+// ok runs relayctl and fails unless it exits 0 silently.
+func (f *fixture) ok(args ...string) string {
+	f.t.Helper()
+	code, out, errs := f.run(args...)
+	if code != 0 || errs != "" {
+		f.t.Fatalf("relayctl %q: exit %d, stderr %q", args, code, errs)
+	}
+	return out
+}
+
+// fails runs relayctl and checks the exit code and a part of stderr.
+func (f *fixture) fails(code int, want string, args ...string) {
+	f.t.Helper()
+	c, _, errs := f.run(args...)
+	if c != code || !strings.Contains(errs, want) {
+		f.t.Errorf("relayctl %q: exit %d, stderr %q; want exit %d and %q", args, c, errs, code, want)
+	}
+}
+
+func (f *fixture) cdbBytes() []byte {
+	f.t.Helper()
+	b, err := os.ReadFile(f.db)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return b
+}
+
+// decide is tcpserver's view of ip in the current CDB.
+func (f *fixture) decide(ip string) string {
+	f.t.Helper()
+	r, err := cdb.Bytes(f.cdbBytes())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	d, err := rules.Lookup(r, rules.Query{IP: ip})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if d.Deny {
+		return "deny " + d.Key
+	}
+	s := "allow " + d.Key
+	for _, v := range d.Environ() {
+		s += " " + v.Name + "=" + v.Value
+	}
+	return s
+}
+
+func (f *fixture) leftovers() []string {
+	f.t.Helper()
+	ents, _ := os.ReadDir(filepath.Dir(f.db))
+	var odd []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			odd = append(odd, e.Name())
+		}
+	}
+	return odd
+}
+
+func TestRebuildAllowRevoke(t *testing.T) {
+	f := newFixture(t)
+	f.ok("rebuild")
+	if got := f.decide("192.0.2.7"); got != "allow 192.0.2. QMAILQUEUE=/var/qmail/bin/qq" {
+		t.Errorf("before: %s", got)
+	}
+	f.ok("allow", "192.0.2.7", "--user", "alice")
+	f.run("allow", "--user", "bob", "192.0.2.66")
+	if c, _, errs := f.run("allow", "198.51.100.9"); c != 0 || !strings.Contains(errs, "warning: 198.51.100.9 gets no relay: denied: "+f.rules+":5") {
+		t.Errorf("allow of a denied address: exit %d, stderr %q", c, errs)
+	}
+	f.ok("allow", "2001:DB8::0:7")
+	for ip, want := range map[string]string{
+		"192.0.2.7":        "allow 192.0.2.7 QMAILQUEUE=/var/qmail/bin/qq RBLSMTPD= RELAYCLIENT=",
+		"::ffff:192.0.2.7": "allow ::ffff:192.0.2.7 RBLSMTPD= RELAYCLIENT=",
+		"192.0.2.66":       "deny 192.0.2.66",
+		"198.51.100.9":     "deny 198.51.100.",
+		"2001:db8::7":      "allow 2001:db8::7 RBLSMTPD= RELAYCLIENT=",
+		"192.0.2.8":        "allow 192.0.2. QMAILQUEUE=/var/qmail/bin/qq",
+	} {
+		if got := f.decide(ip); got != want {
+			t.Errorf("%s: got %q, want %q", ip, got, want)
+		}
+	}
+	f.ok("revoke", "192.0.2.7")
+	if got := f.decide("192.0.2.7"); got != "allow 192.0.2. QMAILQUEUE=/var/qmail/bin/qq" {
+		t.Errorf("after revoke: %s", got)
+	}
+	f.ok("revoke", "--user", "bob")
+	if _, ok, _ := grant.New(f.spool).Get("192.0.2.66"); ok {
+		t.Error("bob's grant still there")
+	}
+	f.fails(100, "no grant for it", "revoke", "192.0.2.7")
+	f.fails(100, `no grant for user "nobody"`, "revoke", "--user", "nobody")
+	f.fails(100, "usage:", "revoke")
+	f.fails(100, "usage:", "revoke", "1.2.3.4", "--user", "x")
+	f.fails(100, "unable to grant", "allow", "192.0.2.300")
+	f.fails(100, "unable to grant", "allow", "192.0.2.")
+	f.fails(100, "loopback 127.0.0.1 is in the never-grant set", "allow", "127.0.0.1")
+	f.fails(100, "usage:", "allow")
+	f.fails(100, "bad --for", "allow", "192.0.2.9", "--for", "soon")
+	f.fails(100, "unable to grant", "allow", "192.0.2.9", "--user", "a\nb")
+	if got := f.leftovers(); len(got) != 0 {
+		t.Errorf("left in the CDB's directory: %q", got)
+	}
+}
+
+func TestVerbose(t *testing.T) {
+	f := newFixture(t)
+	code, _, errs := f.run("-v", "allow", "192.0.2.7")
+	if code != 0 || !strings.Contains(errs, "relayctl: granted 192.0.2.7") || !strings.Contains(errs, "relayctl: wrote "+f.db) {
+		t.Errorf("exit %d, stderr %q", code, errs)
+	}
+	code, _, errs = f.run("rebuild", "-v")
+	if code != 0 || !strings.Contains(errs, "1 relayed (2 records)") {
+		t.Errorf("exit %d, stderr %q", code, errs)
+	}
+}
+
+func TestDeterministic(t *testing.T) {
+	f := newFixture(t)
+	for i := range 50 {
+		f.ok("allow", fmt.Sprintf("203.0.113.%d", i), "--user", fmt.Sprint("u", i))
+	}
+	a := f.cdbBytes()
+	f.ok("rebuild")
+	if !bytes.Equal(a, f.cdbBytes()) {
+		t.Error("a second rebuild gave other bytes")
+	}
+}
+
+func TestBadRules(t *testing.T) {
+	f := newFixture(t)
+	f.ok("allow", "192.0.2.7")
+	old := f.cdbBytes()
+	f.write(f.rules, "127.0.0.1:allow\n\n192.0.2.:permit\n")
+	for _, args := range [][]string{{"rebuild"}, {"allow", "192.0.2.8"}, {"revoke", "192.0.2.7"}} {
+		f.fails(100, "relayctl: fatal: "+f.rules+":3: unable to parse this line: 192.0.2.:permit", args...)
+		if !bytes.Equal(old, f.cdbBytes()) {
+			t.Fatalf("%q changed the CDB", args)
+		}
+	}
+	// A change of the spool made before the rebuild failed is said so.
+	f.fails(100, f.rules+":3: unable to parse this line: 192.0.2.:permit (granted 192.0.2.8 in the spool; the CDB is unchanged)", "allow", "192.0.2.8")
+	if got := f.leftovers(); len(got) != 0 {
+		t.Errorf("left in the CDB's directory: %q", got)
+	}
+}
+
+func TestRulesFileKinds(t *testing.T) {
+	f := newFixture(t)
+	f.ok("rebuild")
+	old := f.cdbBytes()
+	os.Remove(f.rules)
+	f.fails(111, "unable to read "+f.rules+": no such file or directory", "rebuild")
+	os.Mkdir(f.rules, 0o755)
+	f.fails(100, "not a regular file", "rebuild")
+	os.Remove(f.rules)
+	if err := syscall.Mkfifo(f.rules, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.fails(100, "not a regular file", "rebuild")
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("rebuild hangs on a FIFO")
+	}
+	if !bytes.Equal(old, f.cdbBytes()) {
+		t.Error("the CDB changed")
+	}
+	// --rules "" builds from grants alone.
+	f.ok("allow", "--rules", "", "192.0.2.7")
+	if got := f.decide("192.0.2.7"); got != "allow 192.0.2.7 RBLSMTPD= RELAYCLIENT=" {
+		t.Errorf("no rules: %s", got)
+	}
+}
+
+func TestCDBUnwritable(t *testing.T) {
+	f := newFixture(t)
+	f.ok("allow", "192.0.2.7")
+	old := f.cdbBytes()
+
+	// The CDB's directory is missing.
+	f.env["POPRELAY_CDB"] = filepath.Join(f.dir, "none", "tcp.smtp.cdb")
+	f.fails(111, "relayctl: fatal: unable to lock", "rebuild")
+	f.env["POPRELAY_CDB"] = f.db
+
+	// The disk fills while the CDB is written.
+	cdbOutput = func(w *os.File) io.WriteSeeker { return &fullDisk{w, 3000} }
+	f.fails(111, "unable to write "+f.db+": no space left on device", "allow", "192.0.2.8")
+	cdbOutput = func(w *os.File) io.WriteSeeker { return w }
+	if !bytes.Equal(old, f.cdbBytes()) {
+		t.Error("a failed write changed the CDB")
+	}
+	if got := f.leftovers(); len(got) != 0 {
+		t.Errorf("left in the CDB's directory: %q", got)
+	}
+
+	// The CDB's directory is not writable.
+	ro := filepath.Join(f.dir, "ro")
+	os.Mkdir(ro, 0o755)
+	rodb := filepath.Join(ro, "tcp.smtp.cdb")
+	os.WriteFile(rodb, old, 0o644)
+	os.WriteFile(rodb+".lock", nil, 0o666)
+	if os.Getuid() != 0 {
+		os.Chmod(ro, 0o555)
+		defer os.Chmod(ro, 0o755)
+		f.env["POPRELAY_CDB"] = rodb
+		f.fails(111, "relayctl: fatal: unable to write "+rodb, "rebuild")
+	} else {
+		// root writes anywhere: run the test binary as nobody.
+		code, errs := runAsNobody(t, f, "rebuild", "--cdb", rodb)
+		if code != 111 || !strings.Contains(errs, "relayctl: fatal: unable to write "+rodb+": permission denied") {
+			t.Errorf("as nobody: exit %d, stderr %q", code, errs)
+		}
+	}
+	b, _ := os.ReadFile(rodb)
+	if !bytes.Equal(old, b) {
+		t.Error("the read-only CDB changed")
+	}
+}
+
+// fullDisk fails writes past n bytes as a full disk does.
+type fullDisk struct {
+	*os.File
+	n int
+}
+
+func (d *fullDisk) Write(p []byte) (int, error) {
+	if len(p) > d.n {
+		return 0, &os.PathError{Op: "write", Path: d.Name(), Err: syscall.ENOSPC}
+	}
+	d.n -= len(p)
+	return d.File.Write(p)
+}
+
+// runAsNobody runs this test binary as relayctl with uid and gid 65534.
+func runAsNobody(t *testing.T, f *fixture, args ...string) (int, string) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The test binary and the fixture must be reachable by nobody.
+	bindir, err := os.MkdirTemp("", "relayctl-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(bindir)
+	os.Chmod(bindir, 0o755)
+	b, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(bindir, "relayctl.test")
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for d := f.dir; d != "/" && d != "."; d = filepath.Dir(d) {
+		if st, err := os.Stat(d); err == nil && st.Mode().Perm()&0o001 == 0 {
+			os.Chmod(d, st.Mode().Perm()|0o001)
+			defer os.Chmod(d, st.Mode().Perm())
+		}
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = []string{"RELAYCTL_TEST_MAIN=1", "POPRELAY_SPOOL=" + f.spool, "POPRELAY_RULES=" + f.rules, "POPRELAY_NEVER="}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	err = cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, errb.String()
+}
+
+func TestExpire(t *testing.T) {
+	f := newFixture(t)
+	f.ok("allow", "192.0.2.7", "--for", "1s")
+	f.ok("allow", "192.0.2.8")
+	if got := f.decide("192.0.2.7"); !strings.Contains(got, "RELAYCLIENT=") {
+		t.Fatalf("before: %s", got)
+	}
+	// Nothing to do: silent, and the CDB is not rewritten.
+	st0, _ := os.Stat(f.db)
+	if out := f.ok("expire"); out != "" {
+		t.Errorf("expire printed %q", out)
+	}
+	st1, _ := os.Stat(f.db)
+	if !os.SameFile(st0, st1) {
+		t.Error("expire rewrote the CDB with nothing to do")
+	}
+	f.now = time.Now().Add(3 * time.Second)
+	if out := f.ok("expire"); out != "" {
+		t.Errorf("expire printed %q", out)
+	}
+	if got := f.decide("192.0.2.7"); got != "allow 192.0.2. QMAILQUEUE=/var/qmail/bin/qq" {
+		t.Errorf("after expire: %s", got)
+	}
+	if got := f.decide("192.0.2.8"); !strings.Contains(got, "RELAYCLIENT=") {
+		t.Errorf("the live grant went: %s", got)
+	}
+	// A grant past the max age is left out of a rebuild even before
+	// expire removes it.
+	f.now = time.Now().Add(2 * time.Hour)
+	f.ok("rebuild")
+	if got := f.decide("192.0.2.8"); strings.Contains(got, "RELAYCLIENT=") {
+		t.Errorf("an expired grant relays: %s", got)
+	}
+	f.ok("expire", "--max-age", "30m")
+	if gs, _ := grant.New(f.spool).List(); len(gs) != 0 {
+		t.Errorf("left %+v", gs)
+	}
+}
+
+func TestList(t *testing.T) {
+	f := newFixture(t)
+	f.write(filepath.Join(f.dir, "never"), "203.0.113.5\n")
+	f.env["POPRELAY_NEVER"] = filepath.Join(f.dir, "never")
+	f.ok("allow", "192.0.2.7", "--user", "alice")
+	f.run("allow", "192.0.2.66", "--user", "mallory")
+	f.run("allow", "198.51.100.1")
+	// A grant the never set refuses reaches the spool by other means.
+	s := grant.New(f.spool)
+	if err := s.Record(grant.Grant{IP: "203.0.113.5", User: "proxy", Service: "pop3", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Record(grant.Grant{IP: "192.0.2.9", User: "old", Service: "imap", Time: time.Now().Add(-2 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	out := f.ok("list", "--json")
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var got []string
+	for _, r := range rows {
+		keys := []string{}
+		for k := range r {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		if want := "age expires expires_in ip login reason service status user"; strings.Join(keys, " ") != want && strings.Join(keys, " ") != strings.Replace(want, " reason", "", 1) {
+			t.Errorf("keys %q", keys)
+		}
+		if _, err := time.Parse(time.RFC3339, r["login"].(string)); err != nil {
+			t.Error(err)
+		}
+		got = append(got, fmt.Sprintf("%v %v %v", r["ip"], r["status"], r["reason"]))
+	}
+	want := []string{
+		"192.0.2.7 relay <nil>",
+		"192.0.2.9 expired <nil>",
+		"192.0.2.66 static " + f.rules + ":3",
+		"198.51.100.1 denied " + f.rules + ":5",
+		"203.0.113.5 refused never-grant entry 203.0.113.5 (" + filepath.Join(f.dir, "never") + ":1)",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	text := f.ok("list")
+	for _, w := range []string{"IP ", "EXPIRES IN", "192.0.2.7 ", "alice", "refused: ", "expired"} {
+		if !strings.Contains(text, w) {
+			t.Errorf("list lacks %q:\n%s", w, text)
+		}
+	}
+}
+
+func TestCheck(t *testing.T) {
+	f := newFixture(t)
+	f.ok("allow", "192.0.2.7", "--user", "alice")
+	out := f.ok("check", "192.0.2.7")
+	for _, w := range []string{"decision: allow\n", "key: \"192.0.2.7\"\n", `from: grant for 192.0.2.7: user "alice"`, "env: QMAILQUEUE=/var/qmail/bin/qq\n", "env: RELAYCLIENT=\n", "env: RBLSMTPD=\n"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("check 192.0.2.7 lacks %q:\n%s", w, out)
+		}
+	}
+	out = f.ok("check", "::ffff:192.0.2.7")
+	if !strings.Contains(out, `key: "::ffff:192.0.2.7"`) || !strings.Contains(out, "grant for 192.0.2.7") {
+		t.Errorf("twin:\n%s", out)
+	}
+	out = f.ok("check", "192.0.2.66")
+	if !strings.Contains(out, "decision: deny\n") || !strings.Contains(out, "from: static rule "+f.rules+":3\n") {
+		t.Errorf("deny:\n%s", out)
+	}
+	out = f.ok("check", "192.0.2.8", "--host", "mx.example.org", "--info", "joe")
+	if !strings.Contains(out, `key: "192.0.2."`) || !strings.Contains(out, f.rules+":4") {
+		t.Errorf("prefix:\n%s", out)
+	}
+	f.ok("rebuild", "--rules", "")
+	out = f.ok("check", "--rules", "", "10.0.0.1")
+	if !strings.Contains(out, "key: (none)") {
+		t.Errorf("no match:\n%s", out)
+	}
+	// The grant went from the spool but not from the CDB.
+	os.Remove(filepath.Join(f.spool, "192.0.2.7"))
+	out = f.ok("check", "192.0.2.7")
+	if !strings.Contains(out, "no grant for 192.0.2.7") {
+		t.Errorf("stale grant:\n%s", out)
+	}
+	f.fails(100, "not an IP address", "check", "example.org")
+	f.fails(100, "usage:", "check")
+	os.Remove(f.db)
+	f.fails(111, "unable to read "+f.db, "check", "192.0.2.7")
+}
+
+func TestImport(t *testing.T) {
+	f := newFixture(t)
+	now := time.Now().Unix()
+	open := filepath.Join(f.dir, "open-smtp")
+	f.write(open, fmt.Sprintf("192.0.2.7:allow,RELAYCLIENT=\"\",RBLSMTPD=\"\"\t%d\n"+
+		"192.0.2.8:allow,RELAYCLIENT=\"\",RBLSMTPD=\"\"\t%d\n"+
+		"127.0.0.1:allow,RELAYCLIENT=\"\",RBLSMTPD=\"\"\t%d\n", now-60, now-7200, now))
+	code, _, errs := f.run("import", "--vpopmail", open)
+	if code != 0 || !strings.Contains(errs, "skipped 127.0.0.1") {
+		t.Errorf("exit %d, stderr %q", code, errs)
+	}
+	if got := f.decide("192.0.2.7"); !strings.Contains(got, "RELAYCLIENT=") {
+		t.Errorf("vpopmail grant: %s", got)
+	}
+	if _, ok, _ := grant.New(f.spool).Get("192.0.2.8"); ok {
+		t.Error("an expired open-smtp line was imported")
+	}
+	old := f.cdbBytes()
+	f.write(open, "192.0.2.9:allow\t1\nbroken line\n")
+	f.fails(100, "relayctl: fatal: "+open+":2: ", "import", "--vpopmail", open)
+	if _, ok, _ := grant.New(f.spool).Get("192.0.2.9"); ok || !bytes.Equal(old, f.cdbBytes()) {
+		t.Error("a bad open-smtp file changed something")
+	}
+
+	rc := filepath.Join(f.dir, "relay-ctrl")
+	os.Mkdir(rc, 0o755)
+	f.write(filepath.Join(rc, "198.51.100.20"), "USER=bob\x00DOMAIN=example.com\x00")
+	f.write(filepath.Join(rc, "2001:db8::20"), "")
+	if c, _, errs := f.run("import", "--relay-ctrl", rc); c != 0 {
+		t.Errorf("import --relay-ctrl: exit %d, stderr %q", c, errs)
+	}
+	g, ok, _ := grant.New(f.spool).Get("198.51.100.20")
+	if !ok || g.User != "bob@example.com" || g.Service != "relay-ctrl" {
+		t.Errorf("relay-ctrl grant %+v %v", g, ok)
+	}
+	if got := f.decide("2001:db8::20"); !strings.Contains(got, "RELAYCLIENT=") {
+		t.Errorf("relay-ctrl v6 grant: %s", got)
+	}
+	f.fails(100, "usage:", "import")
+	f.fails(100, "usage:", "import", "--vpopmail", open, "--relay-ctrl", rc)
+	f.fails(111, "unable to read", "import", "--relay-ctrl", filepath.Join(f.dir, "none"))
+}
+
+func TestConfig(t *testing.T) {
+	f := newFixture(t)
+	delete(f.env, "POPRELAY_NEVER")
+	f.env["POPRELAY_MAXAGE"] = "7200"
+	f.env["POPRELAY_KEEPRBL"] = "yes"
+	out := f.ok("config", "--cdb", "/x/y.cdb", "--remoteinfo")
+	for _, w := range []string{
+		"spool       " + f.spool, "env POPRELAY_SPOOL",
+		"cdb         /x/y.cdb", "flag --cdb",
+		"max-age     2h0m0s", "env POPRELAY_MAXAGE",
+		"keep-rbl    true", "env POPRELAY_KEEPRBL",
+		"remoteinfo  true", "flag --remoteinfo",
+		`never       "/etc/poprelay/never"`, "default",
+		"lock        /x/y.cdb.lock",
+	} {
+		if !strings.Contains(out, w) {
+			t.Errorf("config lacks %q:\n%s", w, out)
+		}
+	}
+	f.env["POPRELAY_MAXAGE"] = "-5"
+	f.fails(100, `bad max age "-5" (env POPRELAY_MAXAGE)`, "config")
+	f.fails(100, `bad max age "x" (flag --max-age)`, "config", "--max-age", "x")
+	delete(f.env, "POPRELAY_MAXAGE")
+	f.env["POPRELAY_SPOOL"] = ""
+	f.fails(100, "spool (env POPRELAY_SPOOL) must not be empty", "config")
+	f.env["POPRELAY_SPOOL"] = f.spool
+	// A never file named by flag or env must exist; a bad one is permanent.
+	f.fails(111, "unable to read never-grant file", "allow", "--never", filepath.Join(f.dir, "none"), "192.0.2.7")
+	f.write(filepath.Join(f.dir, "never"), "not an address\n")
+	f.fails(100, filepath.Join(f.dir, "never")+":1", "rebuild", "--never", filepath.Join(f.dir, "never"))
+}
+
+func TestHelpAndUsage(t *testing.T) {
+	f := newFixture(t)
+	for _, c := range commands {
+		for _, h := range []string{"--help", "-h"} {
+			code, out, errs := f.run(c.name, h)
+			if code != 0 || errs != "" || !strings.HasPrefix(out, "usage: relayctl "+c.name) || !strings.Contains(out, "POPRELAY_SPOOL") {
+				t.Errorf("%s %s: exit %d, stderr %q, out %q", c.name, h, code, errs, out)
+			}
+		}
+	}
+	code, out, _ := f.run("--help")
+	if code != 0 || !strings.Contains(out, "rebuild") || !strings.Contains(out, "import") {
+		t.Errorf("--help: exit %d %q", code, out)
+	}
+	code, out, _ = f.run("help", "allow")
+	if code != 0 || !strings.HasPrefix(out, "usage: relayctl allow") {
+		t.Errorf("help allow: exit %d %q", code, out)
+	}
+	f.fails(100, "relayctl: usage:")
+	f.fails(100, `unknown command "frobnicate"`, "frobnicate")
+	f.fails(100, "relayctl: usage: flag provided but not defined: -bogus", "rebuild", "--bogus")
+	f.fails(100, "usage: no arguments expected", "rebuild", "extra")
+}
+
+// TestConcurrent races rebuilds, allows and revokes; the lock must leave a
+// CDB equal to a fresh rebuild of the final spool.
+func TestConcurrent(t *testing.T) {
+	f := newFixture(t)
+	f.ok("rebuild")
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 10 {
+				ip := fmt.Sprintf("203.0.113.%d", w*10+i)
+				if c, _, errs := f.run("allow", ip, "--user", fmt.Sprint("u", w)); c != 0 {
+					t.Errorf("allow: %d %s", c, errs)
+				}
+				if i%3 == 0 {
+					if c, _, errs := f.run("revoke", ip); c != 0 {
+						t.Errorf("revoke: %d %s", c, errs)
+					}
+				}
+				if c, _, errs := f.run("rebuild"); c != 0 {
+					t.Errorf("rebuild: %d %s", c, errs)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	got := f.cdbBytes()
+	f.ok("rebuild")
+	if !bytes.Equal(got, f.cdbBytes()) {
+		t.Error("the last concurrent write differs from a fresh rebuild")
+	}
+	gs, _ := grant.New(f.spool).List()
+	if len(gs) != 4*6 {
+		t.Errorf("%d grants, want 24", len(gs))
+	}
+	for _, g := range gs {
+		if got := f.decide(g.IP); !strings.Contains(got, "RELAYCLIENT=") {
+			t.Errorf("%s: %s", g.IP, got)
+		}
+	}
+	if got := f.leftovers(); len(got) != 0 {
+		t.Errorf("left in the CDB's directory: %q", got)
+	}
+}
