@@ -111,7 +111,9 @@ func New(cfg Config) *Watcher {
 		cfg.Now = time.Now
 	}
 	cfg.Spool = filepath.Clean(cfg.Spool)
-	cfg.Rules = filepath.Clean(cfg.Rules)
+	if cfg.Rules != "" {
+		cfg.Rules = filepath.Clean(cfg.Rules)
+	}
 	return &Watcher{
 		cfg:     cfg,
 		reload:  make(chan struct{}, 1),
@@ -139,36 +141,38 @@ func (w *Watcher) fail(kind, what string, err error) {
 }
 
 // loadRules re-reads the static rules file, keeping the last good rules
-// on any error. A missing file means no static rules.
+// on any error. A missing file is an error too, as for relayctl rebuild: a
+// CDB without the admin's rules would silently drop them. An empty Rules
+// path means no static rules.
 func (w *Watcher) loadRules() {
 	w.rulesStale = false
-	f, err := os.Open(w.cfg.Rules)
-	if errors.Is(err, os.ErrNotExist) {
-		if w.haveRules && len(w.static) > 0 {
-			w.cfg.Logf("rules file %s is gone; using no static rules", w.cfg.Rules)
-		}
+	if w.cfg.Rules == "" {
 		w.static, w.haveRules = nil, true
 		return
 	}
+	f, err := os.Open(w.cfg.Rules)
 	if err != nil {
-		w.fail("rules", "unable to read "+w.cfg.Rules, err)
+		w.fail("rules", "unable to read "+w.cfg.Rules+w.keeping(), err)
 		return
 	}
 	defer f.Close()
 	if st, err := f.Stat(); err == nil && !st.Mode().IsRegular() {
-		w.fail("rules", "unable to read "+w.cfg.Rules, errors.New("not a regular file"))
+		w.fail("rules", "unable to read "+w.cfg.Rules+w.keeping(), errors.New("not a regular file"))
 		return
 	}
 	rs, err := rules.Parse(f, w.cfg.Rules)
 	if err != nil {
-		if w.haveRules {
-			w.fail("rules", "keeping the last good rules", err)
-		} else {
-			w.fail("rules", "no usable rules yet", err)
-		}
+		w.fail("rules", "bad rules"+w.keeping(), err)
 		return
 	}
 	w.static, w.haveRules = rs, true
+}
+
+func (w *Watcher) keeping() string {
+	if w.haveRules {
+		return " (keeping the last good rules)"
+	}
+	return " (no usable rules yet: CDB not written)"
 }
 
 // scan re-reads every grant from the source.
@@ -270,7 +274,10 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 // directory. Missing directories are skipped: the parent's events bring
 // the spool back when it is recreated.
 func (w *Watcher) addWatches(fw *fsnotify.Watcher) {
-	dirs := []string{filepath.Dir(w.cfg.Spool), w.cfg.Spool, filepath.Dir(w.cfg.Rules)}
+	dirs := []string{filepath.Dir(w.cfg.Spool), w.cfg.Spool}
+	if w.cfg.Rules != "" {
+		dirs = append(dirs, filepath.Dir(w.cfg.Rules))
+	}
 	have := map[string]bool{}
 	for _, d := range fw.WatchList() {
 		have[filepath.Clean(d)] = true
@@ -291,7 +298,7 @@ func (w *Watcher) addWatches(fw *fsnotify.Watcher) {
 func (w *Watcher) classify(ev fsnotify.Event) (ip string, spool, rulesChanged bool) {
 	name := filepath.Clean(ev.Name)
 	switch {
-	case name == w.cfg.Rules:
+	case w.cfg.Rules != "" && name == w.cfg.Rules:
 		return "", false, true
 	case name == w.cfg.Spool:
 		return "", true, false
