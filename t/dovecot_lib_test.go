@@ -136,12 +136,13 @@ func setupDovecot(t *testing.T) *dovecotDir {
 	d := &dovecotDir{
 		Dir:         dir,
 		Spool:       filepath.Join(dir, "spool"),
-		Wrap:        filepath.Join(dir, "checkpassword-wrap"),
+		Wrap:        filepath.Join(dir, "bin", "checkpassword-wrap"),
 		Users:       filepath.Join(dir, "users"),
 		Home:        filepath.Join(dir, "home", dvUser),
 		internalUID: internal[0],
 		internalGID: internal[1],
 	}
+	dvMkdir(t, filepath.Dir(d.Wrap), 0755)
 	dvCopyFile(t, wrap, d.Wrap, 0755)
 	d.spoolGroup(t)
 	for _, sub := range []string{"run", "state", "home"} {
@@ -189,7 +190,7 @@ func (d *dovecotDir) spoolGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	in, _ := internal.GroupIds()
-	for _, name := range []string{"poprelay", "mail", "news", "uucp", "staff"} {
+	for _, name := range []string{"poprelay", "news", "uucp", "mail"} {
 		g, err := user.LookupGroup(name)
 		if err != nil || slices.Contains(in, g.Gid) {
 			continue
@@ -199,12 +200,21 @@ func (d *dovecotDir) spoolGroup(t *testing.T) {
 		break
 	}
 	if d.Group == "" {
-		t.Fatal("no system group to stand for poprelay (tried poprelay, mail, news, uucp, staff)")
+		t.Fatal("no system group to stand for poprelay (tried poprelay, news, uucp, mail)")
 	}
 	if err := os.Chown(d.Wrap, 0, d.gid); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(d.Wrap, 0755|os.ModeSetgid); err != nil {
+		t.Fatal(err)
+	}
+	// Only dovecot (and root) may reach the setgid copy: no other local
+	// user gets a program setgid to a system group for the test's length.
+	binDir := filepath.Dir(d.Wrap)
+	if err := os.Chown(binDir, d.internalUID, d.internalGID); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(binDir, 0500); err != nil {
 		t.Fatal(err)
 	}
 	dvMkdir(t, d.Spool, 0770)

@@ -41,9 +41,10 @@ type Publisher struct {
 	queue    *list.List             // of *job, oldest first
 	index    map[string]*list.Element
 	inflight map[string]bool
-	resync   bool // a full resync is due
-	down     bool // the last write failed for want of etcd
-	dropped  int  // changes dropped since the last overflow log
+	refused  map[string]time.Time // login times refused by a marker
+	resync   bool                 // a full resync is due
+	down     bool                 // the last write failed for want of etcd
+	dropped  int                  // changes dropped since the last overflow log
 	wake     chan struct{}
 	stats    PublisherStats
 }
@@ -89,6 +90,7 @@ func (c *Cluster) Publisher(opt PublisherOptions) *Publisher {
 		queue:    list.New(),
 		index:    map[string]*list.Element{},
 		inflight: map[string]bool{},
+		refused:  map[string]time.Time{},
 		resync:   true,
 		wake:     make(chan struct{}, 1),
 	}
@@ -307,7 +309,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			} else {
 				delete(p.inflight, r.j.ip)
 			}
-			temporary := r.err != nil && !errors.Is(r.err, ErrRevoked) && !errors.Is(r.err, ErrExpired) && ctx.Err() == nil
+			temporary := r.err != nil && !permanent(r.err) && ctx.Err() == nil
 			switch {
 			case temporary:
 				p.stats.Failed++
@@ -338,9 +340,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 				switch {
 				case errors.Is(r.err, ErrRevoked):
 					p.stats.Refused++
+					p.refused[r.j.ip] = r.j.g.Time
 					p.c.logf("refused: %v", r.err)
 				case r.err != nil:
 					p.stats.Skipped++
+					p.c.logf("warning: not shared: %s: %v", r.j.ip, r.err)
 				case r.wrote && r.j.del:
 					p.stats.Deleted++
 				case r.wrote:
@@ -358,6 +362,12 @@ func (p *Publisher) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// permanent tells errors that no retry can fix.
+func permanent(err error) bool {
+	return errors.Is(err, ErrRevoked) || errors.Is(err, ErrExpired) ||
+		errors.Is(err, grant.ErrBadField) || errors.Is(err, grant.ErrBadIP)
 }
 
 // do runs one job.
@@ -387,9 +397,17 @@ func (p *Publisher) resyncAll(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := 0
+	for ip, t := range p.refused {
+		if g, ok := p.last[ip]; !ok || !g.Time.Equal(t) {
+			delete(p.refused, ip)
+		}
+	}
 	for ip, g := range p.last {
 		if _, queued := p.index[ip]; queued || p.inflight[ip] {
 			continue
+		}
+		if _, ok := p.refused[ip]; ok {
+			continue // revoked after this login: asking again is futile
 		}
 		if !g.Expiry(p.c.opt.MaxAge).After(now) {
 			continue

@@ -390,7 +390,29 @@ func (c *Cluster) decode(key, value []byte) (grant.Grant, string, error) {
 	if r.Time.IsZero() || r.Exp.IsZero() {
 		return grant.Grant{}, "", fmt.Errorf("share: key %q: no time or exp", key)
 	}
+	for _, f := range []string{r.User, r.Service, r.Host} {
+		if err := checkField(f); err != nil {
+			return grant.Grant{}, "", fmt.Errorf("share: key %q: %v", key, err)
+		}
+	}
 	return grant.Grant{IP: ip, User: r.User, Service: r.Service, Time: r.Time, Expires: r.Exp}, r.Host, nil
+}
+
+// maxField bounds a user, service or host name, as the spool does.
+const maxField = 255
+
+// checkField accepts names that fit on one line: they end up in the CDB
+// (TCPREMOTEINFO) and in logs.
+func checkField(v string) error {
+	if len(v) > maxField {
+		return fmt.Errorf("%w: name of %d bytes", grant.ErrBadField, len(v))
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] == 0x7f {
+			return fmt.Errorf("%w: %q has a control character", grant.ErrBadField, v)
+		}
+	}
+	return nil
 }
 
 // newer tells whether a should replace b: a later login, or the same
@@ -411,6 +433,11 @@ func (c *Cluster) share(ctx context.Context, g grant.Grant, host string) (bool, 
 		return false, ErrExpired
 	}
 	g.Expires = exp
+	for _, f := range []string{g.User, g.Service, host} {
+		if err := checkField(f); err != nil {
+			return false, err
+		}
+	}
 	gk, rk := c.grants+g.IP, c.revoked+g.IP
 	val := c.encode(g, host)
 	var gRev, rRev int64 // what the key and marker were when last read

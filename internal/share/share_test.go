@@ -78,6 +78,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"10.0.0.1/8", ok},
 		{"10.0.0.1", `{"user":"a"}`},
 		{"10.0.0.1", `not json`},
+		{"10.0.0.1", `{"user":"a\u0000+RELAYCLIENT=","time":"2026-11-26T12:00:00Z","exp":"2026-11-26T13:00:00Z"}`},
+		{"10.0.0.1", `{"user":"a\nb","time":"2026-11-26T12:00:00Z","exp":"2026-11-26T13:00:00Z"}`},
 	} {
 		if _, _, err := c.decode([]byte(c.grants+tc.key), []byte(tc.value)); err == nil {
 			t.Errorf("decode(%q, %q) accepted", tc.key, tc.value)
