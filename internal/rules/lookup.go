@@ -22,7 +22,11 @@ func EncodeValue(deny bool, env []Var) []byte {
 	for _, v := range env {
 		n += len(v.Name) + len(v.Value) + 3
 	}
-	b := make([]byte, 0, n)
+	return appendValue(make([]byte, 0, n), deny, env)
+}
+
+// appendValue appends EncodeValue(deny, env) to b.
+func appendValue(b []byte, deny bool, env []Var) []byte {
 	if deny {
 		b = append(b, 'D', 0)
 	}

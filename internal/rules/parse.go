@@ -293,50 +293,63 @@ func Scan(r io.Reader, file string, fn func(*Rule) error) error {
 		if !ok {
 			return err
 		}
-		x, p, kr := s.x, &s.p, s.kr
-		rule := &Rule{Line: s.lr.n, Addr: string(p.addr), Deny: p.deny}
-		if len(p.env) > 0 {
-			rule.Env = make([]Var, len(p.env))
-			for i, s := range p.env {
-				rule.Env[i] = Var{string(x[s.name.start:s.name.end]), string(x[s.value.start:s.value.end])}
-			}
-		}
-		if !kr.ok {
-			rule.Keys = []string{rule.Addr}
-		} else {
-			rule.Keys = []string{}
-			kr.each(p.addr, nil, func(k []byte) error {
-				rule.Keys = append(rule.Keys, string(k))
-				return nil
-			})
-		}
-		if err := fn(rule); err != nil {
+		rule := s.rule()
+		if err := fn(&rule); err != nil {
 			return err
 		}
 	}
 }
 
+// rule returns the current line as a Rule.
+func (s *scanner) rule() Rule {
+	x, p, kr := s.x, &s.p, s.kr
+	// One string for the line; the fields are substrings of it.
+	ls := string(x)
+	rule := Rule{Line: s.lr.n, Addr: ls[:len(p.addr)], Deny: p.deny}
+	if len(p.env) > 0 {
+		rule.Env = make([]Var, len(p.env))
+		for i, e := range p.env {
+			rule.Env[i] = Var{ls[e.name.start:e.name.end], ls[e.value.start:e.value.end]}
+		}
+	}
+	if !kr.ok {
+		rule.Keys = []string{rule.Addr}
+	} else {
+		rule.Keys = []string{}
+		kr.each(p.addr, nil, func(k []byte) error {
+			rule.Keys = append(rule.Keys, string(k))
+			return nil
+		})
+	}
+	return rule
+}
+
 // Parse reads a whole rules file; see Scan.
 func Parse(r io.Reader, file string) ([]Rule, error) {
+	s := &scanner{lr: newLineReader(r), file: file}
 	var rs []Rule
-	err := Scan(r, file, func(rule *Rule) error {
-		rs = append(rs, *rule)
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	for {
+		ok, err := s.next()
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return rs, nil
+		}
+		rs = append(rs, s.rule())
 	}
-	return rs, nil
 }
 
 // Compile adds every key of every rule to w, in order, with the rule's
 // value: the records tcprules writes for the same file. It does not call
 // w.Finish.
 func Compile(w *cdb.Writer, rs []Rule) error {
+	var v, kb []byte
 	for i := range rs {
-		v := rs[i].Value()
+		v = appendValue(v[:0], rs[i].Deny, rs[i].Env)
 		for _, k := range rs[i].Keys {
-			if err := w.Add([]byte(k), v); err != nil {
+			kb = append(kb[:0], k...)
+			if err := w.Add(kb, v); err != nil {
 				return err
 			}
 		}
