@@ -295,3 +295,37 @@ func TestLeaseBuckets(t *testing.T) {
 		t.Fatalf("lease has %v left, grant %v", left, want)
 	}
 }
+
+func TestRevocations(t *testing.T) {
+	e := startEtcd(t)
+	c := open(t, Options{Host: "pop1"}, e.client)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := c.Revoke(ctx, "192.0.2.1", "admin"); err != nil {
+		t.Fatal(err)
+	}
+	type rev struct {
+		ip string
+		at time.Time
+	}
+	got := make(chan rev, 10)
+	go c.Revocations(ctx, func(ip string, at time.Time) { got <- rev{ip, at} })
+	before := time.Now()
+	if _, err := c.Revoke(ctx, "2001:db8::7", "admin"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"192.0.2.1", "2001:db8::7"}
+	for i, ip := range want {
+		select {
+		case r := <-got:
+			if r.ip != ip {
+				t.Fatalf("revocation %d: %s, want %s", i, r.ip, ip)
+			}
+			if i == 1 && (r.at.Before(before.Add(-time.Second)) || r.at.After(time.Now())) {
+				t.Fatalf("marker time %v", r.at)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no revocation %d", i)
+		}
+	}
+}
