@@ -12,6 +12,26 @@ type slot struct {
 	h, pos uint32
 }
 
+// chunks is one table's slots in insertion order, in chunks that are never
+// copied or reallocated (as cdb_make's hplist), so memory stays close to 8
+// bytes per record with no garbage to collect.
+type chunks struct {
+	full [][]slot
+	last []slot
+	n    int
+}
+
+func (c *chunks) add(s slot) {
+	if len(c.last) == cap(c.last) {
+		if c.last != nil {
+			c.full = append(c.full, c.last)
+		}
+		c.last = make([]slot, 0, min(max(16, 2*cap(c.last)), 1024))
+	}
+	c.last = append(c.last, s)
+	c.n++
+}
+
 // Writer streams records to an io.WriteSeeker and writes the hash tables and
 // the header on Finish. It keeps 8 bytes per record in memory, already
 // grouped by hash table, so Finish needs no second copy; keys and values go
@@ -20,7 +40,7 @@ type Writer struct {
 	w      io.WriteSeeker
 	buf    *bufio.Writer
 	pos    uint64 // offset of the next record
-	tables [256][]slot
+	tables [256]chunks
 	n      int   // records added
 	err    error // sticky: once set, every later call returns it
 	done   bool
@@ -67,7 +87,7 @@ func (cw *Writer) Add(key, value []byte) error {
 		return err
 	}
 	h := Hash(key)
-	cw.tables[h&255] = append(cw.tables[h&255], slot{h, uint32(cw.pos)})
+	cw.tables[h&255].add(slot{h, uint32(cw.pos)})
 	cw.n++
 	cw.pos += n
 	return nil
@@ -90,7 +110,7 @@ func (cw *Writer) Finish() error {
 	var table []slot
 	var out []byte
 	for i := range 256 {
-		n := uint32(len(cw.tables[i]))
+		n := uint32(cw.tables[i].n)
 		slots := 2 * n
 		binary.LittleEndian.PutUint32(header[8*i:], uint32(cw.pos))
 		binary.LittleEndian.PutUint32(header[8*i+4:], slots)
@@ -104,17 +124,20 @@ func (cw *Writer) Finish() error {
 		}
 		table = table[:slots]
 		clear(table)
-		for _, s := range cw.tables[i] {
-			where := (s.h >> 8) % slots
-			for table[where].pos != 0 {
-				where++
-				if where == slots {
-					where = 0
+		c := &cw.tables[i]
+		for _, chunk := range append(c.full, c.last) {
+			for _, s := range chunk {
+				where := (s.h >> 8) % slots
+				for table[where].pos != 0 {
+					where++
+					if where == slots {
+						where = 0
+					}
 				}
+				table[where] = s
 			}
-			table[where] = s
 		}
-		cw.tables[i] = nil
+		*c = chunks{}
 		b := out[:8*slots]
 		for j, s := range table {
 			binary.LittleEndian.PutUint32(b[8*j:], s.h)
