@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -112,6 +113,10 @@ func (r *recorder) Read(p []byte) (int, error) {
 
 // compile is tcprules: stdin → tmp → fsync → rename over target.
 func (c *cmd) compile(target, tmp string, stdin io.Reader) int {
+	// The heap is 8 bytes per record, without pointers: collecting more
+	// often costs little and keeps the peak near tcprules' (17 MB for a
+	// million lines) instead of twice the live heap.
+	defer debug.SetGCPercent(debug.SetGCPercent(50))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return c.fail(exitTemporary, "unable to create %s: %s", tmp, errstr(err))
