@@ -15,9 +15,12 @@
 //     KeepRBL), and TCPREMOTEINFO=user if RemoteInfo.
 //
 // The two forms of an IPv4 grant are decided together, the strict way: an
-// exact static record for either form, or a deny for either form, leaves
-// both without a grant record. The admin wrote "1.2.3.4:deny" for that
-// client, whichever way a tcpserver spells its address.
+// exact static record for either form, or a deny by a rule written for
+// either form (any rule but the default, empty-key one), leaves both
+// without a grant record. The admin wrote "1.2.3.4:deny" or "1.2.3.:deny"
+// for that client, whichever way a tcpserver spells its address. A default
+// ":deny" is no one's in particular: it only decides the forms it is the
+// match for.
 //
 // The output is a function of the input: static records in file order,
 // then the grant records sorted by key.
@@ -270,10 +273,11 @@ func (m *merger) exact(ip string, twin bool) (*rules.Rule, bool) {
 // forms decides every key form of g: one for IPv6, two for IPv4.
 //
 // The forms of one IPv4 grant are decided together, the stricter way: if
-// the static rules have an exact record for either form, or the rule
-// tcpserver would match for either form denies, no form gets a record.
-// An admin's "1.2.3.4:deny" or "1.2.3.:deny" is meant for that client
-// whichever way a tcpserver spells its address.
+// the static rules have an exact record for either form, or a rule other
+// than the default that tcpserver would match for either form denies, no
+// form gets a record. An admin's "1.2.3.4:deny" or "1.2.3.:deny" is meant
+// for that client whichever way a tcpserver spells its address; the
+// default ":deny" denies only the forms it is the match for.
 func (m *merger) forms(ip string) (fs [2]fate, n int, err error) {
 	n = 1
 	if strings.IndexByte(ip, ':') < 0 {
@@ -293,9 +297,9 @@ func (m *merger) forms(ip string) (fs [2]fate, n int, err error) {
 			return fs, 0, err
 		}
 		fs[i] = fate{status: Relay, rule: m.decs[d].rule, dec: d}
-		if m.decs[d].deny {
+		if dd := m.decs[d]; dd.deny {
 			fs[i].status = Denied
-			if deny < 0 {
+			if deny < 0 && dd.rule != nil && dd.rule.Addr != "" {
 				deny = i
 			}
 		}

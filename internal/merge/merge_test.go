@@ -166,6 +166,22 @@ func TestMerge(t *testing.T) {
 			"127.0.0.1":        `allow "127.0.0.1" RELAYCLIENT=`,
 		},
 	}, {
+		name:   "default deny and a v4 prefix allow: the twin stays denied",
+		static: "10.1.:allow,QMAILQUEUE=\"/q\"\n:deny\n",
+		grants: []grant.Grant{g("10.1.2.3", "alice")},
+		want: map[string]string{
+			"10.1.2.3":        `allow "10.1.2.3" QMAILQUEUE=/q RBLSMTPD= RELAYCLIENT=`,
+			"::ffff:10.1.2.3": `deny ""`,
+		},
+	}, {
+		name:   "a deny written for the twin denies both forms",
+		static: "::ffff:10.1.:deny\n10.1.:allow\n",
+		grants: []grant.Grant{g("10.1.2.3", "alice")},
+		want: map[string]string{
+			"10.1.2.3":        `allow "10.1."`,
+			"::ffff:10.1.2.3": `deny "::ffff:10.1."`,
+		},
+	}, {
 		name:   "grant outside all rules, no default",
 		static: "10.9.:allow,X=\"1\"\n",
 		grants: []grant.Grant{g("192.0.2.7", "alice")},
