@@ -41,6 +41,7 @@ type etcdNode struct {
 	cluster string // --initial-cluster
 	cmd     *exec.Cmd
 	log     *os.File
+	extra   []string // more flags (TLS)
 }
 
 func freePort(t testing.TB) int {
@@ -102,7 +103,7 @@ func (e *etcdNode) start() {
 		e.log = f
 		t.Cleanup(func() { f.Close() })
 	}
-	cmd := exec.Command(e.bin,
+	cmd := exec.Command(e.bin, append([]string{
 		"--name", e.name,
 		"--data-dir", e.dir,
 		"--listen-client-urls", e.client,
@@ -116,7 +117,7 @@ func (e *etcdNode) start() {
 		"--election-timeout", "500",
 		"--logger", "zap",
 		"--log-level", "warn",
-	)
+	}, e.extra...)...)
 	cmd.Stdout, cmd.Stderr = e.log, e.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
