@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,37 +53,51 @@ func readOr(t *testing.T, path string) []byte {
 	return b
 }
 
+// memFile is an in-memory io.WriteSeeker for cdb.Writer.
+type memFile struct {
+	b   []byte
+	off int
+}
+
+func (m *memFile) Write(p []byte) (int, error) {
+	if need := m.off + len(p); need > len(m.b) {
+		m.b = append(m.b, make([]byte, need-len(m.b))...)
+	}
+	m.off += copy(m.b[m.off:], p)
+	return len(p), nil
+}
+
+func (m *memFile) Seek(off int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+		m.off = int(off)
+	case io.SeekCurrent:
+		m.off += int(off)
+	case io.SeekEnd:
+		m.off = len(m.b) + int(off)
+	}
+	return int64(m.off), nil
+}
+
 // compileBytes compiles rs to a CDB and returns its bytes.
 func compileBytes(t testing.TB, rs []Rule) []byte {
 	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "c")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	w := cdb.NewWriter(f)
+	var f memFile
+	w := cdb.NewWriter(&f)
 	if err := Compile(w, rs); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Finish(); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(f.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return f.b
 }
 
 // buildBytes streams input through Build and returns the CDB bytes.
 func buildBytes(t testing.TB, input []byte) ([]byte, int, error) {
 	t.Helper()
-	f, err := os.CreateTemp(t.TempDir(), "b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	w := cdb.NewWriter(f)
+	var f memFile
+	w := cdb.NewWriter(&f)
 	n, err := Build(w, bytes.NewReader(input), "rules")
 	if err != nil {
 		return nil, n, err
@@ -90,11 +105,7 @@ func buildBytes(t testing.TB, input []byte) ([]byte, int, error) {
 	if err := w.Finish(); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(f.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b, n, nil
+	return f.b, n, nil
 }
 
 // cdbDump renders a database as tinycdb's "cdb -d" does.
