@@ -19,19 +19,11 @@
 //   - The address ends at the first ":" that is immediately followed by
 //     "allow" or "deny". This is what the IPv6 variant does, and it is the
 //     same as tcprules' "first colon" whenever the address has no colon of
-//     its own. So these are all accepted, each with the key shown:
-//
-//     ::1:allow                       key "::1"
-//     2001:db8::1:allow,RELAYCLIENT=""  key "2001:db8::1"
-//     2001:db8:1::allow               key "2001:db8:1:" (a prefix)
-//     ::ffff:192.0.2.:allow           key "::ffff:192.0.2." (mapped IPv4)
-//     ::allow                         key ":" (every IPv6 client)
-//     a:b:allow                       key "a:b"
-//
-//     A line that has a ":" but none followed by allow or deny is a parse
-//     error (the IPv6 tcprules loops forever on it; the IPv4 one rejects
-//     it, and so do we). Keys are the literal text: no CIDR, no
+//     its own. A line that has a ":" but none followed by allow or deny is
+//     a parse error (the IPv6 tcprules loops forever on it; the IPv4 one
+//     rejects it, and so do we). Keys are the literal text: no CIDR, no
 //     canonical form (tcpserver looks clients up by the text it prints).
+//     See "IPv6 addresses" below.
 //
 //   - After the keyword, zero or more settings ",NAME=QVALUEQ": NAME is
 //     every byte up to the next "=", Q is any single byte, VALUE runs to
@@ -46,4 +38,21 @@
 //     as in both tcprules variants: "::ffff:1.2.3.1-3" expands to three
 //     keys, while "2001:db8::1-3" is an error because "2001:db8::1" is not
 //     a number. Exactly what both variants do, verified on their binaries.
+//
+// # IPv6 addresses
+//
+// These lines are accepted, with the keys shown:
+//
+//	::1:allow                          "::1"
+//	2001:db8::1:allow,RELAYCLIENT=""   "2001:db8::1"
+//	2001:db8:1::allow                  "2001:db8:1:" (a prefix: ends in ":")
+//	::ffff:192.0.2.:allow              "::ffff:192.0.2." (IPv4 clients of a dual-stack tcpserver)
+//	::allow                            ":" (every IPv6 client)
+//	a:b:allow                          "a:b"
+//	2001:db8::/32:allow                "2001:db8::/32" (literal; never matches)
+//
+// The IPv4 tcprules rejects all of them; everywhere else the two variants
+// and this package agree, except that the IPv6 tcprules never returns on a
+// line without a ":" (skipped here, as by the IPv4 one) or on a bad
+// keyword (rejected here, as by the IPv4 one).
 package rules
