@@ -124,18 +124,69 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	return c, c.check()
 }
 
-// Register adds -etcd-* flags to fs, with c's current values (e.g. from
-// FromEnv) as defaults. Call Check after fs.Parse.
-func (c *Config) Register(fs *flag.FlagSet) {
-	fs.Var((*listFlag)(&c.Endpoints), "etcd-endpoints", "etcd endpoints, comma separated ($"+EnvEndpoints+")")
-	fs.StringVar(&c.Cert, "etcd-cert", c.Cert, "etcd client certificate file ($"+EnvCert+")")
-	fs.StringVar(&c.Key, "etcd-key", c.Key, "etcd client key file ($"+EnvKey+")")
-	fs.StringVar(&c.CA, "etcd-ca", c.CA, "etcd CA bundle file ($"+EnvCA+")")
-	fs.StringVar(&c.Username, "etcd-user", c.Username, "etcd user name ($"+EnvUser+")")
-	fs.StringVar(&c.Password, "etcd-password", c.Password, "etcd password ($"+EnvPassword+"; prefer the variable)")
-	fs.StringVar(&c.Prefix, "etcd-prefix", c.Prefix, "etcd key prefix, default "+DefaultPrefix+" ($"+EnvPrefix+")")
-	fs.DurationVar(&c.DialTimeout, "etcd-timeout", c.DialTimeout, "etcd connect and request timeout, default 5s ($"+EnvTimeout+")")
+// Flags are the --etcd-* flags of a command, resolved against the
+// environment after parsing: a flag given wins, else the variable, else
+// the default.
+type Flags struct {
+	fs   *flag.FlagSet
+	vals map[string]*string
+	set  []Setting
 }
+
+// Setting is one effective etcd setting and where it came from, for
+// "relayctl config". The password's value is shown as "(set)".
+type Setting struct {
+	Name, Env, Value, Source string
+}
+
+// flagDefs are the flags, their variables and their help.
+var flagDefs = []struct{ name, env, help string }{
+	{"etcd-endpoints", EnvEndpoints, "etcd endpoints, comma separated (none: etcd is not used)"},
+	{"etcd-cert", EnvCert, "etcd client certificate `FILE` (PEM)"},
+	{"etcd-key", EnvKey, "etcd client key `FILE` (PEM)"},
+	{"etcd-ca", EnvCA, "etcd CA bundle `FILE` (PEM)"},
+	{"etcd-user", EnvUser, "etcd user `NAME`"},
+	{"etcd-password", EnvPassword, "etcd password (prefer the variable)"},
+	{"etcd-prefix", EnvPrefix, "etcd key prefix (default " + DefaultPrefix + ")"},
+	{"etcd-timeout", EnvTimeout, "etcd connect and request timeout, `DUR` (default 5s)"},
+}
+
+// RegisterFlags adds the --etcd-* flags to fs. Call Resolve after
+// fs.Parse.
+func RegisterFlags(fs *flag.FlagSet) *Flags {
+	f := &Flags{fs: fs, vals: map[string]*string{}}
+	for _, d := range flagDefs {
+		f.vals[d.name] = fs.String(d.name, "", d.help+" ($"+d.env+")")
+	}
+	return f
+}
+
+// Resolve returns the configuration: each flag given on the command
+// line, else its variable through getenv, else the default.
+func (f *Flags) Resolve(getenv func(string) string) (Config, error) {
+	given := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	env := map[string]string{}
+	f.set = f.set[:0]
+	for _, d := range flagDefs {
+		st := Setting{Name: d.name, Env: d.env, Source: "default"}
+		switch v := getenv(d.env); {
+		case given[d.name]:
+			st.Value, st.Source = *f.vals[d.name], "flag --"+d.name
+		case v != "":
+			st.Value, st.Source = v, "env "+d.env
+		}
+		env[d.env] = st.Value
+		if d.env == EnvPassword && st.Value != "" {
+			st.Value = "(set)"
+		}
+		f.set = append(f.set, st)
+	}
+	return FromEnv(func(k string) string { return env[k] })
+}
+
+// Settings lists the effective settings of the last Resolve.
+func (f *Flags) Settings() []Setting { return f.set }
 
 // Check reports an inconsistent configuration.
 func (c Config) Check() error { return c.check() }
@@ -158,14 +209,6 @@ func (c Config) check() error {
 			return fmt.Errorf("%w: endpoint %q", ErrConfig, e)
 		}
 	}
-	return nil
-}
-
-type listFlag []string
-
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
-func (l *listFlag) Set(s string) error {
-	*l = splitList(s)
 	return nil
 }
 

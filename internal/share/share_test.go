@@ -30,12 +30,25 @@ func TestFromEnv(t *testing.T) {
 		t.Fatalf("got %+v", c)
 	}
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
-	c.Register(fs)
+	f := RegisterFlags(fs)
 	if err := fs.Parse([]string{"-etcd-endpoints", "http://a:1,http://b:2", "-etcd-timeout", "750ms"}); err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Endpoints) != 2 || c.Endpoints[0] != "http://a:1" || c.DialTimeout != 750*time.Millisecond || c.Cert != "/etc/poprelay/c.pem" {
+	env[EnvPassword], env[EnvUser] = "pw", "poprelay"
+	c, err = f.Resolve(func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Endpoints) != 2 || c.Endpoints[0] != "http://a:1" || c.DialTimeout != 750*time.Millisecond || c.Cert != "/etc/poprelay/c.pem" || c.Password != "pw" {
 		t.Fatalf("after flags: %+v", c)
+	}
+	srcs := map[string]string{}
+	for _, st := range f.Settings() {
+		srcs[st.Name] = st.Source + " " + st.Value
+	}
+	if srcs["etcd-endpoints"] != "flag --etcd-endpoints http://a:1,http://b:2" || srcs["etcd-cert"] != "env POPRELAY_ETCD_CERT /etc/poprelay/c.pem" ||
+		srcs["etcd-password"] != "env POPRELAY_ETCD_PASSWORD (set)" || srcs["etcd-ca"] != "default " {
+		t.Fatalf("settings: %q", srcs)
 	}
 	for _, bad := range []map[string]string{
 		{EnvTimeout: "soon"},
