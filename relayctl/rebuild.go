@@ -135,7 +135,18 @@ func (e *env) rebuild() (merge.Summary, error) {
 		e.logf("warning: "+format, args...)
 	}
 	opt.Verbosef = e.vlogf
-	err = atomic.WriteFile(e.cfg.CDB, 0o644, func(f *os.File) error {
+	if sum, err = e.writeCDB(rs, gs, opt); err != nil {
+		return sum, err
+	}
+	e.built = &built{rules.NewIndex(rs), opt}
+	return sum, nil
+}
+
+// writeCDB merges rs and gs into the CDB and publishes it atomically; the
+// caller holds the lock. rebuild and watch both write through here.
+func (e *env) writeCDB(rs []rules.Rule, gs []grant.Grant, opt merge.Options) (merge.Summary, error) {
+	var sum merge.Summary
+	err := atomic.WriteFile(e.cfg.CDB, 0o644, func(f *os.File) error {
 		w := cdb.NewWriter(cdbOutput(f))
 		var err error
 		if sum, err = merge.Write(w, rs, gs, opt); err != nil {
@@ -146,7 +157,6 @@ func (e *env) rebuild() (merge.Summary, error) {
 	if err != nil {
 		return sum, unable("write "+e.cfg.CDB, err)
 	}
-	e.built = &built{rules.NewIndex(rs), opt}
 	e.vlogf("wrote %s: %d static rules; %d grants: %d relayed (%d records), %d expired, %d refused, %d key forms denied, %d left to static records",
 		e.cfg.CDB, sum.Static, sum.Grants, sum.Relayed, sum.Records, sum.Expired, sum.Refused, sum.Denied, sum.Shadow)
 	return sum, nil

@@ -33,7 +33,7 @@ type command struct {
 
 // commands is the subcommand table, in the order help shows them.
 var commands = []*command{
-	rebuildCmd, expireCmd, listCmd, allowCmd, revokeCmd, checkCmd, importCmd, configCmd,
+	rebuildCmd, watchCmd, expireCmd, listCmd, allowCmd, revokeCmd, checkCmd, importCmd, configCmd,
 }
 
 func lookupCommand(name string) *command {

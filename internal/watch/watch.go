@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -61,6 +62,8 @@ type Config struct {
 	// Publish writes the CDB for the static rules and the live grants
 	// (already without the expired ones). It must be atomic.
 	Publish func(static []rules.Rule, grants []grant.Grant, now time.Time) error
+	// LoadRules reads the static rules file; nil parses Rules as is.
+	LoadRules func() ([]rules.Rule, error)
 	// Logf logs one line; nil discards.
 	Logf func(format string, args ...any)
 	// Observe is called after each successful publish; nil ignores.
@@ -150,22 +153,32 @@ func (w *Watcher) loadRules() {
 		w.static, w.haveRules = nil, true
 		return
 	}
-	f, err := os.Open(w.cfg.Rules)
-	if err != nil {
-		w.fail("rules", "unable to read "+w.cfg.Rules+w.keeping(), err)
-		return
+	load := w.cfg.LoadRules
+	if load == nil {
+		load = w.readRules
 	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && !st.Mode().IsRegular() {
-		w.fail("rules", "unable to read "+w.cfg.Rules+w.keeping(), errors.New("not a regular file"))
-		return
-	}
-	rs, err := rules.Parse(f, w.cfg.Rules)
+	rs, err := load()
 	if err != nil {
-		w.fail("rules", "bad rules"+w.keeping(), err)
+		w.fail("rules", "bad or unreadable rules"+w.keeping(), err)
 		return
 	}
 	w.static, w.haveRules = rs, true
+}
+
+// readRules parses the rules file; a FIFO or a directory is an error,
+// never a hang.
+func (w *Watcher) readRules() ([]rules.Rule, error) {
+	f, err := os.OpenFile(w.cfg.Rules, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", w.cfg.Rules)
+	}
+	return rules.Parse(f, w.cfg.Rules)
 }
 
 func (w *Watcher) keeping() string {

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/metrics"
+	"github.com/poprelay/poprelay/internal/rules"
+	"github.com/poprelay/poprelay/internal/watch"
+)
+
+var watchCmd = &command{
+	name:  "watch",
+	short: "keep the CDB current: rebuild within milliseconds of a login",
+	usage: "[--metrics ADDR] [--debounce DUR] [--max-delay DUR] [--rescan DUR] [options]",
+	help: `Run as a daemon that keeps the CDB current. It watches the spool and the
+rules file's directory with inotify, keeps the grants and the parsed rules
+in memory, and rebuilds (the same merge as rebuild, under the same lock)
+DUR of --debounce after a change, or at most --max-delay after the first
+change of a burst, so a login storm still publishes every --max-delay. A
+timer fires at the next expiry, so grants close on time without cron.
+The spool is rescanned in full at start, after lost events and every
+--rescan. A bad edit of the rules file is reported (file:line) and the last
+good rules stay in use; a spool that cannot be read never empties the CDB.
+SIGHUP re-reads everything; SIGTERM and SIGINT exit after finishing a
+rebuild in flight. One line per rebuild goes to standard error (for
+multilog or journald). --metrics ADDR serves Prometheus metrics on
+http://ADDR/metrics. Each of these flags also comes from the environment:
+POPRELAY_METRICS, POPRELAY_DEBOUNCE, POPRELAY_MAXDELAY, POPRELAY_RESCAN.`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on `ADDR` (host:port)")
+		debounce := fs.String("debounce", "", "quiet time before a rebuild, `DUR` (default 5ms)")
+		maxDelay := fs.String("max-delay", "", "longest a change waits under a storm, `DUR` (default 50ms)")
+		rescan := fs.String("rescan", "", "full rescan period, `DUR` (default 5m)")
+		return func(e *env, args []string) error {
+			if len(args) > 0 {
+				return usagef("no arguments expected")
+			}
+			opt := watchOptions{metrics: *metricsAddr}
+			for _, d := range []struct {
+				flag *string
+				env  string
+				def  time.Duration
+				dst  *time.Duration
+			}{
+				{debounce, "POPRELAY_DEBOUNCE", 5 * time.Millisecond, &opt.debounce},
+				{maxDelay, "POPRELAY_MAXDELAY", 50 * time.Millisecond, &opt.maxDelay},
+				{rescan, "POPRELAY_RESCAN", 5 * time.Minute, &opt.rescan},
+			} {
+				v := *d.flag
+				if v == "" {
+					v, _ = e.lookup(d.env)
+				}
+				*d.dst = d.def
+				if v != "" {
+					t, err := parseDuration(v)
+					if err != nil {
+						return usagef("bad duration %q for %s: %v", v, d.env, err)
+					}
+					*d.dst = t
+				}
+			}
+			if opt.metrics == "" {
+				opt.metrics, _ = e.lookup("POPRELAY_METRICS")
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return e.watch(ctx, opt)
+		}
+	},
+}
+
+type watchOptions struct {
+	metrics                    string
+	debounce, maxDelay, rescan time.Duration
+	hup                        <-chan os.Signal  // nil: SIGHUP
+	ready                      func(addr string) // called once serving, for tests
+}
+
+// watch runs the watcher until ctx is done.
+func (e *env) watch(ctx context.Context, opt watchOptions) error {
+	m := metrics.New()
+	// A message the merge repeats at every rebuild (a refused grant, a
+	// denied one) is logged once, until the next reload.
+	var seenMu sync.Mutex
+	seen := map[string]bool{}
+	once := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		seenMu.Lock()
+		defer seenMu.Unlock()
+		if !seen[msg] {
+			seen[msg] = true
+			e.logf("warning: %s", msg)
+		}
+	}
+	publish := func(static []rules.Rule, grants []grant.Grant, now time.Time) error {
+		return e.locked(func() error {
+			o, err := e.mergeOptions()
+			if err != nil {
+				return err
+			}
+			o.Now = now
+			o.Logf = once
+			_, err = e.writeCDB(static, grants, o)
+			return err
+		})
+	}
+	w := watch.New(watch.Config{
+		Spool:    e.cfg.Spool,
+		Rules:    e.cfg.Rules,
+		MaxAge:   e.cfg.MaxAge,
+		Debounce: opt.debounce,
+		MaxDelay: opt.maxDelay,
+		Rescan:   opt.rescan,
+		Source:   e.store(),
+		Publish:  publish,
+		LoadRules: func() ([]rules.Rule, error) {
+			rs, err := e.readRules()
+			var ee *exitError
+			if errors.As(err, &ee) {
+				return nil, errors.New(ee.msg)
+			}
+			return rs, err
+		},
+		Logf:    e.logf,
+		Observe: m.Observe,
+		OnError: m.Error,
+	})
+
+	if opt.metrics != "" {
+		ln, err := net.Listen("tcp", opt.metrics)
+		if err != nil {
+			return unable("listen on "+opt.metrics+" for metrics", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", m.Handler())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		e.logf("metrics on http://%s/metrics", ln.Addr())
+		if opt.ready != nil {
+			opt.ready(ln.Addr().String())
+		}
+	}
+
+	hup := opt.hup
+	if hup == nil {
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGHUP)
+		defer signal.Stop(c)
+		hup = c
+	}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				e.logf("SIGHUP: re-reading the rules and the spool")
+				seenMu.Lock()
+				clear(seen)
+				seenMu.Unlock()
+				w.Reload()
+			}
+		}
+	}()
+	e.logf("watching %s and %s for %s", e.cfg.Spool, e.cfg.Rules, e.cfg.CDB)
+	if err := w.Run(ctx); err != nil {
+		if errors.Is(err, context.Canceled) {
+			return nil
+		}
+		return unable("watch "+e.cfg.Spool, err)
+	}
+	e.logf("exiting")
+	return nil
+}
