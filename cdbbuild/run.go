@@ -113,16 +113,18 @@ func (r *recorder) Read(p []byte) (int, error) {
 
 // compile is tcprules: stdin → tmp → fsync → rename over target.
 func (c *cmd) compile(target, tmp string, stdin io.Reader) int {
-	// The heap is 8 bytes per record, without pointers: collecting more
-	// often costs little and keeps the peak near tcprules' (17 MB for a
-	// million lines) instead of twice the live heap.
+	// The heap is 8 bytes per record, without pointers: collecting at 50%
+	// growth costs little and keeps the peak below tcprules' (17 MB for a
+	// million lines).
 	defer debug.SetGCPercent(debug.SetGCPercent(50))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return c.fail(exitTemporary, "unable to create %s: %s", tmp, errstr(err))
 	}
 	// On failure, remove tmp, but only if it is still the regular file
-	// opened here: never a device, a FIFO or someone else's file.
+	// opened here: never a device or a FIFO named as TMP (tcprules would
+	// leave it; removing /dev/full as root would be a disaster), nor a file
+	// that replaced it meanwhile.
 	st, _ := f.Stat()
 	cleanup := func() {
 		if cur, err := os.Lstat(tmp); err == nil && st != nil && st.Mode().IsRegular() && os.SameFile(st, cur) {
