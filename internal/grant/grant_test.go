@@ -492,3 +492,25 @@ func TestConcurrentRecords(t *testing.T) {
 		t.Errorf("log: %q", *logs)
 	}
 }
+
+// BenchmarkRecord: one login's grant write (temp file, fsync, rename), in
+// the test's temp dir and, where there is one, on tmpfs (no fsync cost).
+func BenchmarkRecord(b *testing.B) {
+	dirs := map[string]string{"tempdir": b.TempDir()}
+	if d, err := os.MkdirTemp("/dev/shm", "grant-bench-"); err == nil {
+		b.Cleanup(func() { os.RemoveAll(d) })
+		dirs["tmpfs"] = d
+	}
+	for name, dir := range dirs {
+		b.Run(name, func(b *testing.B) {
+			s := New(dir)
+			i := 0
+			for b.Loop() {
+				if err := s.Record(Grant{IP: fmt.Sprintf("10.0.%d.%d", i/250%250, i%250+1), User: "alice", Service: "pop3"}); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+		})
+	}
+}

@@ -190,3 +190,10 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkDefault: the built-in set, with this host's interface list.
+func BenchmarkDefault(b *testing.B) {
+	for b.Loop() {
+		Default()
+	}
+}
