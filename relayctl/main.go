@@ -10,6 +10,7 @@
 // Commands:
 //
 //	rebuild                  write the CDB from the rules file and the grants
+//	watch                    daemon: rebuild within milliseconds of a change
 //	expire                   remove expired grants; rebuild if any (for cron)
 //	list [--json]            show the grants in the spool
 //	allow IP [--for DUR] [--user NAME]

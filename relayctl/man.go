@@ -1,0 +1,108 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// manPage renders relayctl(8) in roff from the command table, so the help
+// strings stay the one source of the commands and options. TestManPage
+// keeps docs/relayctl.8 equal to it ("go test ./relayctl -update").
+func manPage() string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	p(`.\" Generated from relayctl's help strings by "go test ./relayctl -update"; do not edit.`)
+	p(`.TH RELAYCTL 8 "" "poprelay" "System Manager's Manual"`)
+	p(".SH NAME")
+	p(`relayctl \- merge POP/IMAP\-before\-SMTP grants into tcpserver's rules CDB, and administer them`)
+	p(".SH SYNOPSIS")
+	for _, c := range commands {
+		p(".B relayctl")
+		p(".RB [ \\-v ]")
+		p(".B %s", c.name)
+		p("%s", roff(c.usage))
+		p(".br")
+	}
+	p(".SH DESCRIPTION")
+	p("%s", roffText(`relayctl merges the grants that checkpassword-wrap(8) records at each
+correct POP3 or IMAP login into the CDB that tcpserver -x reads for
+qmail-smtpd, so a roaming user may relay for a while (1 hour by default)
+from the address they logged in from, with no lookup in qmail-smtpd. It
+also expires the grants, and lets an admin list, add, revoke and check
+them.`))
+	p(".PP")
+	p("%s", roffText(`The CDB is written as tcprules writes it: a dot-named temp file in the
+CDB's directory, fsync, rename, then an fsync of the directory, so
+tcpserver sees the old database or the new one, never a part of one. On
+any failure the temp file is removed and the old CDB stays. Writers (rebuild,
+expire, allow, revoke, import) serialize on an flock(2) of FILE.lock beside
+the CDB. The same rules and grants always give the same bytes.`))
+	p(".SH COMMANDS")
+	for _, c := range commands {
+		p(".SS %s", roff(c.name+" "+c.usage))
+		p("%s", roffText(c.help))
+		own, _ := c.flagLines()
+		for _, l := range own {
+			flag, usage, _ := strings.Cut(l, "\t")
+			p(".TP")
+			p(".B %s", roff(strings.TrimSpace(flag)))
+			p("%s", roff(usage))
+		}
+	}
+	p(".SH OPTIONS")
+	p("%s", roffText(`Every command takes these options. Each is also read from an environment
+variable, so daemontools' envdir works; a flag beats the variable, which
+beats the default. "relayctl config" shows the effective values and where
+they came from. Booleans accept 1, true, yes, on and 0, false, no, off (or
+empty); durations are Go durations (90m, 2h) or a number of seconds.`))
+	_, common := rebuildCmd.flagLines()
+	for _, l := range common {
+		flag, usage, _ := strings.Cut(l, "\t")
+		p(".TP")
+		p(".B %s", roff(strings.TrimSpace(flag)))
+		p("%s", roff(usage))
+	}
+	p(".SH FILES")
+	for _, f := range [][2]string{
+		{"/etc/tcp.smtp", "the static rules (tcprules syntax): edit, then run relayctl rebuild"},
+		{"/etc/tcp.smtp.cdb", "the CDB tcpserver -x reads"},
+		{"/etc/tcp.smtp.cdb.lock", "the lock writers take"},
+		{"/var/spool/poprelay", "the grants, one file per address"},
+		{"/etc/poprelay/never", "addresses never granted, added to the built-in set"},
+		{"/etc/cron.d/poprelay", "runs relayctl expire every 5 minutes"},
+	} {
+		p(".TP")
+		p(".I %s", roff(f[0]))
+		p("%s", roff(f[1]))
+	}
+	p(".SH DIAGNOSTICS")
+	p("%s", roffText(`relayctl is silent on success unless -v. Errors are one line on standard
+error: "relayctl: fatal: unable to WHAT: WHY", a rule error as
+"relayctl: fatal: FILE:LINE: unable to parse this line: LINE", a usage
+error as "relayctl: usage: ...". Warnings ("relayctl: warning: ...") report
+grants the never-grant set refuses and spool entries that are not grants.`))
+	p(".SH " + "EXIT STATUS")
+	p("0 success; 100 permanent error (usage, syntax, bad address, no such grant); 111 temporary error (I/O, lock).")
+	p(".SH SEE ALSO")
+	p("checkpassword-wrap(8), cdbbuild(8), tcprules(1), tcpserver(1), qmail-smtpd(8), rblsmtpd(1)")
+	return b.String()
+}
+
+// roff escapes one line of text.
+func roff(s string) string {
+	s = strings.ReplaceAll(s, `\`, `\e`)
+	s = strings.ReplaceAll(s, "-", `\-`)
+	if strings.HasPrefix(s, ".") || strings.HasPrefix(s, "'") {
+		s = `\&` + s
+	}
+	return s
+}
+
+// roffText escapes a paragraph, line by line.
+func roffText(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = roff(l)
+	}
+	return strings.Join(lines, "\n")
+}
