@@ -134,3 +134,35 @@ func hasNUL(r Rule) bool {
 	}
 	return false
 }
+
+// FuzzFormatLine: for any record, FormatLine either refuses it or gives a
+// line that compiles to exactly that record.
+func FuzzFormatLine(f *testing.F) {
+	f.Add([]byte("1.2.3.4"), []byte("D\x00+A=1\x00"))
+	f.Add([]byte("::1"), []byte("+RELAYCLIENT=\x00"))
+	f.Add([]byte("1.2.4-5"), []byte(""))
+	f.Add([]byte("a:allowb"), []byte("+A=\"'/\x00"))
+	f.Fuzz(func(t *testing.T, key, value []byte) {
+		line, err := FormatLine(key, value)
+		if err != nil {
+			if !errors.Is(err, ErrNotRule) {
+				t.Fatal(err)
+			}
+			return
+		}
+		db, n, err := buildBytes(t, append(line, '\n'))
+		if err != nil || n != 1 {
+			t.Fatalf("%q: %d records, %v", line, n, err)
+		}
+		r, err := cdb.Bytes(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.ForEach(func(k, v []byte) error {
+			if !bytes.Equal(k, key) || !bytes.Equal(v, value) {
+				t.Fatalf("%q compiles to %q -> %q, want %q -> %q", line, k, v, key, value)
+			}
+			return nil
+		})
+	})
+}
