@@ -30,7 +30,7 @@ stdio="stdin=$(readlink /proc/$$/fd/0) stdout=$(readlink /proc/$$/fd/1)"
 sleep 1
 {
 	echo "args=$*"
-	echo "sid=$(ps -o sid= -p $$ | tr -d ' ') pid=$$"
+	echo "sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$"
 	echo "$stdio"
 	ls "$POPRELAY_SPOOL"
 } > "`+report+`.tmp"

@@ -265,17 +265,20 @@ func TestWrapTcpserverHostile(t *testing.T) {
 	}
 }
 
-// wrReadOnly returns a directory nobody can write, even root.
-func wrReadOnly(t *testing.T, dir string) {
+// wrReadOnly makes dir a directory nobody can write, even root, and
+// tells whether it could.
+func wrReadOnly(t *testing.T, dir string) bool {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		os.Chmod(dir, 0o555)
-		return
+		return true
 	}
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "ro,size=64k", "poprelay-test", dir).CombinedOutput(); err != nil {
-		t.Skipf("SKIP: as root, a read-only spool needs a read-only mount: %v %s", err, out)
+		t.Logf("SKIP read-only case: as root it needs a read-only mount: %v %s", err, out)
+		return false
 	}
 	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	return true
 }
 
 // wrFull returns a directory on a full file system (root only).
@@ -307,25 +310,27 @@ func TestWrapTcpserverSpoolTrouble(t *testing.T) {
 	prlimit := need(t, "prlimit")
 	d := wrSetup(t)
 	wrap := bin("checkpassword-wrap")
-	cases := []struct {
+	type spoolCase struct {
 		name, spool string
 		wrap        []string
 		stderr      string
-	}{
+	}
+	cases := []spoolCase{
 		{"missing", filepath.Join(d.Dir, "missing"), nil, "no such file or directory"},
-		{"read-only", filepath.Join(d.Dir, "ro"), nil, ""},
 		{"file size limit", d.Spool, []string{prlimit, "--fsize=1", "--"}, "file too large"},
 	}
 	os.Mkdir(filepath.Join(d.Dir, "ro"), 0o755)
-	wrReadOnly(t, filepath.Join(d.Dir, "ro"))
+	if wrReadOnly(t, filepath.Join(d.Dir, "ro")) {
+		why := "read-only file system"
+		if os.Geteuid() != 0 {
+			why = "permission denied"
+		}
+		cases = append(cases, spoolCase{"read-only", filepath.Join(d.Dir, "ro"), nil, why})
+	}
 	full := filepath.Join(d.Dir, "full")
 	os.Mkdir(full, 0o755)
 	if wrFull(t, full) {
-		cases = append(cases, struct {
-			name, spool string
-			wrap        []string
-			stderr      string
-		}{"disk full", full, nil, "no space left on device"})
+		cases = append(cases, spoolCase{"disk full", full, nil, "no space left on device"})
 	} else {
 		t.Log("SKIP: the disk-full case needs root (a tiny tmpfs); the file size limit case stands for it")
 	}
@@ -386,21 +391,22 @@ func TestWrapPrivilege(t *testing.T) {
 		}
 		t.Skip("SKIP: the privilege test needs root (it creates a group and a user)")
 	}
-	need(t, "useradd")
+	useradd, userdel := need(t, "useradd"), need(t, "userdel")
+	groupadd, groupdel := need(t, "groupadd"), need(t, "groupdel")
 	need(t, "setpriv")
 	d := wrSetup(t)
 	suffix := strconv.Itoa(os.Getpid() % 100000)
 	group, user := "prwg"+suffix, "prwu"+suffix
-	if out, err := exec.Command("groupadd", "--system", group).CombinedOutput(); err != nil {
+	if out, err := exec.Command(groupadd, "--system", group).CombinedOutput(); err != nil {
 		t.Fatalf("groupadd: %v %s", err, out)
 	}
-	t.Cleanup(func() { exec.Command("groupdel", group).Run() })
-	if out, err := exec.Command("useradd", "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", user).CombinedOutput(); err != nil {
+	t.Cleanup(func() { exec.Command(groupdel, group).Run() })
+	if out, err := exec.Command(useradd, "--system", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", user).CombinedOutput(); err != nil {
 		t.Fatalf("useradd: %v %s", err, out)
 	}
 	t.Cleanup(func() {
-		exec.Command("userdel", user).Run()
-		exec.Command("groupdel", user).Run()
+		exec.Command(userdel, user).Run()
+		exec.Command(groupdel, user).Run()
 	})
 	gid := wrID(t, "-g", group, "")
 	uid, ugid := wrID(t, "-u", "", user), wrID(t, "-g", "", user)
@@ -450,6 +456,21 @@ func TestWrapPrivilege(t *testing.T) {
 	// file-system gids are the user's own.
 	if g := wrStatusGid(out); g != fmt.Sprintf("%d\t%d\t%d\t%d", ugid, ugid, ugid, ugid) {
 		t.Errorf("the next program's Gid line: %q (the setgid group %d must be gone)", g, gid)
+	}
+
+	// --never cannot make the wrapper read (and quote in an error) a file
+	// only the group may read: it is opened with the caller's own rights.
+	os.WriteFile(filepath.Join(d.Spool, "203.0.113.9"), []byte("user=secretuser\nservice=pop3\ntime=1\n"), 0o640)
+	os.Chown(filepath.Join(d.Spool, "203.0.113.9"), 0, gid)
+	ts0 := startTcpserver(t, baseEnv("ERRLOG="+d.ErrLog, fmt.Sprintf("AS_USER=%d:%d", uid, ugid)), []string{"-R", "-H"},
+		d.Popup, d.Checkpw, wrap, "--spool", d.Spool, "--never", filepath.Join(d.Spool, "203.0.113.9"), "/bin/true")
+	dialFrom(t, "127.0.0.21", ts0.Port, "alice secret\n")
+	if got := d.stderr(t); strings.Contains(got, "secretuser") || !strings.Contains(got, "unable to read never-grant file") || !strings.Contains(got, "permission denied") {
+		t.Errorf("--never naming a group-only file: stderr %q", got)
+	}
+	os.Remove(filepath.Join(d.Spool, "203.0.113.9"))
+	if n := d.spoolNames(t); len(n) != 0 {
+		t.Errorf("--never naming a group-only file: spool holds %q", n)
 	}
 
 	// A real login through tcpserver, with checkpw switching to the user
