@@ -4,7 +4,7 @@ BIN     := bin
 CMDS    := checkpassword-wrap relayctl cdbbuild
 FUZZTIME ?= 5s
 
-.PHONY: all build check deps test unit e2e vet fuzz bench demo clean
+.PHONY: all build check deb deps test unit e2e vet fuzz bench demo clean
 
 all: build
 
@@ -43,5 +43,9 @@ fuzz:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
 
+# A Debian package in dist/ (scripts/mkdeb; dpkg-deb, no other tools).
+deb:
+	sh scripts/mkdeb
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist
