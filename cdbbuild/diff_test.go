@@ -53,7 +53,7 @@ func (g *gen) num() string {
 	case 3:
 		return "18446744073709551617"
 	case 4:
-		return g.pick("x", "5x", " 3", "-")
+		return g.pick("x", "5x", " 3", "-", "\x001", "2\x00x", "\x00")
 	default:
 		return fmt.Sprint(g.r.IntN(260))
 	}

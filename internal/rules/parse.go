@@ -146,8 +146,12 @@ type keyRange struct {
 }
 
 // getnum reads an all-decimal (possibly empty) number with tcprules'
-// unsigned long arithmetic, wrapping on overflow.
+// unsigned long arithmetic, wrapping on overflow. Like tcprules, which
+// scans a C-string copy, it stops at a NUL byte: "1\x00x" is 1.
 func getnum(b []byte) (uint64, bool) {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
 	var n uint64
 	for _, c := range b {
 		if c < '0' || c > '9' {

@@ -73,6 +73,10 @@ func TestParseLine(t *testing.T) {
 		{line: "1:2.3-4.5:6:allow", want: &want{addr: "1:2.3-4.5:6", keys: []string{"1:2.3.5:6", "1:2.4.5:6"}}},
 		// unsigned long arithmetic: 2^64 wraps to 0.
 		{line: "1.2.3.18446744073709551616-1:allow", want: &want{addr: "1.2.3.18446744073709551616-1", keys: []string{"1.2.3.0", "1.2.3.1"}}},
+		// A NUL ends a bound, as in tcprules' C strings.
+		{line: "1.2.3.\x001-3:allow", want: &want{addr: "1.2.3.\x001-3", keys: []string{"1.2.3.0", "1.2.3.1", "1.2.3.2", "1.2.3.3"}}},
+		{line: "1.2.3.1\x00x-3\x00y:allow", want: &want{addr: "1.2.3.1\x00x-3\x00y", keys: []string{"1.2.3.1", "1.2.3.2", "1.2.3.3"}}},
+		{line: "1.2.3.1-\x003:allow", want: &want{addr: "1.2.3.1-\x003", keys: []string{}}},
 		{line: "1.2.3.4-5x:allow", bad: true},
 		{line: "my-host:allow", bad: true},
 		{line: "2001:db8::1-3:allow", bad: true},
