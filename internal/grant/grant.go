@@ -74,6 +74,9 @@ var (
 	ErrDamaged = errors.New("damaged grant")
 	// ErrBadField reports a user or service name that cannot be stored.
 	ErrBadField = errors.New("bad user or service name")
+	// ErrNoDir reports a Store without a directory, which would otherwise
+	// mean the current one.
+	ErrNoDir = errors.New("grant: no spool directory")
 )
 
 // Grant is one address allowed to relay.
@@ -167,6 +170,9 @@ var tempSeq atomic.Uint64
 
 // createTemp creates a new dot-named temp file in the spool.
 func (s *Store) createTemp() (*os.File, string, error) {
+	if s.Dir == "" {
+		return nil, "", ErrNoDir
+	}
 	for try := 0; ; try++ {
 		name := fmt.Sprintf("%s%d-%d-%x", tempPrefix, os.Getpid(), tempSeq.Add(1), rand.Uint32())
 		p := filepath.Join(s.Dir, name)
@@ -275,6 +281,9 @@ func decode(ip string, b []byte) (Grant, error) {
 // read reads the grant file name (a canonical address) without following
 // a symlink and without blocking on a FIFO.
 func (s *Store) read(name string) (Grant, error) {
+	if s.Dir == "" {
+		return Grant{}, ErrNoDir
+	}
 	f, err := os.OpenFile(filepath.Join(s.Dir, name), os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, syscall.ELOOP) {
@@ -328,6 +337,9 @@ func ctime(fi fs.FileInfo) time.Time {
 // list reads every grant, skipping (with a log line) what is not one.
 // Login times in the future are capped to now if capFuture.
 func (s *Store) list(now time.Time, capFuture bool) ([]Grant, error) {
+	if s.Dir == "" {
+		return nil, ErrNoDir
+	}
 	ents, err := os.ReadDir(s.Dir)
 	if err != nil {
 		return nil, err
@@ -396,6 +408,9 @@ func (s *Store) Remove(ip string) (bool, error) {
 	c, err := CanonicalIP(ip)
 	if err != nil {
 		return false, err
+	}
+	if s.Dir == "" {
+		return false, ErrNoDir
 	}
 	err = syscall.Unlink(filepath.Join(s.Dir, c))
 	if errors.Is(err, syscall.ENOENT) {
@@ -467,6 +482,9 @@ func (s *Store) claim(ip string, now time.Time, maxAge time.Duration) (bool, err
 // Clean removes temp files left in the spool by a crash: those whose inode
 // changed more than a minute before now. Other entries are left alone.
 func (s *Store) Clean(now time.Time) error {
+	if s.Dir == "" {
+		return ErrNoDir
+	}
 	ents, err := os.ReadDir(s.Dir)
 	if err != nil {
 		return err

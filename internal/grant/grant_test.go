@@ -146,6 +146,32 @@ func TestRecordRejects(t *testing.T) {
 	}
 }
 
+func TestNoDir(t *testing.T) {
+	s := New("")
+	g := Grant{IP: "1.2.3.4", User: "a", Service: "pop3"}
+	if err := s.Record(g); !errors.Is(err, ErrNoDir) {
+		t.Errorf("Record: %v", err)
+	}
+	if _, err := s.List(); !errors.Is(err, ErrNoDir) {
+		t.Errorf("List: %v", err)
+	}
+	if _, _, err := s.Get("1.2.3.4"); !errors.Is(err, ErrNoDir) {
+		t.Errorf("Get: %v", err)
+	}
+	if _, err := s.Remove("1.2.3.4"); !errors.Is(err, ErrNoDir) {
+		t.Errorf("Remove: %v", err)
+	}
+	if _, err := s.Expire(time.Now(), time.Hour); !errors.Is(err, ErrNoDir) {
+		t.Errorf("Expire: %v", err)
+	}
+	if err := s.Clean(time.Now()); !errors.Is(err, ErrNoDir) {
+		t.Errorf("Clean: %v", err)
+	}
+	if _, err := os.Stat("1.2.3.4"); err == nil {
+		t.Error("a grant was written in the current directory")
+	}
+}
+
 func TestRecordUmask(t *testing.T) {
 	s, _ := logStore(t)
 	old := syscall.Umask(0o077)
