@@ -267,3 +267,89 @@ func TestDifferentialIPv6(t *testing.T) {
 	}
 	differential(t, tool, true, 200)
 }
+
+// soup returns a file of lines made of the syntax's significant pieces in
+// random order, skipping the lines the IPv4 and IPv6 variants read
+// differently (a later colon followed by a keyword) when !v6.
+func (g *gen) soup() []byte {
+	pieces := []string{":", ":", "allow", "deny", ",", "=", `"`, `'`, "-", ".", "@", "#",
+		"1", "2", "25", "300", " ", "\t", "\r", "\x00", "A", "x", "é", "\n"}
+	var b bytes.Buffer
+	for range 1 + g.r.IntN(8) {
+		var line strings.Builder
+		if g.r.IntN(2) == 0 {
+			line.WriteString(g.addr())
+			line.WriteString(g.pick(":allow", ":deny"))
+		}
+		for range g.r.IntN(12) {
+			line.WriteString(pieces[g.r.IntN(len(pieces)-1)])
+		}
+		b.WriteString(line.String())
+		if g.r.IntN(6) != 0 {
+			b.WriteByte('\n')
+		}
+	}
+	if !g.v6 && differs(b.String()) {
+		return g.soup()
+	}
+	return b.Bytes()
+}
+
+// differs reports whether the two tcprules variants read line differently:
+// its first colon is not followed by a keyword, but a later one is.
+func differs(line string) bool {
+	for _, l := range strings.Split(line, "\n") {
+		i := strings.IndexByte(l, ':')
+		if i < 0 {
+			continue
+		}
+		kw := func(s string) bool { return strings.HasPrefix(s, "allow") || strings.HasPrefix(s, "deny") }
+		if !kw(l[i+1:]) && (strings.Contains(l[i+1:], ":allow") || strings.Contains(l[i+1:], ":deny")) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestDifferentialSoup compares cdbbuild with the real IPv4 tcprules on
+// byte soups of the syntax's pieces (NUL, CR, quotes, dashes, colons).
+func TestDifferentialSoup(t *testing.T) {
+	tool := "/usr/bin/tcprules"
+	if _, err := os.Stat(tool); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("/usr/bin/tcprules is missing (apt-get install ucspi-tcp)")
+		}
+		t.Skip("SKIP: /usr/bin/tcprules is not installed (apt-get install ucspi-tcp); differential test not run")
+	}
+	defer func(p string) { prog = p }(prog)
+	prog = "tcprules"
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("POPRELAY_SEED"); s != "" {
+		fmt.Sscan(s, &seed)
+	}
+	t.Logf("random rules files from POPRELAY_SEED=%d", seed)
+	g := &gen{r: rand.New(rand.NewPCG(seed, 2))}
+	dir := t.TempDir()
+	rounds := 400
+	if testing.Short() {
+		rounds = 40
+	}
+	ok := 0
+	for range rounds {
+		input := g.soup()
+		code, stderr, want := reference(t, tool, dir, input)
+		target := filepath.Join(dir, "our.cdb")
+		os.Remove(target)
+		r := runIn([]string{target, filepath.Join(dir, "our.tmp")}, bytes.NewReader(input))
+		if r.code != code || r.stderr != stderr {
+			t.Fatalf("input:\n%q\ncdbbuild: %d %q\ntcprules: %d %q", input, r.code, r.stderr, code, stderr)
+		}
+		if code == 0 {
+			ok++
+			if got := mustRead(t, target); !bytes.Equal(got, want) {
+				t.Fatalf("input:\n%q\nCDB bytes differ", input)
+			}
+		}
+	}
+	t.Logf("%d of %d soups compiled identically, the rest rejected identically", ok, rounds)
+}
