@@ -43,6 +43,10 @@ fuzz:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
 
+# The README's demo: the whole flow on loopback with real Dovecot and tcpserver.
+demo:
+	bash scripts/demo
+
 # A Debian package in dist/ (scripts/mkdeb; dpkg-deb, no other tools).
 deb:
 	sh scripts/mkdeb
