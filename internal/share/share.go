@@ -166,17 +166,19 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 func (f *Flags) Resolve(getenv func(string) string) (Config, error) {
 	given := map[string]bool{}
 	f.fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	defaults := map[string]string{EnvPrefix: DefaultPrefix, EnvTimeout: "5s"} // shown only
 	env := map[string]string{}
 	f.set = f.set[:0]
 	for _, d := range flagDefs {
-		st := Setting{Name: d.name, Env: d.env, Source: "default"}
+		st := Setting{Name: d.name, Env: d.env, Value: defaults[d.env], Source: "default"}
 		switch v := getenv(d.env); {
 		case given[d.name]:
 			st.Value, st.Source = *f.vals[d.name], "flag --"+d.name
+			env[d.env] = st.Value
 		case v != "":
 			st.Value, st.Source = v, "env "+d.env
+			env[d.env] = st.Value
 		}
-		env[d.env] = st.Value
 		if d.env == EnvPassword && st.Value != "" {
 			st.Value = "(set)"
 		}

@@ -50,6 +50,14 @@ func TestFromEnv(t *testing.T) {
 		srcs["etcd-password"] != "env POPRELAY_ETCD_PASSWORD (set)" || srcs["etcd-ca"] != "default " {
 		t.Fatalf("settings: %q", srcs)
 	}
+	fs = flag.NewFlagSet("y", flag.ContinueOnError)
+	f = RegisterFlags(fs)
+	if c, err := f.Resolve(func(string) string { return "" }); err != nil || c.Enabled() {
+		t.Fatalf("empty: %+v, %v", c, err)
+	}
+	if st := f.Settings(); st[6].Name != "etcd-prefix" || st[6].Value != DefaultPrefix || st[7].Value != "5s" {
+		t.Fatalf("defaults: %+v", st)
+	}
 	for _, bad := range []map[string]string{
 		{EnvTimeout: "soon"},
 		{EnvCert: "c.pem"},
