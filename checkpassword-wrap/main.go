@@ -41,6 +41,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -70,13 +71,23 @@ func execNext(res result, env []string, stderr io.Writer) int {
 		return 111
 	}
 	path, err := exec.LookPath(res.argv[0])
-	if err != nil {
-		fmt.Fprintf(stderr, "%s: fatal: unable to run %s: %v\n", prog, res.argv[0], err)
-		return 111
+	if err == nil {
+		err = syscall.Exec(path, res.argv, env)
 	}
-	err = syscall.Exec(path, res.argv, env)
-	fmt.Fprintf(stderr, "%s: fatal: unable to run %s: %v\n", prog, res.argv[0], err)
+	fmt.Fprintf(stderr, "%s: fatal: unable to run %s: %v\n", prog, res.argv[0], innermost(err))
 	return 111
+}
+
+// innermost is the root cause of err: "no such file or directory", not
+// exec's and os's wrappings that repeat the program's name.
+func innermost(err error) error {
+	for {
+		u := errors.Unwrap(err)
+		if u == nil {
+			return err
+		}
+		err = u
+	}
 }
 
 // dropPrivilege sets the real, effective and saved group IDs to the real

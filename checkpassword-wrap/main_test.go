@@ -62,6 +62,10 @@ func TestRun(t *testing.T) {
 			ip: "198.51.100.9", user: "bob", service: "imap", stderr: "ip=198.51.100.9 user=bob service=imap\n"},
 		{name: "dovecot passdb", env: []string{"TCPREMOTEIP=198.51.100.10", "SERVICE=imap", "AUTH_USER=carol", "USER=carol", "REMOTE_IP=198.51.100.10"},
 			ip: "198.51.100.10", user: "carol", service: "imap", stderr: "service=imap"},
+		{name: "TCPREMOTEIP empty, IP set", env: []string{"TCPREMOTEIP=", "IP=198.51.100.15", "USER=bob"},
+			ip: "198.51.100.15", user: "bob", service: "pop3", stderr: "ip=198.51.100.15 user=bob"},
+		{name: "TCPREMOTEIP beats IP", env: []string{"TCPREMOTEIP=198.51.100.16", "IP=198.51.100.99", "USER=bob"},
+			ip: "198.51.100.16", user: "bob", service: "pop3", stderr: "ip=198.51.100.16 user=bob"},
 		{name: "POPRELAY_SERVICE beats SERVICE", env: []string{"TCPREMOTEIP=198.51.100.11", "SERVICE=imap", "POPRELAY_SERVICE=imaps", "USER=carol"},
 			ip: "198.51.100.11", user: "carol", service: "imaps", stderr: "service=imaps"},
 		{name: "--service beats env", args: []string{"--service=pop3s"}, env: []string{"TCPREMOTEIP=198.51.100.12", "POPRELAY_SERVICE=imaps", "USER=carol"},
@@ -269,5 +273,20 @@ func TestStdinPeer(t *testing.T) {
 	// The test's own stdin is not a TCP socket.
 	if ip, ok := stdinPeer(); ok {
 		t.Errorf("stdinPeer = %s", ip)
+	}
+}
+
+func TestExecNextFailure(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "noexec"), []byte("#!/bin/sh\n"), 0o644)
+	for _, tc := range []struct{ prog, want string }{
+		{"/no/such/prog", "checkpassword-wrap: fatal: unable to run /no/such/prog: no such file or directory\n"},
+		{"no-such-prog-in-path", "checkpassword-wrap: fatal: unable to run no-such-prog-in-path: executable file not found in $PATH\n"},
+		{filepath.Join(dir, "noexec"), "checkpassword-wrap: fatal: unable to run " + filepath.Join(dir, "noexec") + ": permission denied\n"},
+	} {
+		var stderr strings.Builder
+		if code := execNext(result{argv: []string{tc.prog}}, os.Environ(), &stderr); code != 111 || stderr.String() != tc.want {
+			t.Errorf("execNext(%s) = %d, %q; want 111, %q", tc.prog, code, stderr.String(), tc.want)
+		}
 	}
 }
