@@ -9,6 +9,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/never"
 	"github.com/poprelay/poprelay/internal/rules"
 )
 
@@ -58,7 +59,13 @@ func manyGrants(n int, now time.Time) []grant.Grant {
 // BenchmarkWrite1M merges 1M in-memory grants into a 10k-line static file
 // (the grant store is not read; see scripts/bench-rebuild for the whole
 // command).
-func BenchmarkWrite1M(b *testing.B) {
+func BenchmarkWrite1M(b *testing.B) { benchWrite(b, nil) }
+
+// BenchmarkWrite1MNever is BenchmarkWrite1M with the real never-grant set
+// screening every grant, as relayctl runs it.
+func BenchmarkWrite1MNever(b *testing.B) { benchWrite(b, never.Default()) }
+
+func benchWrite(b *testing.B, set Refuser) {
 	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 	rs, err := rules.Parse(strings.NewReader(staticRules(10000)), "tcp.smtp")
 	if err != nil {
@@ -70,7 +77,7 @@ func BenchmarkWrite1M(b *testing.B) {
 	var sum Summary
 	for b.Loop() {
 		w := cdb.NewWriter(discard{})
-		sum, err = Write(w, rs, gs, Options{Now: now, MaxAge: time.Hour})
+		sum, err = Write(w, rs, gs, Options{Now: now, MaxAge: time.Hour, Never: set})
 		if err != nil {
 			b.Fatal(err)
 		}
