@@ -33,9 +33,7 @@ cron ("*/5 * * * * root relayctl expire").`,
 				for _, g := range gone {
 					e.vlogf("expired %s (user %q, login %s)", g.IP, g.User, g.Time.Format(time.RFC3339))
 				}
-				if cerr := s.Clean(now); cerr != nil {
-					e.logf("warning: unable to clean %s: %s", e.cfg.Spool, why(cerr))
-				}
+				e.cleanSpool()
 				var rerr error
 				if len(gone) > 0 {
 					rerr = e.rebuildAfter(fmt.Sprintf("expired %d grants", len(gone)))

@@ -29,7 +29,9 @@ RELAYCLIENT="" (unless that rule sets RELAYCLIENT), RBLSMTPD="" (unless it
 sets RBLSMTPD, or --keep-rbl) and with --remoteinfo TCPREMOTEINFO=user. An
 exact static record for the address wins, and a static deny stays a deny.
 The CDB is replaced atomically under the lock; on any failure the old one
-stays. A missing rules file is an error; --rules "" means none.`,
+stays. Temp files a killed writer left beside the CDB are removed, and so
+are those in the spool older than a minute. A missing rules file is an
+error; --rules "" means none.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		return func(e *env, args []string) error {
 			if len(args) > 0 {
@@ -37,6 +39,7 @@ stays. A missing rules file is an error; --rules "" means none.`,
 			}
 			return e.locked(func() error {
 				_, err := e.rebuild()
+				e.cleanSpool()
 				return err
 			})
 		}
@@ -146,6 +149,7 @@ func (e *env) rebuild() (merge.Summary, error) {
 // caller holds the lock. rebuild and watch both write through here.
 func (e *env) writeCDB(rs []rules.Rule, gs []grant.Grant, opt merge.Options) (merge.Summary, error) {
 	var sum merge.Summary
+	e.cleanDebris()
 	err := atomic.WriteFile(e.cfg.CDB, 0o644, func(f *os.File) error {
 		w := cdb.NewWriter(cdbOutput(f))
 		var err error
@@ -160,6 +164,27 @@ func (e *env) writeCDB(rs []rules.Rule, gs []grant.Grant, opt merge.Options) (me
 	e.vlogf("wrote %s: %d static rules; %d grants: %d relayed (%d records), %d expired, %d refused, %d key forms denied, %d left to static records",
 		e.cfg.CDB, sum.Static, sum.Grants, sum.Relayed, sum.Records, sum.Expired, sum.Refused, sum.Denied, sum.Shadow)
 	return sum, nil
+}
+
+// cleanDebris removes the temp files a writer killed mid-write (kill -9,
+// a crash) left beside the CDB. The caller holds the lock, which every
+// writer holds while its temp file exists, so they belong to no one.
+func (e *env) cleanDebris() {
+	gone, err := atomic.Clean(e.cfg.CDB)
+	for _, name := range gone {
+		e.vlogf("removed %s, left by an interrupted write", name)
+	}
+	if err != nil {
+		e.logf("warning: unable to remove temp files beside %s: %s", e.cfg.CDB, why(err))
+	}
+}
+
+// cleanSpool removes the temp files a killed login or expire left in the
+// spool, once they are old enough to belong to no one (a minute).
+func (e *env) cleanSpool() {
+	if err := e.store().Clean(e.now()); err != nil {
+		e.logf("warning: unable to clean %s: %s", e.cfg.Spool, why(err))
+	}
 }
 
 // built is what the last rebuild of this run merged.

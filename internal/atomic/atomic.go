@@ -11,6 +11,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 )
 
 // WriteFile writes the file at path through fn and publishes it. The new
@@ -75,4 +77,42 @@ func syncDir(dir string) error {
 		return &fs.PathError{Op: "sync", Path: dir, Err: err}
 	}
 	return nil
+}
+
+// Clean removes the temporary files a WriteFile of path left behind when
+// its process was killed (the dot-named ".BASE.tmpNNN" files in path's
+// directory) and returns their names. Only regular files are removed, a
+// symlink of such a name is unlinked itself, never followed; anything else
+// is left. Call it only while holding a lock that every writer of path
+// holds while it writes: a temp file then belongs to no live writer.
+func Clean(path string) ([]string, error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	prefix := "." + base + ".tmp"
+	var gone []string
+	var errs []error
+	for _, e := range ents {
+		name := e.Name()
+		rest, ok := strings.CutPrefix(name, prefix)
+		if !ok || rest == "" || strings.Trim(rest, "0123456789") != "" {
+			continue
+		}
+		if t := e.Type(); t != 0 && t != fs.ModeSymlink {
+			continue
+		}
+		if err := syscall.Unlink(filepath.Join(dir, name)); err != nil {
+			if err != syscall.ENOENT {
+				errs = append(errs, &fs.PathError{Op: "remove", Path: filepath.Join(dir, name), Err: err})
+			}
+			continue
+		}
+		gone = append(gone, name)
+	}
+	return gone, errors.Join(errs...)
 }
