@@ -43,10 +43,34 @@ type system struct {
 	trusted func() (bool, string)
 	// neverFile is the never-grant file always read if it exists.
 	neverFile string
+	// openAsCaller opens a file the caller named with the caller's own
+	// rights, not the setgid group's: nil means os.Open.
+	openAsCaller func(string) (*os.File, error)
 }
 
 func realSystem() system {
-	return system{peer: stdinPeer, trusted: callerTrusted, neverFile: never.DefaultFile}
+	return system{peer: stdinPeer, trusted: callerTrusted, neverFile: never.DefaultFile, openAsCaller: openAsCaller}
+}
+
+// openAsCaller opens path with the effective group set to the real one for
+// the moment, so that a caller cannot have a file only the setgid group
+// may read parsed (and quoted in an error) through --never.
+func openAsCaller(path string) (*os.File, error) {
+	gid, egid := syscall.Getgid(), syscall.Getegid()
+	if gid == egid {
+		return os.Open(path)
+	}
+	if err := syscall.Setresgid(-1, gid, -1); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if err2 := syscall.Setresgid(-1, egid, -1); err2 != nil {
+		if f != nil {
+			f.Close()
+		}
+		return nil, fmt.Errorf("unable to restore the group: %w", err2)
+	}
+	return f, err
 }
 
 // stdinPeer returns the peer address of fd 0 if it is a connected TCP
@@ -229,8 +253,8 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 	}
 
 	raw, ok := env["TCPREMOTEIP"]
-	if !ok {
-		raw, ok = env["IP"]
+	if ip, isSet := env["IP"]; raw == "" && isSet {
+		raw, ok = ip, true
 	}
 	if !ok {
 		say("warning: not recording: no client address (TCPREMOTEIP and IP are unset)")
@@ -268,7 +292,11 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 		return false
 	}
 
-	set, err := loadNever(sys.neverFile, c.never)
+	open := os.Open
+	if !trusted && sys.openAsCaller != nil {
+		open = sys.openAsCaller
+	}
+	set, err := loadNever(sys.neverFile, c.never, open)
 	if err != nil {
 		say("warning: not recording %s: %v", what, err)
 		return false
@@ -288,9 +316,9 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 }
 
 // loadNever returns the built-in never-grant set plus the default file
-// (if it exists) plus the configured one (which must exist). A caller can
-// add entries, never remove the default file's.
-func loadNever(defaultFile, file string) (*never.Set, error) {
+// (if it exists) plus the configured one (which must exist, and is opened
+// with open). A caller can add entries, never remove the default file's.
+func loadNever(defaultFile, file string, open func(string) (*os.File, error)) (*never.Set, error) {
 	set := never.Default()
 	var paths []string
 	if defaultFile != "" {
@@ -300,7 +328,11 @@ func loadNever(defaultFile, file string) (*never.Set, error) {
 		paths = append(paths, file)
 	}
 	for _, p := range paths {
-		f, err := os.Open(p)
+		opener := open
+		if p == defaultFile {
+			opener = os.Open
+		}
+		f, err := opener(p)
 		if err != nil {
 			if p == defaultFile && file != defaultFile && errors.Is(err, fs.ErrNotExist) {
 				continue
