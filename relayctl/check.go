@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/rules"
 )
@@ -97,6 +98,9 @@ func (e *env) origin(db *cdb.Reader, key string) string {
 		return s
 	}
 	ip := merge.GrantIP(key)
+	if c, err := grant.CanonicalIP(ip); err != nil || c != ip {
+		return "not in the rules file, and not an address a grant makes (the rules file has changed since the CDB was built?)"
+	}
 	g, ok, err := e.store().Get(ip)
 	switch {
 	case err != nil:

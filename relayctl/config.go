@@ -42,7 +42,7 @@ type config struct {
 	Rules      string // "" means no static rules
 	CDB        string
 	MaxAge     time.Duration
-	Never      string // "" means the built-in set only
+	Never      string // a never-grant file read after the default one; "" for none
 	KeepRBL    bool
 	RemoteInfo bool
 	Verbose    bool
@@ -62,7 +62,7 @@ func newConfig(fset *flag.FlagSet) *config {
 		rules:      &setting{name: "rules", env: "POPRELAY_RULES", def: "/etc/tcp.smtp", help: `the static rules file (tcprules syntax); "" for none`},
 		cdb:        &setting{name: "cdb", env: "POPRELAY_CDB", def: "/etc/tcp.smtp.cdb", help: "the CDB tcpserver -x reads"},
 		maxAge:     &setting{name: "max-age", env: "POPRELAY_MAXAGE", def: "1h", help: "how long a login grants relaying (Go duration, or seconds)"},
-		never:      &setting{name: "never", env: "POPRELAY_NEVER", def: never.DefaultFile, help: `never-grant file, added to the built-in set; "" for the built-ins only`},
+		never:      &setting{name: "never", env: "POPRELAY_NEVER", def: "", help: "a never-grant `FILE` read in addition to the built-in set and " + never.DefaultFile + " (if it exists)"},
 		keepRBL:    &setting{name: "keep-rbl", env: "POPRELAY_KEEPRBL", def: "false", isBool: true, help: `do not add RBLSMTPD="" to grant records`},
 		remoteInfo: &setting{name: "remoteinfo", env: "POPRELAY_REMOTEINFO", def: "false", isBool: true, help: "set TCPREMOTEINFO to the user in grant records"},
 		verbose:    &setting{name: "v", env: "POPRELAY_VERBOSE", def: "false", isBool: true, help: "say what was done"},
@@ -145,34 +145,51 @@ func parseBool(s string) (bool, error) {
 	return false, errors.New("not a boolean")
 }
 
-// loadNever returns the never-grant set: the built-ins plus the file, if
-// one is configured. The default file is optional; a file named by a flag
-// or the environment must exist.
+// loadNever returns the never-grant set as checkpassword-wrap builds it:
+// the built-ins, plus /etc/poprelay/never if it exists, plus the file of
+// --never (which must exist). A setting can add entries, never remove the
+// default file's.
 func (c *config) loadNever() (*never.Set, error) {
-	if c.Never == "" {
-		return never.Default(), nil
+	set := never.Default()
+	for _, p := range c.neverFiles() {
+		f, err := os.Open(p)
+		if err != nil {
+			if p == never.DefaultFile && c.Never != never.DefaultFile && errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return nil, unable("read never-grant file "+p, err)
+		}
+		err = set.Parse(f, p)
+		f.Close()
+		if errors.Is(err, never.ErrSyntax) {
+			return nil, perm("%v", err)
+		}
+		if err != nil {
+			return nil, unable("read never-grant file "+p, err)
+		}
 	}
-	s, err := never.Load(c.Never)
-	switch {
-	case err == nil:
-		return s, nil
-	case errors.Is(err, fs.ErrNotExist) && c.never.source == "default":
-		return never.Default(), nil
-	case errors.Is(err, never.ErrSyntax):
-		return nil, perm("%v", err)
-	}
-	return nil, unable("read never-grant file "+c.Never, err)
+	return set, nil
 }
 
-// neverNote describes the never-grant setting for config.
+// neverFiles are the never-grant files read, in order.
+func (c *config) neverFiles() []string {
+	files := []string{never.DefaultFile}
+	if c.Never != "" && c.Never != never.DefaultFile {
+		files = append(files, c.Never)
+	}
+	return files
+}
+
+// neverNote describes the never-grant files for config.
 func (c *config) neverNote() string {
-	if c.Never == "" {
-		return "(built-ins only)"
+	var parts []string
+	for _, p := range c.neverFiles() {
+		if _, err := os.Stat(p); err != nil {
+			p += " (absent)"
+		}
+		parts = append(parts, p)
 	}
-	if _, err := os.Stat(c.Never); err != nil && c.never.source == "default" {
-		return "(absent: built-ins only)"
-	}
-	return "(plus the built-ins)"
+	return "built-ins + " + strings.Join(parts, " + ")
 }
 
 var configCmd = &command{
@@ -194,7 +211,7 @@ the environment, or the default. The lock file is derived from --cdb.`,
 				case c.maxAge:
 					v = c.MaxAge.String()
 				case c.never:
-					v = strings.TrimSpace(strconv.Quote(v) + " " + c.neverNote())
+					v = c.neverNote()
 				case c.rules:
 					if v == "" {
 						v = `"" (no static rules)`

@@ -35,8 +35,8 @@ func (c *command) flagLines() (own, common []string) {
 				arg = argName(f.Name)
 			}
 			def := s.def
-			if f.Name == "never" {
-				def += ", if it exists"
+			if def == "" {
+				def = "none"
 			}
 			common = append(common, fmt.Sprintf("%s%s %s\t%s (%s; default %s)", dash, f.Name, arg, usage, s.env, def))
 			return

@@ -30,7 +30,7 @@
 //	--rules FILE      POPRELAY_RULES       /etc/tcp.smtp
 //	--cdb FILE        POPRELAY_CDB         /etc/tcp.smtp.cdb
 //	--max-age DUR     POPRELAY_MAXAGE      1h
-//	--never FILE      POPRELAY_NEVER       /etc/poprelay/never, if it exists
+//	--never FILE      POPRELAY_NEVER       none (read after /etc/poprelay/never)
 //	--keep-rbl        POPRELAY_KEEPRBL     false
 //	--remoteinfo      POPRELAY_REMOTEINFO  false
 //	-v                POPRELAY_VERBOSE     false

@@ -555,7 +555,7 @@ func TestConfig(t *testing.T) {
 		"max-age     2h0m0s", "env POPRELAY_MAXAGE",
 		"keep-rbl    true", "env POPRELAY_KEEPRBL",
 		"remoteinfo  true", "flag --remoteinfo",
-		`never       "/etc/poprelay/never"`, "default",
+		"never       built-ins + /etc/poprelay/never", "default",
 		"lock        /x/y.cdb.lock",
 	} {
 		if !strings.Contains(out, w) {
@@ -573,6 +573,11 @@ func TestConfig(t *testing.T) {
 	f.fails(111, "unable to read never-grant file", "allow", "--never", filepath.Join(f.dir, "none"), "192.0.2.7")
 	f.write(filepath.Join(f.dir, "never"), "not an address\n")
 	f.fails(100, filepath.Join(f.dir, "never")+":1", "rebuild", "--never", filepath.Join(f.dir, "never"))
+	f.env["POPRELAY_NEVER"] = filepath.Join(f.dir, "never")
+	out = f.ok("config")
+	if !strings.Contains(out, "built-ins + /etc/poprelay/never") || !strings.Contains(out, " + "+filepath.Join(f.dir, "never")+"  ") {
+		t.Errorf("config never:\n%s", out)
+	}
 }
 
 func TestHelpAndUsage(t *testing.T) {
