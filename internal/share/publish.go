@@ -331,7 +331,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			case p.down:
 				p.down = false
 				backoff = minBackoff
-				p.c.logf("etcd is back: replaying %d changes", p.queue.Len()+len(p.inflight))
+				p.c.logf("etcd is back; %d changes still queued", p.queue.Len()+len(p.inflight))
 				p.dropped = 0
 				// A full resync also catches what a restarted etcd lost.
 				p.resync = true
