@@ -342,6 +342,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 					p.stats.Refused++
 					p.refused[r.j.ip] = r.j.g.Time
 					p.c.logf("refused: %v", r.err)
+				case errors.Is(r.err, ErrExpired):
+					p.stats.Skipped++ // expired while queued: nothing to do
 				case r.err != nil:
 					p.stats.Skipped++
 					p.c.logf("warning: not shared: %s: %v", r.j.ip, r.err)
