@@ -30,6 +30,10 @@ type Mirror struct {
 	loaded  bool
 	reloads int
 
+	cache     string // file of the grants for a cold start; "": none
+	dirty     bool   // changed since the cache was written
+	fromCache bool   // serving the cache: etcd has not answered yet
+
 	beforeWatch func() // test hook: runs between a full read and its watch
 }
 
@@ -105,6 +109,7 @@ func (m *Mirror) Run(ctx context.Context) error {
 	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
 	backoff := minBackoff
 	failing := false
+	defer m.saveCache()
 	for ctx.Err() == nil {
 		if err := m.load(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -114,6 +119,7 @@ func (m *Mirror) Run(ctx context.Context) error {
 				m.c.logf("warning: unable to read grants from etcd, keeping the last good copy: %v", err)
 				failing = true
 			}
+			m.loadCache() // only before the first successful read
 			select {
 			case <-ctx.Done():
 			case <-time.After(backoff):
@@ -168,6 +174,7 @@ func (m *Mirror) load(ctx context.Context) error {
 	}
 	m.grants, m.rev = fresh, rev
 	m.reloads++
+	m.dirty, m.fromCache = true, false
 	first := !m.loaded
 	m.loaded = true
 	m.mu.Unlock()
@@ -179,6 +186,9 @@ func (m *Mirror) load(ctx context.Context) error {
 	}
 	return nil
 }
+
+// cacheEvery is how often a changed cache is written.
+var cacheEvery = 10 * time.Second
 
 // errWatchClosed reports a watch channel closed without an error.
 var errWatchClosed = errors.New("share: watch closed")
@@ -196,10 +206,16 @@ func (m *Mirror) watch(ctx context.Context) error {
 		clientv3.WithRev(m.Revision()+1), clientv3.WithPrevKV(), clientv3.WithProgressNotify())
 	prune := time.NewTicker(time.Minute)
 	defer prune.Stop()
+	m.saveCache()
+	save := time.NewTicker(cacheEvery)
+	defer save.Stop()
 	for {
 		select {
 		case <-prune.C:
 			m.prune()
+			continue
+		case <-save.C:
+			m.saveCache()
 			continue
 		case resp, ok := <-wch:
 			if !ok {
@@ -247,6 +263,9 @@ func (m *Mirror) apply(resp clientv3.WatchResponse) {
 	}
 	if rev := resp.Header.Revision; rev > m.rev {
 		m.rev = rev
+	}
+	if len(changed) > 0 {
+		m.dirty = true
 	}
 	m.mu.Unlock()
 	if len(changed) > 0 && m.onChange != nil {

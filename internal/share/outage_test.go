@@ -194,3 +194,72 @@ func TestCompaction(t *testing.T) {
 	}
 	eventually(t, 5*time.Second, "a change after the re-read", func() bool { return has(m, mk(5).IP) })
 }
+
+// TestMirrorCache: an SMTP host restarted while etcd is down serves the
+// grants it knew from its cache, and still expires them on time.
+func TestMirrorCache(t *testing.T) {
+	old := cacheEvery
+	cacheEvery = 50 * time.Millisecond
+	defer func() { cacheEvery = old }()
+	e := startEtcd(t)
+	c := open(t, Options{Host: "smtp1"}, e.client)
+	cache := t.TempDir() + "/grants.json"
+	ctx := context.Background()
+	now := time.Now()
+	short := grant.Grant{IP: "192.0.2.61", User: "s", Service: "pop3", Time: now, Expires: now.Add(4 * time.Second)}
+	long := grant.Grant{IP: "192.0.2.62", User: "l", Service: "pop3", Time: now}
+	for _, g := range []grant.Grant{short, long} {
+		if err := c.Allow(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := c.Mirror(nil)
+	m.UseCache(cache)
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { m.Run(rctx); close(done) }()
+	<-m.Ready()
+	cancel()
+	<-done // writes the cache
+
+	e.kill()
+	ml := &logs{t: t}
+	c2 := open(t, Options{Host: "smtp1", Logf: ml.logf}, e.client)
+	var mu sync.Mutex
+	var told []string
+	m2 := c2.Mirror(func(ips []string) { mu.Lock(); told = append(told, ips...); mu.Unlock() })
+	m2.UseCache(cache)
+	if _, err := m2.List(); err != ErrNotReady {
+		t.Fatalf("List before anything: %v", err)
+	}
+	rctx, cancel = context.WithCancel(ctx)
+	done = make(chan struct{})
+	go func() { m2.Run(rctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-m2.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("not ready from the cache")
+	}
+	if gs, err := m2.List(); err != nil || len(gs) != 2 {
+		t.Fatalf("from the cache: %v %v", gs, err)
+	}
+	mu.Lock()
+	if len(told) != 2 {
+		t.Errorf("callback told %v", told)
+	}
+	mu.Unlock()
+	eventually(t, 6*time.Second, "the short grant to expire", func() bool { return !has(m2, short.IP) })
+	if late := time.Since(short.Expires); late > 200*time.Millisecond || late < 0 {
+		t.Errorf("expired %v late", late)
+	}
+	if !has(m2, long.IP) || !ml.has("from the cache") {
+		t.Fatalf("long grant lost, or no log: %q", ml.lines)
+	}
+	// etcd returns: the mirror takes etcd's data.
+	e.start()
+	if err := c2.Allow(ctx, grant.Grant{IP: "192.0.2.63", User: "n", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "etcd's data", func() bool { return has(m2, "192.0.2.63") })
+}
