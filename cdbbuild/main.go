@@ -43,8 +43,9 @@
 // be expanded as a range, like the "1.2.4-5" that "1.2-3.4-5" makes, or a
 // value not made of settings) is printed as a "#" comment and makes the
 // exit status 100. A corrupt or truncated database is reported with exit
-// 100 (the file is bad, trying again will not help); a database that cannot
-// be read exits 111.
+// 100 (the file is bad, trying again will not help), and so is a FIFO or a
+// device, which is never read (no blocking); a database that cannot be read
+// exits 111.
 //
 // Exit status: 0 on success, 100 for a permanent error (usage, syntax,
 // corrupt data), 111 for a temporary one (system errors).

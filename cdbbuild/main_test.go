@@ -239,6 +239,11 @@ func TestTmpNotRegular(t *testing.T) {
 	if _, err := os.Lstat(fifo); err != nil {
 		t.Errorf("the FIFO was removed: %v", err)
 	}
+	// -d on a FIFO with no writer answers at once instead of blocking.
+	r = runIn([]string{"-d", fifo}, nil)
+	if r.code != 100 || r.stderr != "cdbbuild: fatal: unable to read "+fifo+": not a regular file\n" {
+		t.Errorf("-d FIFO: %+v", r)
+	}
 }
 
 // TestUnwritableDir runs cdbbuild as an unprivileged user on a directory

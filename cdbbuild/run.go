@@ -209,7 +209,10 @@ func (c *cmd) check(file string, stdin io.Reader) int {
 
 // dump prints a compiled database back as rules lines.
 func (c *cmd) dump(file string) int {
-	b, err := os.ReadFile(file)
+	b, err := readRegular(file)
+	if errors.Is(err, errNotRegular) {
+		return c.fail(exitPermanent, "unable to read %s: %s", file, err)
+	}
 	if err != nil {
 		return c.fail(exitTemporary, "unable to read %s: %s", file, errstr(err))
 	}
@@ -246,4 +249,31 @@ func (c *cmd) dump(file string) int {
 		return c.fail(exitPermanent, "%d records of %s cannot be written as rules lines", bad, file)
 	}
 	return exitOK
+}
+
+var errNotRegular = errors.New("not a regular file")
+
+// readRegular reads the whole regular file at path; a FIFO (opened without
+// blocking) or a device is errNotRegular, a directory EISDIR.
+func readRegular(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.IsDir() {
+		return nil, syscall.EISDIR
+	}
+	if !st.Mode().IsRegular() {
+		return nil, errNotRegular
+	}
+	b := make([]byte, st.Size())
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
