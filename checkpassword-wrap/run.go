@@ -44,7 +44,7 @@ type system struct {
 	// neverFile is the never-grant file always read if it exists.
 	neverFile string
 	// openAsCaller opens a file the caller named with the caller's own
-	// rights, not the setgid group's: nil means os.Open.
+	// rights, not the setgid group's: nil means never.Open.
 	openAsCaller func(string) (*os.File, error)
 }
 
@@ -58,12 +58,12 @@ func realSystem() system {
 func openAsCaller(path string) (*os.File, error) {
 	gid, egid := syscall.Getgid(), syscall.Getegid()
 	if gid == egid {
-		return os.Open(path)
+		return never.Open(path)
 	}
 	if err := syscall.Setresgid(-1, gid, -1); err != nil {
 		return nil, err
 	}
-	f, err := os.Open(path)
+	f, err := never.Open(path)
 	if err2 := syscall.Setresgid(-1, egid, -1); err2 != nil {
 		if f != nil {
 			f.Close()
@@ -292,7 +292,7 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 		return false
 	}
 
-	open := os.Open
+	open := never.Open
 	if !trusted && sys.openAsCaller != nil {
 		open = sys.openAsCaller
 	}
@@ -330,7 +330,7 @@ func loadNever(defaultFile, file string, open func(string) (*os.File, error)) (*
 	for _, p := range paths {
 		opener := open
 		if p == defaultFile {
-			opener = os.Open
+			opener = never.Open
 		}
 		f, err := opener(p)
 		if err != nil {

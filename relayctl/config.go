@@ -152,7 +152,7 @@ func parseBool(s string) (bool, error) {
 func (c *config) loadNever() (*never.Set, error) {
 	set := never.Default()
 	for _, p := range c.neverFiles() {
-		f, err := os.Open(p)
+		f, err := never.Open(p)
 		if err != nil {
 			if p == never.DefaultFile && c.Never != never.DefaultFile && errors.Is(err, fs.ErrNotExist) {
 				continue

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 )
 
 // Reader looks records up in a database. It reads through an io.ReaderAt,
@@ -40,9 +41,10 @@ func Bytes(b []byte) (*Reader, error) {
 	return New(bytes.NewReader(b), int64(len(b)))
 }
 
-// Open opens the database file at path. Close it when done.
+// Open opens the database file at path. Close it when done. A FIFO, a
+// directory or a device is ErrCorrupt, never a read that blocks.
 func Open(path string) (*Reader, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/netip"
 	"os"
 	"strconv"
@@ -134,9 +135,33 @@ func Default() *Set {
 	return s
 }
 
+// ErrNotRegular reports a never-grant file that is a FIFO, a directory or
+// a device: reading one could block a login forever.
+var ErrNotRegular = errors.New("not a regular file")
+
+// Open opens the never-grant file at path for reading without blocking on
+// a FIFO, and refuses anything but a regular file (ErrNotRegular in a
+// *fs.PathError).
+func Open(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, &fs.PathError{Op: "open", Path: path, Err: ErrNotRegular}
+	}
+	return f, nil
+}
+
 // Load returns Default plus the entries of the never-grant file at path.
 func Load(path string) (*Set, error) {
-	f, err := os.Open(path)
+	f, err := Open(path)
 	if err != nil {
 		return nil, err
 	}
