@@ -39,7 +39,9 @@ error; --rules "" means none.`,
 			}
 			return e.locked(func() error {
 				_, err := e.rebuild()
-				e.cleanSpool()
+				if err == nil {
+					e.cleanSpool()
+				}
 				return err
 			})
 		}

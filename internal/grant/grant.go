@@ -128,7 +128,7 @@ func checkField(what, v string) error {
 
 // Record writes g to the spool under its canonical address, replacing any
 // grant for the same address. A zero Time means now; a Time more than Skew
-// in the future is capped to now.
+// in the future is capped to now (and Expires, if set, moved with it).
 func (s *Store) Record(g Grant) error {
 	ip, err := CanonicalIP(g.IP)
 	if err != nil {
@@ -142,9 +142,10 @@ func (s *Store) Record(g Grant) error {
 		return err
 	}
 	now := time.Now()
-	if g.Time.IsZero() || g.Time.After(now.Add(Skew)) {
+	if g.Time.IsZero() {
 		g.Time = now
 	}
+	capAt(&g, now)
 	return s.write(g)
 }
 
@@ -312,14 +313,28 @@ func (s *Store) read(name string) (Grant, error) {
 	return decode(name, b)
 }
 
-// capTime caps a login time in the future beyond Skew to now.
-func (s *Store) capTime(g *Grant, now time.Time) bool {
-	if g.Time.After(now.Add(Skew)) {
-		s.logf("%s: login time %s is in the future; taken as now", filepath.Join(s.Dir, g.IP), g.Time.UTC().Format(time.RFC3339))
-		g.Time = now
-		return true
+// capAt caps a login time in the future beyond Skew to now. An expiry of
+// its own moves with it, keeping the grant's length: a clock set back
+// must not leave a grant that lasts as long as the jump.
+func capAt(g *Grant, now time.Time) bool {
+	if !g.Time.After(now.Add(Skew)) {
+		return false
 	}
-	return false
+	if !g.Expires.IsZero() {
+		g.Expires = now.Add(g.Expires.Sub(g.Time))
+	}
+	g.Time = now
+	return true
+}
+
+// capTime is capAt with a log line.
+func (s *Store) capTime(g *Grant, now time.Time) bool {
+	t := g.Time
+	if !capAt(g, now) {
+		return false
+	}
+	s.logf("%s: login time %s is in the future; taken as now", filepath.Join(s.Dir, g.IP), t.UTC().Format(time.RFC3339))
+	return true
 }
 
 // isTemp tells whether a spool entry is one of our temp files.
