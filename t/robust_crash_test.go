@@ -1,0 +1,290 @@
+package t
+
+import (
+	"io"
+	"math/rand/v2"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/poprelay/poprelay/internal/grant"
+)
+
+// spawn starts a command in its own process group with stdin on
+// /dev/null and its output discarded; killed with the group at the end.
+func spawn(t *testing.T, env []string, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	})
+	return cmd
+}
+
+// kill9 kills the command's process group with SIGKILL and reports
+// whether the command had already exited by itself, successfully.
+func kill9(cmd *exec.Cmd) (finished bool) {
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	err := cmd.Wait()
+	return err == nil
+}
+
+// checkWhole fails unless the CDB is a whole database with every static
+// key and every grant of must (in both forms tcpserver may look up).
+func checkWhole(t *testing.T, s *relayctlSite, static []string, must map[string]bool, when string) map[string]bool {
+	t.Helper()
+	ks, err := keys(s.cdb)
+	if err != nil {
+		t.Fatalf("%s: the CDB is not whole: %v", when, err)
+	}
+	for _, k := range static {
+		if !ks[k] {
+			t.Fatalf("%s: static key %q missing from the CDB", when, k)
+		}
+	}
+	for ip := range must {
+		if !ks[ip] || !ks["::ffff:"+ip] {
+			t.Fatalf("%s: the grant for %s, published before, is missing", when, ip)
+		}
+	}
+	return ks
+}
+
+// staticKeys are the keys of bigRules(n, tornTail).
+func staticKeys(n int) []string {
+	var ks []string
+	for _, line := range strings.Split(bigRules(n, tornTail), "\n") {
+		if k, _, ok := strings.Cut(line, ":"); ok {
+			ks = append(ks, k)
+		}
+	}
+	return ks
+}
+
+// TestRobustCrashRebuild kills "relayctl rebuild" with SIGKILL at random
+// points of its run (30 times; 300 under make stress), a new grant
+// recorded before each: the CDB is always whole, with every static rule
+// and every grant it had; the spool keeps every grant; the temp files of
+// the killed writers are gone after the next rebuild, which has them all.
+func TestRobustCrashRebuild(t *testing.T) {
+	runs := sized(30, 300)
+	const nStatic = 3000
+	s := newRelayctlSite(t, bigRules(nStatic, tornTail))
+	static := staticKeys(nStatic)
+	for i := range 300 {
+		recordAt(t, s.spool, ip4(1, i), "old")
+	}
+	start := time.Now()
+	if r := s.run(t, "rebuild"); r.code != 0 {
+		t.Fatalf("rebuild: %d %s", r.code, r.stderr)
+	}
+	took := time.Since(start)
+	published := map[string]bool{}
+	for i := range 300 {
+		published[ip4(1, i)] = true
+	}
+	recorded := len(published)
+	var finished, withDebris int
+	for i := range runs {
+		ip := ip4(2, i)
+		recordAt(t, s.spool, ip, "new")
+		recorded++
+		cmd := spawn(t, s.env, bin("relayctl"), "rebuild")
+		time.Sleep(rand.N(took * 3 / 2))
+		if kill9(cmd) {
+			finished++
+		}
+		if len(s.debris(t)) > 0 {
+			withDebris++
+		}
+		ks := checkWhole(t, s, static, published, "after kill -9 of rebuild")
+		if ks[ip] {
+			published[ip] = true
+		}
+	}
+	if gs, _ := spoolEntries(t, s.spool); len(gs) != recorded {
+		t.Errorf("the spool holds %d grants, %d were recorded", len(gs), recorded)
+	}
+	if r := s.run(t, "rebuild"); r.code != 0 {
+		t.Fatalf("rebuild after the kills: %d %s", r.code, r.stderr)
+	}
+	if d := s.debris(t); len(d) != 0 {
+		t.Errorf("the next rebuild left the debris of the killed ones: %q", d)
+	}
+	all := map[string]bool{}
+	gs, _ := spoolEntries(t, s.spool)
+	for ip := range gs {
+		all[ip] = true
+	}
+	checkWhole(t, s, static, all, "after the next rebuild")
+	t.Logf("%d rebuilds killed at random within %v (one takes %v): %d had finished, %d left temp files (removed by the next rebuild), %d grants published before the last clean rebuild",
+		runs, took*3/2, took.Round(time.Millisecond), finished, withDebris, len(published))
+	if withDebris == 0 && !stress() {
+		t.Logf("no kill landed mid-write this time")
+	}
+}
+
+// TestRobustCrashWatch kills "relayctl watch" with SIGKILL at random
+// points (20 times; 200 under make stress) while grants arrive: the CDB
+// is always whole; the next watch publishes every grant recorded and
+// removes the temp files the killed one left; SIGTERM then exits 0.
+func TestRobustCrashWatch(t *testing.T) {
+	runs := sized(20, 200)
+	const nStatic = 3000
+	s := newRelayctlSite(t, bigRules(nStatic, tornTail))
+	static := staticKeys(nStatic)
+	for i := range 200 {
+		recordAt(t, s.spool, ip4(5, i), "old")
+	}
+	if r := s.run(t, "rebuild"); r.code != 0 {
+		t.Fatalf("rebuild: %d %s", r.code, r.stderr)
+	}
+	published := map[string]bool{}
+	for i := range 200 {
+		published[ip4(5, i)] = true
+	}
+	n, withDebris := 0, 0
+	for range runs {
+		cmd := spawn(t, s.env, bin("relayctl"), "watch", "--debounce", "1ms", "--max-delay", "5ms")
+		deadline := time.Now().Add(rand.N(150 * time.Millisecond))
+		for time.Now().Before(deadline) {
+			recordAt(t, s.spool, ip4(6, n), "new")
+			n++
+			time.Sleep(rand.N(20 * time.Millisecond))
+		}
+		kill9(cmd)
+		if len(s.debris(t)) > 0 {
+			withDebris++
+		}
+		ks := checkWhole(t, s, static, published, "after kill -9 of watch")
+		for j := range n {
+			if ks[ip4(6, j)] {
+				published[ip4(6, j)] = true
+			}
+		}
+	}
+	// The next watch publishes everything and cleans up.
+	w := s.startWatch(t)
+	all := map[string]bool{}
+	for ip := range published {
+		all[ip] = true
+	}
+	for j := range n {
+		all[ip4(6, j)] = true
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ks, err := keys(s.cdb)
+		missing := 0
+		for ip := range all {
+			if !ks[ip] {
+				missing++
+			}
+		}
+		if err == nil && missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted watch has not published %d of %d grants (%v)", missing, len(all), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	checkWhole(t, s, static, all, "after the restart")
+	if d := s.debris(t); len(d) != 0 {
+		t.Errorf("the restarted watch left the temp files of the killed one: %q", d)
+	}
+	syscall.Kill(w.cmd.Process.Pid, syscall.SIGTERM)
+	<-w.done
+	if err := w.cmd.Wait(); err != nil {
+		t.Errorf("watch after SIGTERM: %v", err)
+	}
+	t.Logf("%d watches killed at random while %d grants arrived: %d left temp files beside the CDB; the restarted one published all %d grants",
+		runs, n, withDebris, len(all))
+}
+
+// TestRobustCrashWrap kills checkpassword-wrap with SIGKILL at random
+// points of a login (30 times; 300 under make stress): every grant file
+// in the spool is whole, no grant recorded before is lost, and what a
+// kill leaves is a dot-named temp file that no reader takes for a grant
+// and that the cleanup removes once stale (a minute: a younger one may be
+// a login in flight). Under make stress the test waits that minute and
+// checks that the next "relayctl rebuild" removes them.
+func TestRobustCrashWrap(t *testing.T) {
+	runs := sized(30, 300)
+	s := newRelayctlSite(t, tornTail)
+	// How long a login takes here.
+	start := time.Now()
+	r := runCmd(t, append(s.env[:len(s.env):len(s.env)], "TCPREMOTEIP="+ip4(7, 0), "USER=first"), "", 10*time.Second, bin("checkpassword-wrap"), "/bin/true")
+	if r.code != 0 {
+		t.Fatalf("wrapper: %d %s", r.code, r.stderr)
+	}
+	took := time.Since(start)
+	recorded := map[string]bool{ip4(7, 0): true}
+	finished := 0
+	for i := 1; i <= runs; i++ {
+		ip := ip4(7, i)
+		env := append(s.env[:len(s.env):len(s.env)], "TCPREMOTEIP="+ip, "USER=u"+ip)
+		cmd := spawn(t, env, bin("checkpassword-wrap"), "/bin/true")
+		time.Sleep(rand.N(took * 3 / 2))
+		if kill9(cmd) {
+			finished++
+		}
+		gs, other := spoolEntries(t, s.spool)
+		for ip := range recorded {
+			if _, ok := gs[ip]; !ok {
+				t.Fatalf("kill -9 of a login lost the grant for %s", ip)
+			}
+		}
+		if g, ok := gs[ip]; ok {
+			if g.User != "u"+ip {
+				t.Errorf("%s: grant %+v", ip, g)
+			}
+			recorded[ip] = true
+		}
+		for _, name := range other {
+			if !strings.HasPrefix(name, ".tmp-") {
+				t.Errorf("kill -9 of a login left %q in the spool", name)
+			}
+		}
+	}
+	gs, debris := spoolEntries(t, s.spool)
+	if len(gs) != len(recorded) {
+		t.Errorf("%d grants, %d recorded", len(gs), len(recorded))
+	}
+	// The grants recorded are published.
+	if r := s.run(t, "rebuild"); r.code != 0 {
+		t.Fatalf("rebuild: %d %s", r.code, r.stderr)
+	}
+	for ip := range recorded {
+		if !relays(t, s.cdb, ip) {
+			t.Errorf("%s was recorded and does not relay after a rebuild", ip)
+		}
+	}
+	t.Logf("%d logins killed at random within %v (one takes %v): %d had finished, %d grants recorded, %d temp files left",
+		runs, took*3/2, took.Round(time.Microsecond), finished, len(recorded), len(debris))
+	if stress() && len(debris) > 0 {
+		t.Logf("waiting a minute for the temp files to go stale")
+		time.Sleep(61 * time.Second)
+		if r := s.run(t, "rebuild"); r.code != 0 {
+			t.Fatalf("rebuild: %d %s", r.code, r.stderr)
+		}
+	} else {
+		// What the next run does a minute later, with its clock.
+		if err := grant.New(s.spool).Clean(time.Now().Add(2 * time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, other := spoolEntries(t, s.spool)
+	if len(other) != 0 || len(after) != len(recorded) {
+		t.Errorf("after the cleanup: %d grants (want %d), other entries %q", len(after), len(recorded), other)
+	}
+}
