@@ -12,6 +12,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/never"
+	"github.com/poprelay/poprelay/internal/share"
 )
 
 // setting is one configurable value: a flag, its environment variable and
@@ -199,9 +200,13 @@ var configCmd = &command{
 	help: `Print every effective setting, its value and where it came from: a flag,
 the environment, or the default. The lock file is derived from --cdb.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		etcdFlags := share.RegisterFlags(fs)
 		return func(e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("no arguments expected")
+			}
+			if _, err := etcdFlags.Resolve(e.getenv); err != nil {
+				return usagef("%v", err)
 			}
 			c := e.cfg
 			rows := [][3]string{}
@@ -223,6 +228,9 @@ the environment, or the default. The lock file is derived from --cdb.`,
 				rows = append(rows, [3]string{s.name, v, s.source})
 			}
 			rows = append(rows, [3]string{"lock", c.Lock(), "derived from cdb"})
+			for _, st := range etcdFlags.Settings() {
+				rows = append(rows, [3]string{st.Name, st.Value, st.Source})
+			}
 			w := newTable(e.stdout)
 			fmt.Fprintln(w, "SETTING\tVALUE\tSOURCE")
 			for _, r := range rows {

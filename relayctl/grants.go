@@ -5,12 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/rules"
+	"github.com/poprelay/poprelay/internal/share"
 )
 
 var expireCmd = &command{
@@ -61,11 +63,26 @@ deny), "static: FILE:LINE" (an exact static record wins). --json prints an
 array of objects for scripts, times in RFC 3339 and durations in seconds.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		asJSON := fs.Bool("json", false, "print JSON")
+		source := fs.String("source", "spool", "list the grants of: spool, or etcd (the whole cluster)")
+		etcdFlags := share.RegisterFlags(fs)
 		return func(e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("no arguments expected")
 			}
-			return e.list(*asJSON)
+			if err := sourceFlag("source", *source, "spool", "etcd"); err != nil {
+				return err
+			}
+			if *source == "spool" {
+				return e.list(e.store(), e.cfg.Spool, *asJSON)
+			}
+			c, err := e.needCluster(etcdFlags, "--source etcd")
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx, cancel := requestCtx()
+			defer cancel()
+			return e.list(lister(func() ([]grant.Grant, error) { return c.List(ctx) }), "etcd", *asJSON)
 		}
 	},
 }
@@ -83,10 +100,10 @@ type listed struct {
 	Reason    string `json:"reason,omitempty"`
 }
 
-func (e *env) list(asJSON bool) error {
-	gs, err := e.store().List()
+func (e *env) list(src interface{ List() ([]grant.Grant, error) }, where string, asJSON bool) error {
+	gs, err := src.List()
 	if err != nil {
-		return unable("list grants in "+e.cfg.Spool, err)
+		return unable("list grants in "+where, err)
 	}
 	rs, err := e.readRules()
 	if err != nil {
@@ -183,6 +200,7 @@ never-grant set is refused (exit 100).`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		dur := fs.String("for", "", "how long the grant lasts, `DUR` (default: the max age)")
 		user := fs.String("user", "", "the user `NAME` to record")
+		etcdFlags := share.RegisterFlags(fs)
 		return func(e *env, args []string) error {
 			if len(args) != 1 {
 				return usagef("one IP address expected")
@@ -206,7 +224,28 @@ never-grant set is refused (exit 100).`,
 			if why, refused := set.Refuse(ip); refused {
 				return perm("unable to grant %s: %s is in the never-grant set", ip, why)
 			}
-			return e.locked(func() error {
+			// The cluster first, outside the CDB lock (the watcher
+			// needs it); a failure there still grants here, then
+			// exits 111.
+			c, err := e.cluster(etcdFlags)
+			if err != nil {
+				return err
+			}
+			var cerr error
+			if c != nil {
+				defer c.Close()
+				ctx, cancel := requestCtx()
+				defer cancel()
+				if err := c.Allow(ctx, g); err != nil {
+					if errors.Is(err, grant.ErrBadField) {
+						return perm("unable to grant %s: %v", ip, err)
+					}
+					// A publishing watcher shares the local grant
+					// when etcd is back.
+					cerr = unable("share the grant for "+ip+" through etcd", err)
+				}
+			}
+			err = e.locked(func() error {
 				if err := e.store().Record(g); err != nil {
 					if errors.Is(err, grant.ErrBadField) {
 						return perm("unable to grant %s: %v", ip, err)
@@ -224,6 +263,13 @@ never-grant set is refused (exit 100).`,
 				}
 				return nil
 			})
+			if err != nil {
+				if cerr != nil {
+					e.logf("fatal: %s", cerr)
+				}
+				return err
+			}
+			return cerr
 		}
 	},
 }
@@ -236,6 +282,7 @@ var revokeCmd = &command{
 such grant is an error (exit 100).`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		user := fs.String("user", "", "revoke every grant of user `NAME`")
+		etcdFlags := share.RegisterFlags(fs)
 		return func(e *env, args []string) error {
 			byUser := false
 			fs.Visit(func(f *flag.Flag) { byUser = byUser || f.Name == "user" })
@@ -250,9 +297,40 @@ such grant is an error (exit 100).`,
 					return perm("unable to revoke %q: %v", args[0], err)
 				}
 			}
-			return e.locked(func() error {
+			// The cluster first, outside the CDB lock (the watcher
+			// needs it); a failure there still revokes here, then
+			// exits 111.
+			c, err := e.cluster(etcdFlags)
+			if err != nil {
+				return err
+			}
+			var gone []string // revoked here or in the cluster
+			var cerr error
+			if c != nil {
+				defer c.Close()
+				ctx, cancel := requestCtx()
+				defer cancel()
+				by := "relayctl@" + c.Host()
+				if byUser {
+					ips, err := c.RevokeUser(ctx, *user, by)
+					gone = append(gone, ips...)
+					if err != nil {
+						cerr = unable("revoke the grants of "+*user+" through etcd", err)
+					}
+				} else {
+					// The marker is left even without a grant, so a
+					// late replay cannot bring one back.
+					ok, err := c.Revoke(ctx, ip, by)
+					if err != nil {
+						cerr = unable("revoke "+ip+" through etcd", err)
+					}
+					if ok {
+						gone = append(gone, ip)
+					}
+				}
+			}
+			err = e.locked(func() error {
 				s := e.store()
-				var gone []string
 				if byUser {
 					gs, err := s.List()
 					if err != nil {
@@ -266,11 +344,11 @@ such grant is an error (exit 100).`,
 						if err != nil {
 							return unable("revoke "+g.IP, err)
 						}
-						if ok {
+						if ok && !slices.Contains(gone, g.IP) {
 							gone = append(gone, g.IP)
 						}
 					}
-					if len(gone) == 0 {
+					if len(gone) == 0 && cerr == nil {
 						return perm("unable to revoke: no grant for user %q", *user)
 					}
 				} else {
@@ -278,16 +356,28 @@ such grant is an error (exit 100).`,
 					if err != nil {
 						return unable("revoke "+ip, err)
 					}
-					if !ok {
+					if !ok && len(gone) == 0 && cerr == nil {
 						return perm("unable to revoke %s: no grant for it", ip)
 					}
-					gone = append(gone, ip)
+					if ok || len(gone) > 0 {
+						gone = []string{ip}
+					}
 				}
 				for _, ip := range gone {
 					e.vlogf("revoked %s", ip)
 				}
+				if len(gone) == 0 {
+					return nil
+				}
 				return e.rebuildAfter("revoked " + strings.Join(gone, " "))
 			})
+			if err != nil {
+				if cerr != nil {
+					e.logf("fatal: %s", cerr)
+				}
+				return err
+			}
+			return cerr
 		}
 	},
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -549,14 +550,16 @@ func TestConfig(t *testing.T) {
 	f.env["POPRELAY_MAXAGE"] = "7200"
 	f.env["POPRELAY_KEEPRBL"] = "yes"
 	out := f.ok("config", "--cdb", "/x/y.cdb", "--remoteinfo")
+	out = regexp.MustCompile(` {2,}`).ReplaceAllString(out, "  ") // columns
 	for _, w := range []string{
-		"spool       " + f.spool, "env POPRELAY_SPOOL",
-		"cdb         /x/y.cdb", "flag --cdb",
-		"max-age     2h0m0s", "env POPRELAY_MAXAGE",
-		"keep-rbl    true", "env POPRELAY_KEEPRBL",
+		"spool  " + f.spool, "env POPRELAY_SPOOL",
+		"cdb  /x/y.cdb", "flag --cdb",
+		"max-age  2h0m0s", "env POPRELAY_MAXAGE",
+		"keep-rbl  true", "env POPRELAY_KEEPRBL",
 		"remoteinfo  true", "flag --remoteinfo",
-		"never       built-ins + /etc/poprelay/never", "default",
-		"lock        /x/y.cdb.lock",
+		"never  built-ins + /etc/poprelay/never", "default",
+		"lock  /x/y.cdb.lock",
+		"etcd-prefix  /poprelay/v1/  default",
 	} {
 		if !strings.Contains(out, w) {
 			t.Errorf("config lacks %q:\n%s", w, out)

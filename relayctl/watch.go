@@ -16,6 +16,7 @@ import (
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/metrics"
 	"github.com/poprelay/poprelay/internal/rules"
+	"github.com/poprelay/poprelay/internal/share"
 	"github.com/poprelay/poprelay/internal/watch"
 )
 
@@ -42,11 +43,35 @@ POPRELAY_METRICS, POPRELAY_DEBOUNCE, POPRELAY_MAXDELAY, POPRELAY_RESCAN.`,
 		debounce := fs.String("debounce", "", "quiet time before a rebuild, `DUR` (default 5ms)")
 		maxDelay := fs.String("max-delay", "", "longest a change waits under a storm, `DUR` (default 50ms)")
 		rescan := fs.String("rescan", "", "full rescan period, `DUR` (default 5m)")
+		source := fs.String("source", "spool", "where the grants come from: spool, or etcd (an SMTP host of a cluster)")
+		publish := fs.String("publish", "", "share this host's grants: etcd (a POP/IMAP host of a cluster)")
+		etcdFlags := share.RegisterFlags(fs)
 		return func(e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("no arguments expected")
 			}
-			opt := watchOptions{metrics: *metricsAddr}
+			opt := watchOptions{metrics: *metricsAddr, source: *source, publish: *publish}
+			if err := sourceFlag("source", *source, "spool", "etcd"); err != nil {
+				return err
+			}
+			if err := sourceFlag("publish", *publish, "", "etcd"); err != nil {
+				return err
+			}
+			if *source == "etcd" && *publish == "etcd" {
+				return usagef("--source etcd and --publish etcd exclude each other (a host that is both runs two watchers)")
+			}
+			if *source == "etcd" || *publish == "etcd" {
+				why := "--publish etcd"
+				if *source == "etcd" {
+					why = "--source etcd"
+				}
+				c, err := e.needCluster(etcdFlags, why)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				opt.cluster = c
+			}
 			for _, d := range []struct {
 				flag *string
 				env  string
@@ -82,6 +107,8 @@ POPRELAY_METRICS, POPRELAY_DEBOUNCE, POPRELAY_MAXDELAY, POPRELAY_RESCAN.`,
 
 type watchOptions struct {
 	metrics                    string
+	source, publish            string         // "etcd" or the defaults
+	cluster                    *share.Cluster // set for either
 	debounce, maxDelay, rescan time.Duration
 	hup                        <-chan os.Signal  // nil: SIGHUP
 	ready                      func(addr string) // called once serving, for tests
@@ -115,14 +142,32 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 			return err
 		})
 	}
-	w := watch.New(watch.Config{
+	var src watch.Source = e.store()
+	var mirror *share.Mirror
+	var w *watch.Watcher
+	switch {
+	case opt.source == "etcd":
+		mirror = opt.cluster.Mirror(func(ips []string) { w.Notify(ips...) })
+		mirror.UseCache(e.cfg.CDB + ".etcd") // for a cold start while etcd is down
+		src = mirror
+	case opt.publish == "etcd":
+		pub := opt.cluster.Publisher(share.PublisherOptions{})
+		go pub.Run(ctx)
+		go opt.cluster.Revocations(ctx, e.dropRevoked)
+		local := publish
+		publish = func(static []rules.Rule, grants []grant.Grant, now time.Time) error {
+			pub.Sync(grants, now) // never blocks
+			return local(static, grants, now)
+		}
+	}
+	w = watch.New(watch.Config{
 		Spool:    e.cfg.Spool,
 		Rules:    e.cfg.Rules,
 		MaxAge:   e.cfg.MaxAge,
 		Debounce: opt.debounce,
 		MaxDelay: opt.maxDelay,
 		Rescan:   opt.rescan,
-		Source:   e.store(),
+		Source:   src,
 		Publish:  publish,
 		LoadRules: func() ([]rules.Rule, error) {
 			rs, err := e.readRules()
@@ -175,6 +220,17 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		}
 	}()
 	e.cleanSpool()
+	if mirror != nil {
+		go mirror.Run(ctx)
+		// Give etcd a moment, so the first rebuild has the grants;
+		// until it answers, the previous CDB stays.
+		select {
+		case <-mirror.Ready():
+		case <-ctx.Done():
+		case <-time.After(5 * time.Second):
+			e.logf("warning: etcd does not answer yet; %s stays as it is until it does", e.cfg.CDB)
+		}
+	}
 	e.logf("watching %s and %s for %s", e.cfg.Spool, e.cfg.Rules, e.cfg.CDB)
 	if err := w.Run(ctx); err != nil {
 		if errors.Is(err, context.Canceled) {

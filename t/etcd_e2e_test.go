@@ -2,21 +2,10 @@ package t
 
 import (
 	"os/exec"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
-
-// needEtcdWiring skips until relayctl has "watch --source etcd" and
-// "--publish etcd" (internal/share wired in).
-func needEtcdWiring(t *testing.T) {
-	t.Helper()
-	out, _ := exec.Command(bin("relayctl"), "watch", "--help").CombinedOutput()
-	if !strings.Contains(string(out), "publish") || !strings.Contains(string(out), "etcd-endpoints") {
-		t.Skip("SKIP: relayctl watch has no --publish/--source etcd yet")
-	}
-}
 
 // wrapLogin runs the real checkpassword-wrap as a login from ip.
 func wrapLogin(t *testing.T, s *relayctlSite, ip, user string) {
@@ -33,7 +22,6 @@ func wrapLogin(t *testing.T, s *relayctlSite, ip, user string) {
 // and serves a real tcpserver -x. Login, revoke, expiry, etcd down (and
 // B's watcher restarted meanwhile), etcd back.
 func TestEtcdTwoHosts(t *testing.T) {
-	needEtcdWiring(t)
 	e := startEtcd(t)
 	a := newRelayctlSite(t, ":allow\n")
 	b := newRelayctlSite(t, "127.0.0.:allow,QMAILQUEUE=\"/var/qmail/bin/simscan\"\n:allow\n")

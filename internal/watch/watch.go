@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -81,6 +82,10 @@ type Watcher struct {
 	cfg    Config
 	reload chan struct{}
 
+	notifyMu sync.Mutex
+	notified map[string]time.Time // IPs changed in a non-file source
+	poke     chan struct{}
+
 	static      []rules.Rule
 	haveRules   bool
 	grants      map[string]grant.Grant
@@ -120,8 +125,31 @@ func New(cfg Config) *Watcher {
 	return &Watcher{
 		cfg:     cfg,
 		reload:  make(chan struct{}, 1),
+		poke:    make(chan struct{}, 1),
 		grants:  map[string]grant.Grant{},
 		changed: map[string]time.Time{},
+	}
+}
+
+// Notify tells the running watcher that the grants for ips changed in
+// the Source (for a source that is not the spool, such as an etcd
+// mirror): it re-reads them with Get and rebuilds, debounced like a spool
+// change. It never blocks.
+func (w *Watcher) Notify(ips ...string) {
+	now := time.Now()
+	w.notifyMu.Lock()
+	if w.notified == nil {
+		w.notified = map[string]time.Time{}
+	}
+	for _, ip := range ips {
+		if _, ok := w.notified[ip]; !ok {
+			w.notified[ip] = now
+		}
+	}
+	w.notifyMu.Unlock()
+	select {
+	case w.poke <- struct{}{}:
+	default:
 	}
 }
 
@@ -407,6 +435,16 @@ func (w *Watcher) Run(ctx context.Context) error {
 			// Overflow or another loss of events: trust nothing.
 			w.fail("watch", "events lost, rescanning", err)
 			w.fullScan = true
+			arm()
+		case <-w.poke:
+			w.notifyMu.Lock()
+			for ip, at := range w.notified {
+				if _, ok := w.changed[ip]; !ok {
+					w.changed[ip] = at
+				}
+			}
+			clear(w.notified)
+			w.notifyMu.Unlock()
 			arm()
 		case <-debounce.C:
 			run("change")
