@@ -4,7 +4,7 @@ BIN     := bin
 CMDS    := checkpassword-wrap relayctl cdbbuild
 FUZZTIME ?= 5s
 
-.PHONY: all build check deb deps test unit e2e vet fuzz bench demo clean
+.PHONY: all build bench-e2e check deb deps test unit e2e vet fuzz bench demo clean
 
 all: build
 
@@ -42,6 +42,11 @@ fuzz:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/...
+
+# End-to-end measurements with the real binaries and servers (the wrapper's
+# exec-chain latency, etcd publish->mirror, two hosts under load).
+bench-e2e: build
+	POPRELAY_BENCH=1 POPRELAY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 30m -run 'Latency|Load' ./t/... | grep -v '^=== '
 
 # The README's demo: the whole flow on loopback with real Dovecot and tcpserver.
 demo:

@@ -55,9 +55,7 @@ func wrBenchRun(t testing.TB, c wrBenchCase, i int) time.Duration {
 // is at most +1 ms; this test reports, it does not fail on a slow machine.
 // POPRELAY_BENCH_N sets the rounds (default 200). scripts/bench-wrap runs it.
 func TestWrapLatency(t *testing.T) {
-	if testing.Short() {
-		t.Skip("SKIP: -short")
-	}
+	benchOnly(t)
 	n := 200
 	if v, err := strconv.Atoi(os.Getenv("POPRELAY_BENCH_N")); err == nil && v > 0 {
 		n = v
