@@ -2,9 +2,11 @@
 GO      ?= go
 BIN     := bin
 CMDS    := checkpassword-wrap relayctl cdbbuild
-FUZZTIME ?= 5s
+FUZZTIME ?= 1m
+# make test runs every fuzz target this long (make fuzz-short).
+FUZZSHORT ?= 3s
 
-.PHONY: all build bench-e2e check deb deps test unit e2e vet fuzz bench demo clean
+.PHONY: all build bench-e2e fuzz-short stress check deb deps test unit e2e vet fuzz bench demo clean
 
 all: build
 
@@ -22,7 +24,21 @@ unit:
 e2e: build
 	POPRELAY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 15m ./t/...
 
-test: vet unit e2e
+test: vet unit e2e fuzz-short
+
+# Every fuzz target for FUZZSHORT each; a crasher fails and is kept in the
+# package's testdata/fuzz, where it stays a regression test.
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZSHORT)
+
+# The long reliability and security suite (t/robust_*, t/security_test.go)
+# at full size: 1000 torn-read rebuilds, hundreds of kill -9s, a bigger
+# storm. The figures are the log lines kept below; the whole log is in
+# $(BIN)/stress.log.
+stress: build
+	@POPRELAY_STRESS=1 POPRELAY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 60m -v \
+	  -run '^Test(Robust|Security)' ./t/ >$(BIN)/stress.log 2>&1; st=$$?; \
+	  grep -E '^(--- |ok|FAIL|panic)|^    (robust|security)_[a-z_]*test.go:' $(BIN)/stress.log; exit $$st
 
 # The README's test command: install what the tests need, then test.
 check: deps
