@@ -269,14 +269,17 @@ func textPrefix(e string) (string, bool) {
 // granted, and why, in words for a log line. Text that is not a canonical
 // address is refused too.
 func (s *Set) Refuse(ip string) (reason string, refused bool) {
-	c, err := grant.CanonicalIP(ip)
-	if err != nil || c != ip {
+	// Canonical means what grant.CanonicalIP returns: no zone, IPv4 not
+	// mapped into IPv6, and exactly netip's text. Checked here without
+	// allocating: a rebuild asks this for every grant.
+	a, err := netip.ParseAddr(ip)
+	var buf [64]byte
+	if err != nil || a.Zone() != "" || a.Is4In6() || string(a.AppendTo(buf[:0])) != ip {
 		return "not a canonical IP address", true
 	}
 	if r, ok := s.exact[ip]; ok {
 		return r, true
 	}
-	a := netip.MustParseAddr(ip)
 	for _, n := range s.nets {
 		if n.p.Contains(a) {
 			if n.kind != "" {

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -292,7 +291,8 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 			next = retry
 		}
 	}
-	sort.Slice(live, func(i, j int) bool { return live[i].IP < live[j].IP })
+	// No sort here: the merge orders records by address itself, and its
+	// output does not depend on the order of grants.
 	if err := w.cfg.Publish(w.static, live, now); err != nil {
 		return time.Time{}, err
 	}
