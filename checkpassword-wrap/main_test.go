@@ -91,6 +91,13 @@ func TestRun(t *testing.T) {
 		{name: "user with a newline", env: []string{"TCPREMOTEIP=198.51.100.31", "USER=a\nexpires=9999999999"}, stderr: `unable to record ip=198.51.100.31 user="a\nexpires=9999999999"`},
 		{name: "peer differs", env: []string{"TCPREMOTEIP=198.51.100.32", "USER=alice"}, peer: "203.0.113.5",
 			stderr: "not recording ip=198.51.100.32 user=alice service=pop3: standard input is a TCP connection from 203.0.113.5, not from 198.51.100.32"},
+		// Dovecot's post-login script behind a PROXY-protocol proxy, run
+		// by a trusted caller: Dovecot's IP stands, the audit line names
+		// the proxy.
+		{name: "trusted post-login behind a proxy", env: []string{"IP=198.51.100.37", "USER=alice"}, service: "pop3", peer: "203.0.113.5",
+			ip: "198.51.100.37", user: "alice", stderr: "ip=198.51.100.37 user=alice service=pop3 via=203.0.113.5"},
+		{name: "untrusted post-login behind a proxy", env: []string{"IP=198.51.100.38", "USER=alice"}, untrusted: true, peer: "203.0.113.5",
+			stderr: "standard input is a TCP connection from 203.0.113.5, not from 198.51.100.38"},
 		{name: "peer matches", env: []string{"TCPREMOTEIP=::ffff:198.51.100.33", "USER=alice"}, peer: "198.51.100.33",
 			ip: "198.51.100.33", user: "alice", service: "pop3", stderr: "ip=198.51.100.33 user=alice"},
 		{name: "untrusted, not a socket", env: []string{"TCPREMOTEIP=198.51.100.34", "USER=mallory"}, untrusted: true,

@@ -253,8 +253,9 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 	}
 
 	raw, ok := env["TCPREMOTEIP"]
+	fromIP := false // the address is Dovecot's post-login IP
 	if ip, isSet := env["IP"]; raw == "" && isSet {
-		raw, ok = ip, true
+		raw, ok, fromIP = ip, true, true
 	}
 	if !ok {
 		say("warning: not recording: no client address (TCPREMOTEIP and IP are unset)")
@@ -282,8 +283,21 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 	}
 	what := fmt.Sprintf("ip=%s user=%s service=%s", ip, show(user), show(c.service))
 
+	via := ""
 	if peer, isTCP := sys.peer(); isTCP {
-		if peer != ip {
+		switch {
+		case peer == ip:
+		case trusted && fromIP:
+			// Dovecot's post-login script behind a PROXY-protocol
+			// proxy (haproxy = yes): Dovecot reports the real client
+			// while the socket comes from the proxy. A trusted caller
+			// could write the spool itself, so its word stands; the
+			// proxy's own address belongs in the never-grant file.
+			// The audit line names it. A tcpserver chain
+			// (TCPREMOTEIP) never differs from its socket, so there a
+			// difference is always refused.
+			via = " via=" + show(peer)
+		default:
 			say("warning: not recording %s: standard input is a TCP connection from %s, not from %s", what, show(peer), ip)
 			return false
 		}
@@ -311,7 +325,7 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 		say("warning: unable to record %s: %v", what, err)
 		return false
 	}
-	say("%s", what)
+	say("%s%s", what, via)
 	return true
 }
 

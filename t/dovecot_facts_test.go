@@ -133,17 +133,17 @@ func TestDovecotFacts(t *testing.T) {
 		t.Errorf("userdb lookup: AUTHORIZED=%q SERVICE=%q", f.env["AUTHORIZED"], f.env["SERVICE"])
 	}
 	// The proxied login: the checkpassword chain records the client the
-	// proxy reported; the post-login wrapper refuses (fd 0's peer is the
-	// proxy) and says so in the log.
+	// proxy reported; so does the post-login wrapper, whose caller is
+	// trusted (extra_groups = poprelay), and its audit line names the
+	// proxy the socket came from.
 	dvWantGrant(t, d.Spool, "198.51.100.7", "pop3")
-	refused := false
+	via := false
 	for _, line := range strings.Split(dv.logText(), "\n") {
-		refused = refused || strings.Contains(line, "pop3-postlogin") &&
-			strings.Contains(line, "not recording") && strings.Contains(line, "=198.51.100.7 ") &&
-			strings.Contains(line, "127.0.0.25")
+		via = via || strings.Contains(line, "pop3-postlogin") &&
+			strings.Contains(line, "ip=198.51.100.7 ") && strings.Contains(line, "via=127.0.0.25")
 	}
-	if !refused {
-		t.Error("no post-login line in Dovecot's log refusing 198.51.100.7 behind the proxy 127.0.0.25")
+	if !via {
+		t.Error("no post-login audit line for 198.51.100.7 via the proxy 127.0.0.25 in Dovecot's log")
 	}
 	for _, ip := range []string{"127.0.0.22", "127.0.0.24"} {
 		dvWantGrant(t, d.Spool, ip, "pop3")
