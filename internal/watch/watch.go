@@ -372,10 +372,19 @@ func (w *Watcher) Run(ctx context.Context) error {
 
 	var pendingSince time.Time // zero: nothing pending
 	retrying := false          // the expiry timer is a retry after a failure
+	// The first event handled right after a rebuild most likely happened
+	// during it, while the loop was busy: it has waited since the rebuild
+	// began, and the cap counts from there. Under a login storm this
+	// makes rebuilds follow each other, each taking in what arrived
+	// during the last, instead of adding up to MaxDelay per round.
+	var runStart, runEnd time.Time
 	arm := func() {
 		now := time.Now()
 		if pendingSince.IsZero() {
 			pendingSince = now
+			if now.Sub(runEnd) < time.Millisecond {
+				pendingSince = runStart
+			}
 		}
 		d := w.cfg.Debounce
 		if lim := pendingSince.Add(w.cfg.MaxDelay).Sub(now); lim < d {
@@ -386,6 +395,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 	run := func(reason string) {
 		pendingSince = time.Time{}
 		debounce.Stop()
+		runStart = time.Now()
+		defer func() { runEnd = time.Now() }()
 		next, err := w.publish(reason)
 		if err != nil {
 			w.fail("rebuild", "rebuild failed, previous CDB kept", err)
