@@ -72,6 +72,9 @@ func BenchmarkLoginStorm(b *testing.B) {
 			return err
 		}
 		done := time.Now()
+		if os.Getenv("POPRELAY_BENCH_DEBUG") != "" {
+			b.Logf("%s publish %d grants", done.Format("15:04:05.000"), len(grants))
+		}
 		mu.Lock()
 		rebuilds++
 		for _, g := range grants {
@@ -83,7 +86,8 @@ func BenchmarkLoginStorm(b *testing.B) {
 		mu.Unlock()
 		return nil
 	}
-	w := New(Config{Spool: spool, Rules: rulesPath, Source: store, Publish: publish, Rescan: time.Hour})
+	w := New(Config{Spool: spool, Rules: rulesPath, Source: store, Publish: publish, Rescan: time.Hour,
+		OnError: func(kind string, err error) { b.Logf("%s: %v", kind, err) }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()

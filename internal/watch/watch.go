@@ -76,6 +76,10 @@ type Config struct {
 	Now func() time.Time
 }
 
+// eventBuffer is how many fsnotify events may wait while a rebuild runs;
+// beyond it fsnotify's reader waits (the kernel queues the rest).
+const eventBuffer = 8192
+
 // Watcher is a running watch. Create it with New and run it with Run.
 type Watcher struct {
 	cfg    Config
@@ -356,7 +360,9 @@ func (w *Watcher) classify(ev fsnotify.Event) (ip string, spool, rulesChanged bo
 // Run watches until ctx is done. A publish in flight is always finished
 // before Run returns. It returns an error only if the watch cannot start.
 func (w *Watcher) Run(ctx context.Context) error {
-	fw, err := fsnotify.NewWatcher()
+	// Buffered: events that come while a rebuild runs wait in the channel
+	// and are all taken in by the next one (see drain).
+	fw, err := fsnotify.NewBufferedWatcher(eventBuffer)
 	if err != nil {
 		return err
 	}
@@ -413,6 +419,42 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 	}
 
+	// handle takes in one event and tells whether it calls for a rebuild.
+	handle := func(ev fsnotify.Event) bool {
+		ip, spool, rc := w.classify(ev)
+		switch {
+		case rc:
+			w.rulesStale = true
+		case spool:
+			// The spool was created, removed or renamed: watch it
+			// again and rescan it.
+			w.addWatches(fw)
+			w.fullScan = true
+		case ip != "":
+			if _, seen := w.changed[ip]; !seen {
+				w.changed[ip] = time.Now()
+			}
+		default:
+			return false
+		}
+		return true
+	}
+	// drain takes in every event already queued, so one rebuild covers
+	// all the logins that came while the last one ran.
+	drain := func() {
+		for {
+			select {
+			case ev, ok := <-fw.Events:
+				if !ok {
+					return
+				}
+				handle(ev)
+			default:
+				return
+			}
+		}
+	}
+
 	w.fullScan = true
 	w.rulesStale = true
 	run("start")
@@ -424,19 +466,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			if !ok {
 				return errors.New("watch: fsnotify closed")
 			}
-			ip, spool, rc := w.classify(ev)
-			switch {
-			case rc:
-				w.rulesStale = true
-				arm()
-			case spool:
-				// The spool was created, removed or renamed:
-				// watch it again and rescan it.
-				w.addWatches(fw)
-				w.fullScan = true
-				arm()
-			case ip != "":
-				w.changed[ip] = time.Now()
+			if handle(ev) {
 				arm()
 			}
 		case err, ok := <-fw.Errors:
@@ -458,6 +488,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.notifyMu.Unlock()
 			arm()
 		case <-debounce.C:
+			drain()
 			run("change")
 		case <-expiry.C:
 			if retrying || w.scanFailing {
