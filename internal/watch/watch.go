@@ -13,11 +13,14 @@
 package watch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -92,6 +95,7 @@ type Watcher struct {
 	static      []rules.Rule
 	haveRules   bool
 	grants      map[string]grant.Grant
+	order       order                // the grants in address order
 	changed     map[string]time.Time // IPs seen changing since the last publish
 	fullScan    bool
 	scanFailing bool // the last full scan failed; read again on the next timer
@@ -130,6 +134,7 @@ func New(cfg Config) *Watcher {
 		reload:  make(chan struct{}, 1),
 		poke:    make(chan struct{}, 1),
 		grants:  map[string]grant.Grant{},
+		order:   order{dirty: map[string]bool{}},
 		changed: map[string]time.Time{},
 	}
 }
@@ -230,6 +235,7 @@ func (w *Watcher) scan() error {
 		m[g.IP] = g
 	}
 	w.grants = m
+	w.order.valid = false
 	w.fullScan = false
 	return nil
 }
@@ -244,8 +250,10 @@ func (w *Watcher) refresh() {
 				w.fail("spool", "unable to read grant "+ip, err)
 			case ok:
 				w.grants[ip] = g
+				w.order.dirty[ip] = true
 			default:
 				delete(w.grants, ip)
+				w.order.dirty[ip] = true
 			}
 		}
 	}
@@ -279,8 +287,9 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 		w.refresh()
 	}
 	now := w.cfg.Now()
-	live := make([]grant.Grant, 0, len(w.grants))
-	for _, g := range w.grants {
+	w.reorder()
+	live := make([]grant.Grant, 0, len(w.order.gs))
+	for _, g := range w.order.gs {
 		exp := g.Expiry(w.cfg.MaxAge)
 		if !exp.After(now) {
 			continue
@@ -295,8 +304,8 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 			next = retry
 		}
 	}
-	// No sort here: the merge orders records by address itself, and its
-	// output does not depend on the order of grants.
+	// live is in address order, as the merge writes records: its own
+	// sort then finds nothing to do.
 	if err := w.cfg.Publish(w.static, live, now); err != nil {
 		return time.Time{}, err
 	}
@@ -510,4 +519,90 @@ func (w *Watcher) Run(ctx context.Context) error {
 			run("reload")
 		}
 	}
+}
+
+// order keeps the grants sorted by address, so a rebuild under a login
+// storm costs a linear merge of the few changed grants into the rest, not
+// a sort of them all. Addresses compare as 16 bytes (IPv4 mapped), the
+// order the merge writes records in.
+type order struct {
+	valid bool            // keys and gs hold every grant of the map
+	keys  [][16]byte      // keys[i] is gs[i]'s address
+	gs    []grant.Grant   // in address order
+	dirty map[string]bool // IPs changed in the map since
+}
+
+func addrKey(ip string) [16]byte {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return [16]byte{} // not canonical: the merge leaves it out
+	}
+	return a.As16()
+}
+
+// reorder brings w.order up to date with w.grants.
+func (w *Watcher) reorder() {
+	o := &w.order
+	if !o.valid {
+		o.keys, o.gs = o.keys[:0], o.gs[:0]
+		for ip, g := range w.grants {
+			o.keys = append(o.keys, addrKey(ip))
+			o.gs = append(o.gs, g)
+		}
+		sortPair(o.keys, o.gs)
+		o.valid = true
+		clear(o.dirty)
+		return
+	}
+	if len(o.dirty) == 0 {
+		return
+	}
+	// The changed grants that still exist, sorted.
+	var addKeys [][16]byte
+	var adds []grant.Grant
+	for ip := range o.dirty {
+		if g, ok := w.grants[ip]; ok {
+			addKeys = append(addKeys, addrKey(ip))
+			adds = append(adds, g)
+		}
+	}
+	sortPair(addKeys, adds)
+	// Merge them with the unchanged ones.
+	keys := make([][16]byte, 0, len(o.keys)+len(adds))
+	gs := make([]grant.Grant, 0, len(o.gs)+len(adds))
+	j := 0
+	for i := range o.gs {
+		if o.dirty[o.gs[i].IP] {
+			continue
+		}
+		for j < len(adds) && bytes.Compare(addKeys[j][:], o.keys[i][:]) < 0 {
+			keys, gs = append(keys, addKeys[j]), append(gs, adds[j])
+			j++
+		}
+		keys, gs = append(keys, o.keys[i]), append(gs, o.gs[i])
+	}
+	keys, gs = append(keys, addKeys[j:]...), append(gs, adds[j:]...)
+	o.keys, o.gs = keys, gs
+	clear(o.dirty)
+}
+
+// sortPair sorts gs by keys, keeping them in step.
+func sortPair(keys [][16]byte, gs []grant.Grant) {
+	idx := make([]int, len(keys))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int {
+		if c := bytes.Compare(keys[a][:], keys[b][:]); c != 0 {
+			return c
+		}
+		return strings.Compare(gs[a].IP, gs[b].IP)
+	})
+	k2 := make([][16]byte, len(keys))
+	g2 := make([]grant.Grant, len(gs))
+	for i, x := range idx {
+		k2[i], g2[i] = keys[x], gs[x]
+	}
+	copy(keys, k2)
+	copy(gs, g2)
 }
