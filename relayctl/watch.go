@@ -221,7 +221,19 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 	}()
 	e.cleanSpool()
 	if mirror != nil {
-		go mirror.Run(ctx)
+		// The mirror saves its cache when it stops: wait for that
+		// before exiting, or a restart during an etcd outage would
+		// serve an older copy.
+		mctx, stopMirror := context.WithCancel(ctx)
+		mirrorDone := make(chan struct{})
+		go func() {
+			defer close(mirrorDone)
+			mirror.Run(mctx)
+		}()
+		defer func() {
+			stopMirror()
+			<-mirrorDone
+		}()
 		// Give etcd a moment, so the first rebuild has the grants;
 		// until it answers, the previous CDB stays.
 		select {
