@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"syscall"
 
 	"github.com/poprelay/poprelay/internal/atomic"
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/lock"
 	"github.com/poprelay/poprelay/internal/merge"
+	"github.com/poprelay/poprelay/internal/regular"
 	"github.com/poprelay/poprelay/internal/rules"
 )
 
@@ -75,18 +75,14 @@ func (e *env) readRules() ([]rules.Rule, error) {
 	if path == "" {
 		return nil, nil
 	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, _, err := regular.Open(path)
+	if errors.Is(err, regular.ErrNotRegular) {
+		return nil, perm("unable to read %s: not a regular file", path)
+	}
 	if err != nil {
 		return nil, unable("read "+path, err)
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, unable("read "+path, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, perm("unable to read %s: not a regular file", path)
-	}
 	rs, err := rules.Parse(f, path)
 	var pe *rules.ParseError
 	switch {

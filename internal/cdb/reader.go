@@ -3,10 +3,11 @@ package cdb
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
-	"os"
-	"syscall"
+
+	"github.com/poprelay/poprelay/internal/regular"
 )
 
 // Reader looks records up in a database. It reads through an io.ReaderAt,
@@ -44,18 +45,12 @@ func Bytes(b []byte) (*Reader, error) {
 // Open opens the database file at path. Close it when done. A FIFO, a
 // directory or a device is ErrCorrupt, never a read that blocks.
 func Open(path string) (*Reader, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		f.Close()
+	f, st, err := regular.Open(path)
+	if errors.Is(err, regular.ErrNotRegular) {
 		return nil, fmt.Errorf("%w: %s is not a regular file", ErrCorrupt, path)
+	}
+	if err != nil {
+		return nil, err
 	}
 	cr, err := New(f, st.Size())
 	if err != nil {

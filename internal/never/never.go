@@ -25,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/netip"
 	"os"
 	"strconv"
@@ -33,6 +32,7 @@ import (
 	"syscall"
 
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/regular"
 )
 
 // DefaultFile is the never-grant file read when it exists.
@@ -137,26 +137,14 @@ func Default() *Set {
 
 // ErrNotRegular reports a never-grant file that is a FIFO, a directory or
 // a device: reading one could block a login forever.
-var ErrNotRegular = errors.New("not a regular file")
+var ErrNotRegular = regular.ErrNotRegular
 
 // Open opens the never-grant file at path for reading without blocking on
 // a FIFO, and refuses anything but a regular file (ErrNotRegular in a
 // *fs.PathError).
 func Open(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, &fs.PathError{Op: "open", Path: path, Err: ErrNotRegular}
-	}
-	return f, nil
+	f, _, err := regular.Open(path)
+	return f, err
 }
 
 // Load returns Default plus the entries of the never-grant file at path.

@@ -23,12 +23,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/regular"
 	"github.com/poprelay/poprelay/internal/rules"
 )
 
@@ -204,16 +204,14 @@ func (w *Watcher) loadRules() {
 // readRules parses the rules file; a FIFO or a directory is an error,
 // never a hang.
 func (w *Watcher) readRules() ([]rules.Rule, error) {
-	f, err := os.OpenFile(w.cfg.Rules, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, _, err := regular.Open(w.cfg.Rules)
+	if errors.Is(err, regular.ErrNotRegular) {
+		return nil, fmt.Errorf("%s: not a regular file", w.cfg.Rules)
+	}
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err != nil {
-		return nil, err
-	} else if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", w.cfg.Rules)
-	}
 	return rules.Parse(f, w.cfg.Rules)
 }
 
