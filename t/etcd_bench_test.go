@@ -13,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/share"
 )
@@ -30,8 +31,8 @@ func TestEtcdLatency(t *testing.T) {
 	if s := os.Getenv("POPRELAY_ETCD_PRELOAD"); s != "" {
 		preload, _ = strconv.Atoi(s)
 	}
-	e := startEtcd(t)
-	cli := etcdClient(t, e.Client)
+	e := etcdtest.Start(t)
+	cli := etcdtest.Client(t, e.Client)
 
 	t0 := time.Now()
 	preloadGrants(t, cli, preload)
@@ -58,7 +59,7 @@ func TestEtcdLatency(t *testing.T) {
 		p.Put(g)
 	}
 	tick.Stop()
-	etcdEventually(t, 30*time.Second, "every login in the mirror", func() bool {
+	etcdtest.Eventually(t, 30*time.Second, "every login in the mirror", func() bool {
 		gs, _ := m.List()
 		return len(gs) == preload+logins
 	})

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/share"
 )
@@ -71,7 +74,7 @@ func runShare(t testing.TB, smtp, pop *share.Cluster, popt share.PublisherOption
 // is killed in the middle of a stream of logins. No grant is lost: every
 // one reaches the mirror, and propagation resumes.
 func TestEtcdClusterLeaderKill(t *testing.T) {
-	nodes := startEtcdCluster(t, 3)
+	nodes := etcdtest.StartCluster(t, 3)
 	var eps []string
 	for _, n := range nodes {
 		eps = append(eps, n.Client)
@@ -83,9 +86,9 @@ func TestEtcdClusterLeaderKill(t *testing.T) {
 	const n, rate = 400, 100 // logins, per second
 	var all []string
 	killAt := n / 3
-	var killed *Etcd
+	var killed *etcdtest.Node
 	var killTime time.Time
-	cli := etcdClient(t, eps...)
+	cli := etcdtest.Client(t, eps...)
 	tick := time.NewTicker(time.Second / rate)
 	defer tick.Stop()
 	start := time.Now()
@@ -111,7 +114,7 @@ func TestEtcdClusterLeaderKill(t *testing.T) {
 		p.Put(g)
 	}
 	t.Logf("%d logins in %v", n, time.Since(start).Round(time.Millisecond))
-	etcdEventually(t, 30*time.Second, "every grant in the mirror", func() bool {
+	etcdtest.Eventually(t, 30*time.Second, "every grant in the mirror", func() bool {
 		gs, _ := m.List()
 		return len(gs) == n
 	})
@@ -127,14 +130,14 @@ func TestEtcdClusterLeaderKill(t *testing.T) {
 	g := grant.Grant{IP: "10.9.9.9", User: "after", Service: "imap", Time: time.Now()}
 	t0 := time.Now()
 	p.Put(g)
-	etcdEventually(t, 5*time.Second, "a login after the failover", func() bool { _, ok := s.when(g.IP); return ok })
+	etcdtest.Eventually(t, 5*time.Second, "a login after the failover", func() bool { _, ok := s.when(g.IP); return ok })
 	t.Logf("a login after the failover: %v", time.Since(t0).Round(time.Microsecond))
 
 	// The killed member comes back and catches up.
 	killed.Start()
 	killed.WaitReady()
-	one := etcdClient(t, killed.Client)
-	resp, err := one.Get(context.Background(), share.DefaultPrefix+"grants/", clientvPrefix()...)
+	one := etcdtest.Client(t, killed.Client)
+	resp, err := one.Get(context.Background(), share.DefaultPrefix+"grants/", clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil || resp.Count != n+1 {
 		t.Fatalf("restarted member has %v grants (%v), want %d", resp.Count, err, n+1)
 	}

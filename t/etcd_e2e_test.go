@@ -5,6 +5,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/etcdtest"
 )
 
 // wrapLogin runs the real checkpassword-wrap as a login from ip.
@@ -22,7 +24,7 @@ func wrapLogin(t *testing.T, s *relayctlSite, ip, user string) {
 // and serves a real tcpserver -x. Login, revoke, expiry, etcd down (and
 // B's watcher restarted meanwhile), etcd back.
 func TestEtcdTwoHosts(t *testing.T) {
-	e := startEtcd(t)
+	e := etcdtest.Start(t)
 	a := newRelayctlSite(t, ":allow\n")
 	b := newRelayctlSite(t, "127.0.0.:allow,QMAILQUEUE=\"/var/qmail/bin/simscan\"\n:allow\n")
 	for _, s := range []*relayctlSite{a, b} {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/grant"
 )
 
@@ -42,8 +43,8 @@ func TestEtcdTwoHostsLoad(t *testing.T) {
 	if testing.Short() {
 		preload = 10000
 	}
-	e := startEtcd(t)
-	preloadGrants(t, etcdClient(t, e.Client), preload)
+	e := etcdtest.Start(t)
+	preloadGrants(t, etcdtest.Client(t, e.Client), preload)
 	a := newRelayctlSite(t, ":allow\n")
 	b := newRelayctlSite(t, "10.:allow,QMAILQUEUE=\"/var/qmail/bin/simscan\"\n:allow\n")
 	for _, s := range []*relayctlSite{a, b} {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/grant"
 )
 
@@ -49,12 +50,12 @@ func ips(gs []grant.Grant) map[string]bool {
 // keeps its copy and still expires on time; etcd restarted from the same
 // data → the backlog is replayed and the mirror catches up.
 func TestOutage(t *testing.T) {
-	e := startEtcd(t)
+	e := etcdtest.Start(t)
 	pl := &logs{t: t}
 	ml := &logs{t: t}
-	pop := open(t, Options{Host: "pop1", Logf: pl.logf}, e.client)
-	smtp := open(t, Options{Host: "smtp1", Logf: ml.logf}, e.client)
-	m, _ := runMirror(t, smtp)
+	pop := open(t, Options{Host: "pop1", Logf: pl.logf}, e.Client)
+	smtp := open(t, Options{Host: "smtp1", Logf: ml.logf}, e.Client)
+	m := runMirror(t, smtp)
 	<-m.Ready()
 	p := runPublisher(t, pop, PublisherOptions{})
 
@@ -63,9 +64,9 @@ func TestOutage(t *testing.T) {
 	long := grant.Grant{IP: "192.0.2.2", User: "long", Service: "pop3", Time: now}
 	live := []grant.Grant{short, long}
 	p.Sync(live, now)
-	eventually(t, 5*time.Second, "both grants in the mirror", func() bool { return has(m, short.IP) && has(m, long.IP) })
+	etcdtest.Eventually(t, 5*time.Second, "both grants in the mirror", func() bool { return has(m, short.IP) && has(m, long.IP) })
 
-	e.kill()
+	e.Kill()
 	down := time.Now()
 	for i := 0; i < 10; i++ {
 		live = append(live, grant.Grant{IP: fmt.Sprintf("198.51.100.%d", i+1), User: "late", Service: "imap", Time: time.Now()})
@@ -79,7 +80,7 @@ func TestOutage(t *testing.T) {
 	if err != nil || len(gs) != 2 {
 		t.Fatalf("mirror while down: %v, %v", gs, err)
 	}
-	eventually(t, 10*time.Second, "the publisher to notice", func() bool { return p.Stats().Down })
+	etcdtest.Eventually(t, 10*time.Second, "the publisher to notice", func() bool { return p.Stats().Down })
 	if st := p.Stats(); st.Backlog != 10 {
 		t.Errorf("backlog %d, want 10", st.Backlog)
 	}
@@ -87,7 +88,7 @@ func TestOutage(t *testing.T) {
 		t.Fatalf("mirror while down: %v, %v", gs, err)
 	}
 	// ... and expires on time by itself.
-	eventually(t, 5*time.Second, "the short grant to expire", func() bool { return !has(m, short.IP) })
+	etcdtest.Eventually(t, 5*time.Second, "the short grant to expire", func() bool { return !has(m, short.IP) })
 	if late := time.Since(short.Expires); late > 200*time.Millisecond {
 		t.Errorf("expired %v late", late)
 	}
@@ -95,14 +96,14 @@ func TestOutage(t *testing.T) {
 		t.Fatalf("mirror after expiry: %v, %v", gs, err)
 	}
 
-	e.start()
+	e.Start()
 	up := time.Now()
-	eventually(t, 15*time.Second, "the backlog to reach the mirror", func() bool {
+	etcdtest.Eventually(t, 15*time.Second, "the backlog to reach the mirror", func() bool {
 		gs, _ := m.List()
 		return len(gs) == 11
 	})
 	t.Logf("caught up %v after the restart", time.Since(up).Round(time.Millisecond))
-	eventually(t, 5*time.Second, "the backlog to drain", func() bool { return p.Pending() == 0 })
+	etcdtest.Eventually(t, 5*time.Second, "the backlog to drain", func() bool { return p.Pending() == 0 })
 	if !pl.has("etcd unreachable") || !pl.has("etcd is back") {
 		t.Errorf("publisher logs: %q", pl.lines)
 	}
@@ -111,18 +112,18 @@ func TestOutage(t *testing.T) {
 // TestBacklogOverflow: a full backlog drops the oldest changes, and the
 // resync after etcd returns restores them.
 func TestBacklogOverflow(t *testing.T) {
-	e := startEtcd(t)
+	e := etcdtest.Start(t)
 	pl := &logs{t: t}
-	pop := open(t, Options{Host: "pop1", Logf: pl.logf}, e.client)
+	pop := open(t, Options{Host: "pop1", Logf: pl.logf}, e.Client)
 	p := runPublisher(t, pop, PublisherOptions{Backlog: 5})
-	eventually(t, 5*time.Second, "the first resync", func() bool { return p.Stats().Resyncs == 1 })
-	e.kill()
+	etcdtest.Eventually(t, 5*time.Second, "the first resync", func() bool { return p.Stats().Resyncs == 1 })
+	e.Kill()
 	var live []grant.Grant
 	for i := 0; i < 8; i++ {
 		live = append(live, grant.Grant{IP: fmt.Sprintf("203.0.113.%d", i+1), User: "u", Service: "pop3", Time: time.Now()})
 		p.Sync(live, time.Now())
 	}
-	eventually(t, 10*time.Second, "the publisher to notice", func() bool { return p.Stats().Down })
+	etcdtest.Eventually(t, 10*time.Second, "the publisher to notice", func() bool { return p.Stats().Down })
 	st := p.Stats()
 	if st.Dropped < 3 || st.Backlog > 5 {
 		t.Fatalf("stats %+v: want at least 3 dropped, backlog at most 5", st)
@@ -130,8 +131,8 @@ func TestBacklogOverflow(t *testing.T) {
 	if !pl.has("backlog full") {
 		t.Error("no log line for the dropped changes")
 	}
-	e.start()
-	eventually(t, 15*time.Second, "all 8 grants in etcd", func() bool {
+	e.Start()
+	etcdtest.Eventually(t, 15*time.Second, "all 8 grants in etcd", func() bool {
 		gs, err := pop.List(context.Background())
 		return err == nil && len(gs) == 8
 	})
@@ -140,9 +141,9 @@ func TestBacklogOverflow(t *testing.T) {
 // TestCompaction: the watch's start revision is compacted away → a fresh
 // full read, and nothing is lost; later changes still arrive.
 func TestCompaction(t *testing.T) {
-	e := startEtcd(t)
+	e := etcdtest.Start(t)
 	ml := &logs{t: t}
-	c := open(t, Options{Host: "pop1", Logf: ml.logf}, e.client)
+	c := open(t, Options{Host: "pop1", Logf: ml.logf}, e.Client)
 	ctx := context.Background()
 	now := time.Now()
 	mk := func(i int) grant.Grant {
@@ -179,8 +180,8 @@ func TestCompaction(t *testing.T) {
 	done := make(chan struct{})
 	go func() { m.Run(rctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	eventually(t, 10*time.Second, "a second full read", func() bool { return m.Reloads() >= 2 })
-	eventually(t, 5*time.Second, "the changes", func() bool {
+	etcdtest.Eventually(t, 10*time.Second, "a second full read", func() bool { return m.Reloads() >= 2 })
+	etcdtest.Eventually(t, 5*time.Second, "the changes", func() bool {
 		gs, _ := m.List()
 		s := ips(gs)
 		return len(gs) == 3 && !s[mk(1).IP] && s[mk(4).IP]
@@ -192,7 +193,7 @@ func TestCompaction(t *testing.T) {
 	if err := c.Allow(ctx, mk(5)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "a change after the re-read", func() bool { return has(m, mk(5).IP) })
+	etcdtest.Eventually(t, 5*time.Second, "a change after the re-read", func() bool { return has(m, mk(5).IP) })
 }
 
 // TestMirrorCache: an SMTP host restarted while etcd is down serves the
@@ -201,8 +202,8 @@ func TestMirrorCache(t *testing.T) {
 	old := cacheEvery
 	cacheEvery = 50 * time.Millisecond
 	defer func() { cacheEvery = old }()
-	e := startEtcd(t)
-	c := open(t, Options{Host: "smtp1"}, e.client)
+	e := etcdtest.Start(t)
+	c := open(t, Options{Host: "smtp1"}, e.Client)
 	cache := t.TempDir() + "/grants.json"
 	ctx := context.Background()
 	now := time.Now()
@@ -222,9 +223,9 @@ func TestMirrorCache(t *testing.T) {
 	cancel()
 	<-done // writes the cache
 
-	e.kill()
+	e.Kill()
 	ml := &logs{t: t}
-	c2 := open(t, Options{Host: "smtp1", Logf: ml.logf}, e.client)
+	c2 := open(t, Options{Host: "smtp1", Logf: ml.logf}, e.Client)
 	var mu sync.Mutex
 	var told []string
 	m2 := c2.Mirror(func(ips []string) { mu.Lock(); told = append(told, ips...); mu.Unlock() })
@@ -249,7 +250,7 @@ func TestMirrorCache(t *testing.T) {
 		t.Errorf("callback told %v", told)
 	}
 	mu.Unlock()
-	eventually(t, 6*time.Second, "the short grant to expire", func() bool { return !has(m2, short.IP) })
+	etcdtest.Eventually(t, 6*time.Second, "the short grant to expire", func() bool { return !has(m2, short.IP) })
 	if late := time.Since(short.Expires); late > 200*time.Millisecond || late < 0 {
 		t.Errorf("expired %v late", late)
 	}
@@ -257,9 +258,9 @@ func TestMirrorCache(t *testing.T) {
 		t.Fatalf("long grant lost, or no log: %q", ml.lines)
 	}
 	// etcd returns: the mirror takes etcd's data.
-	e.start()
+	e.Start()
 	if err := c2.Allow(ctx, grant.Grant{IP: "192.0.2.63", User: "n", Time: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "etcd's data", func() bool { return has(m2, "192.0.2.63") })
+	etcdtest.Eventually(t, 15*time.Second, "etcd's data", func() bool { return has(m2, "192.0.2.63") })
 }

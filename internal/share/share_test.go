@@ -5,12 +5,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/grant"
 )
 
@@ -108,33 +108,15 @@ func TestDecodeRejects(t *testing.T) {
 	}
 }
 
-// mirrorOf runs a mirror of c until the test ends and waits for its first
-// read. changes collects what its callback reported.
-type changes struct {
-	mu   sync.Mutex
-	seen map[string]time.Time
-}
-
-func (ch *changes) add(ips []string) {
-	now := time.Now()
-	ch.mu.Lock()
-	for _, ip := range ips {
-		if _, ok := ch.seen[ip]; !ok {
-			ch.seen[ip] = now
-		}
-	}
-	ch.mu.Unlock()
-}
-
-func runMirror(t testing.TB, c *Cluster) (*Mirror, *changes) {
+// runMirror runs a mirror of c until the test ends.
+func runMirror(t testing.TB, c *Cluster) *Mirror {
 	t.Helper()
-	ch := &changes{seen: map[string]time.Time{}}
-	m := c.Mirror(ch.add)
+	m := c.Mirror(func([]string) {})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return m, ch
+	return m
 }
 
 func runPublisher(t testing.TB, c *Cluster, opt PublisherOptions) *Publisher {
@@ -153,18 +135,18 @@ func has(m *Mirror, ip string) bool {
 }
 
 func TestPublishMirrorRevoke(t *testing.T) {
-	e := startEtcd(t)
+	e := etcdtest.Start(t)
 	now := time.Now()
-	pop := open(t, Options{Host: "pop1"}, e.client)
-	smtp := open(t, Options{Host: "smtp1"}, e.client)
-	m, _ := runMirror(t, smtp)
+	pop := open(t, Options{Host: "pop1"}, e.Client)
+	smtp := open(t, Options{Host: "smtp1"}, e.Client)
+	m := runMirror(t, smtp)
 	<-m.Ready()
 	p := runPublisher(t, pop, PublisherOptions{})
 
 	alice := grant.Grant{IP: "192.0.2.1", User: "alice", Service: "pop3", Time: now}
 	bob := grant.Grant{IP: "2001:db8::1", User: "bob", Service: "imap", Time: now}
 	p.Sync([]grant.Grant{alice, bob}, now)
-	eventually(t, 5*time.Second, "the mirror to see both grants", func() bool { return has(m, alice.IP) && has(m, bob.IP) })
+	etcdtest.Eventually(t, 5*time.Second, "the mirror to see both grants", func() bool { return has(m, alice.IP) && has(m, bob.IP) })
 	g, _, _ := m.Get(alice.IP)
 	if g.User != "alice" || g.Service != "pop3" || !g.Time.Equal(now) || !g.Expires.Equal(now.Add(time.Hour)) {
 		t.Fatalf("mirror has %+v", g)
@@ -176,20 +158,20 @@ func TestPublishMirrorRevoke(t *testing.T) {
 
 	// Removing a grant on the POP host deletes its key.
 	p.Sync([]grant.Grant{alice}, now)
-	eventually(t, 5*time.Second, "bob to go", func() bool { return !has(m, bob.IP) })
+	etcdtest.Eventually(t, 5*time.Second, "bob to go", func() bool { return !has(m, bob.IP) })
 
 	// A cluster-wide revoke deletes it everywhere and leaves a marker.
 	if ok, err := smtp.Revoke(context.Background(), alice.IP, "admin"); err != nil || !ok {
 		t.Fatalf("Revoke = %v, %v", ok, err)
 	}
-	eventually(t, 5*time.Second, "alice to go", func() bool { return !has(m, alice.IP) })
+	etcdtest.Eventually(t, 5*time.Second, "alice to go", func() bool { return !has(m, alice.IP) })
 
 	// A delayed replay of the old login is refused ...
 	if _, err := pop.share(context.Background(), alice, "pop1"); !errors.Is(err, ErrRevoked) {
 		t.Fatalf("replay after revoke: %v, want ErrRevoked", err)
 	}
 	p.Put(alice)
-	eventually(t, 5*time.Second, "the publisher to settle", func() bool { return p.Pending() == 0 })
+	etcdtest.Eventually(t, 5*time.Second, "the publisher to settle", func() bool { return p.Pending() == 0 })
 	if st := p.Stats(); st.Refused != 1 {
 		t.Fatalf("stats %+v, want one refused", st)
 	}
@@ -197,19 +179,19 @@ func TestPublishMirrorRevoke(t *testing.T) {
 	later := alice
 	later.Time = time.Now().Add(time.Millisecond)
 	p.Put(later)
-	eventually(t, 5*time.Second, "the new login to arrive", func() bool { return has(m, alice.IP) })
+	etcdtest.Eventually(t, 5*time.Second, "the new login to arrive", func() bool { return has(m, alice.IP) })
 
 	// RevokeUser and Allow.
 	ips, err := smtp.RevokeUser(context.Background(), "alice", "")
 	if err != nil || len(ips) != 1 || ips[0] != alice.IP {
 		t.Fatalf("RevokeUser = %v, %v", ips, err)
 	}
-	eventually(t, 5*time.Second, "alice to go again", func() bool { return !has(m, alice.IP) })
+	etcdtest.Eventually(t, 5*time.Second, "alice to go again", func() bool { return !has(m, alice.IP) })
 	allow := grant.Grant{IP: "198.51.100.9", User: "admin", Service: "manual", Time: time.Now(), Expires: time.Now().Add(2 * time.Hour)}
 	if err := smtp.Allow(context.Background(), allow); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the allowance", func() bool { return has(m, allow.IP) })
+	etcdtest.Eventually(t, 5*time.Second, "the allowance", func() bool { return has(m, allow.IP) })
 	list, err := pop.List(context.Background())
 	if err != nil || len(list) != 1 || list[0].IP != allow.IP || !list[0].Expires.Equal(allow.Expires) {
 		t.Fatalf("List = %+v, %v", list, err)
@@ -217,9 +199,9 @@ func TestPublishMirrorRevoke(t *testing.T) {
 }
 
 func TestNewerWins(t *testing.T) {
-	e := startEtcd(t)
-	a := open(t, Options{Host: "popA"}, e.client)
-	b := open(t, Options{Host: "popB"}, e.client)
+	e := etcdtest.Start(t)
+	a := open(t, Options{Host: "popA"}, e.Client)
+	b := open(t, Options{Host: "popB"}, e.Client)
 	ctx := context.Background()
 	now := time.Now()
 	old := grant.Grant{IP: "192.0.2.7", User: "alice", Service: "pop3", Time: now.Add(-10 * time.Minute)}
@@ -248,17 +230,17 @@ func TestNewerWins(t *testing.T) {
 // TestExpiryLocal: grants close at exp in the mirror on its own, with no
 // help from etcd (here the lease outlives exp by minutes).
 func TestExpiryLocal(t *testing.T) {
-	e := startEtcd(t)
-	c := open(t, Options{Host: "pop1"}, e.client)
-	m, _ := runMirror(t, c)
+	e := etcdtest.Start(t)
+	c := open(t, Options{Host: "pop1"}, e.Client)
+	m := runMirror(t, c)
 	<-m.Ready()
 	now := time.Now()
 	g := grant.Grant{IP: "192.0.2.9", User: "carol", Service: "pop3", Time: now, Expires: now.Add(1500 * time.Millisecond)}
 	if err := c.Allow(context.Background(), g); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the grant", func() bool { return has(m, g.IP) })
-	eventually(t, 5*time.Second, "the grant to expire", func() bool { return !has(m, g.IP) })
+	etcdtest.Eventually(t, 5*time.Second, "the grant", func() bool { return has(m, g.IP) })
+	etcdtest.Eventually(t, 5*time.Second, "the grant to expire", func() bool { return !has(m, g.IP) })
 	if time.Now().Before(g.Expires) {
 		t.Fatal("gone before its exp")
 	}
@@ -274,8 +256,8 @@ func TestExpiryLocal(t *testing.T) {
 
 // TestLeaseBuckets: many grants, few leases.
 func TestLeaseBuckets(t *testing.T) {
-	e := startEtcd(t)
-	c := open(t, Options{Host: "pop1"}, e.client)
+	e := etcdtest.Start(t)
+	c := open(t, Options{Host: "pop1"}, e.Client)
 	p := runPublisher(t, c, PublisherOptions{Workers: 8})
 	now := time.Now()
 	var gs []grant.Grant
@@ -289,7 +271,7 @@ func TestLeaseBuckets(t *testing.T) {
 		})
 	}
 	p.Sync(gs, now)
-	eventually(t, 30*time.Second, "2000 grants written", func() bool { return p.Stats().Written == 2000 })
+	etcdtest.Eventually(t, 30*time.Second, "2000 grants written", func() bool { return p.Stats().Written == 2000 })
 	resp, err := c.Client().Leases(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -318,8 +300,8 @@ func TestLeaseBuckets(t *testing.T) {
 }
 
 func TestRevocations(t *testing.T) {
-	e := startEtcd(t)
-	c := open(t, Options{Host: "pop1"}, e.client)
+	e := etcdtest.Start(t)
+	c := open(t, Options{Host: "pop1"}, e.Client)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if _, err := c.Revoke(ctx, "192.0.2.1", "admin"); err != nil {

@@ -8,16 +8,17 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"fmt"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/grant"
 )
 
@@ -46,7 +47,6 @@ func writeCert(t *testing.T, dir, name string, tmpl *x509.Certificate, parent *x
 // TestTLS: etcd demanding client certificates; the configuration comes
 // from the environment, as in relayctl.
 func TestTLS(t *testing.T) {
-	bin := etcdBin(t)
 	dir := t.TempDir()
 	now := time.Now()
 	ca, caKey := writeCert(t, dir, "ca", &x509.Certificate{
@@ -68,22 +68,18 @@ func TestTLS(t *testing.T) {
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 	}, ca, caKey)
 
-	e := &etcdNode{
-		t: t, bin: bin, name: "tls", dir: filepath.Join(dir, "data"),
-		client: fmt.Sprintf("https://127.0.0.1:%d", freePort(t)),
-		peer:   fmt.Sprintf("http://127.0.0.1:%d", freePort(t)),
-		extra: []string{
-			"--cert-file", filepath.Join(dir, "server.pem"),
-			"--key-file", filepath.Join(dir, "server-key.pem"),
-			"--trusted-ca-file", filepath.Join(dir, "ca.pem"),
-			"--client-cert-auth",
-		},
+	e := etcdtest.New(t, "tls", filepath.Join(dir, "data"))
+	e.Client = strings.Replace(e.Client, "http:", "https:", 1)
+	e.Extra = []string{
+		"--cert-file", filepath.Join(dir, "server.pem"),
+		"--key-file", filepath.Join(dir, "server-key.pem"),
+		"--trusted-ca-file", filepath.Join(dir, "ca.pem"),
+		"--client-cert-auth",
 	}
-	e.cluster = "tls=" + e.peer
-	e.start()
+	e.Start()
 
 	env := map[string]string{
-		EnvEndpoints: e.client,
+		EnvEndpoints: e.Client,
 		EnvCert:      filepath.Join(dir, "client.pem"),
 		EnvKey:       filepath.Join(dir, "client-key.pem"),
 		EnvCA:        filepath.Join(dir, "ca.pem"),
@@ -99,7 +95,7 @@ func TestTLS(t *testing.T) {
 	}
 	defer c.Close()
 	g := grant.Grant{IP: "192.0.2.44", User: "dave", Service: "pop3", Time: time.Now()}
-	eventually(t, 20*time.Second, "a write over TLS", func() bool { return c.Allow(context.Background(), g) == nil })
+	etcdtest.Eventually(t, 20*time.Second, "a write over TLS", func() bool { return c.Allow(context.Background(), g) == nil })
 	gs, err := c.List(context.Background())
 	if err != nil || len(gs) != 1 || gs[0].User != "dave" {
 		t.Fatalf("List over TLS: %v %v", gs, err)
@@ -122,9 +118,9 @@ func TestTLS(t *testing.T) {
 // TestAuth: etcd with authentication on; a poprelay user with a role on
 // the prefix only.
 func TestAuth(t *testing.T) {
-	e := startEtcd(t)
+	e := etcdtest.Start(t)
 	ctx := context.Background()
-	root := testClient(t, e.client)
+	root := etcdtest.Client(t, e.Client)
 	for _, step := range []func() error{
 		func() error { _, err := root.UserAdd(ctx, "root", "rootpw"); return err },
 		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
@@ -141,7 +137,7 @@ func TestAuth(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c, err := Open(Config{Endpoints: []string{e.client}, Username: "poprelay", Password: "s3cret", DialTimeout: 2 * time.Second}, Options{Host: "pop1"})
+	c, err := Open(Config{Endpoints: []string{e.Client}, Username: "poprelay", Password: "s3cret", DialTimeout: 2 * time.Second}, Options{Host: "pop1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +149,7 @@ func TestAuth(t *testing.T) {
 	if ok, err := c.Revoke(ctx, g.IP, ""); err != nil || !ok {
 		t.Fatalf("Revoke: %v %v", ok, err)
 	}
-	if _, err := Open(Config{Endpoints: []string{e.client}, Username: "poprelay", Password: "wrong", DialTimeout: 2 * time.Second}, Options{}); err == nil {
+	if _, err := Open(Config{Endpoints: []string{e.Client}, Username: "poprelay", Password: "wrong", DialTimeout: 2 * time.Second}, Options{}); err == nil {
 		t.Fatal("Open with a wrong password succeeded")
 	}
 }
