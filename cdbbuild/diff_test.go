@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/cdbtest"
 )
 
 // gen writes random rules files in the whole tcprules syntax.
@@ -230,7 +232,7 @@ func differential(t *testing.T, tool string, v6 bool, rounds int) {
 			continue
 		}
 		ok++
-		if got := mustRead(t, target); !bytes.Equal(got, want) {
+		if got := cdbtest.Read(t, target); !bytes.Equal(got, want) {
 			t.Fatalf("input:\n%q\nCDB bytes differ from %s", input, tool)
 		}
 	}
@@ -346,7 +348,7 @@ func TestDifferentialSoup(t *testing.T) {
 		}
 		if code == 0 {
 			ok++
-			if got := mustRead(t, target); !bytes.Equal(got, want) {
+			if got := cdbtest.Read(t, target); !bytes.Equal(got, want) {
 				t.Fatalf("input:\n%q\nCDB bytes differ", input)
 			}
 		}

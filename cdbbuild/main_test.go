@@ -12,9 +12,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-)
 
-const shared = "../../shared/tcprules"
+	"github.com/poprelay/poprelay/internal/cdbtest"
+)
 
 type result struct {
 	code           int
@@ -27,40 +27,6 @@ func runIn(args []string, stdin io.Reader) result {
 	return result{code, out.String(), errb.String()}
 }
 
-func vectorDirs(t *testing.T) []string {
-	t.Helper()
-	var dirs []string
-	for _, g := range []string{"vectors/*", "vectors-ipv6/*"} {
-		m, _ := filepath.Glob(filepath.Join(shared, g))
-		dirs = append(dirs, m...)
-	}
-	if len(dirs) == 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("tcprules vectors not found in " + shared)
-		}
-		t.Skip("SKIP: tcprules vectors not found in " + shared)
-	}
-	return dirs
-}
-
-// expectFile prefers the IPv6 variant's expectation, which cdbbuild follows.
-func expectFile(dir, suffix string) string {
-	p := filepath.Join(dir, "expect-ipv6."+suffix)
-	if _, err := os.Stat(p); err == nil {
-		return p
-	}
-	return filepath.Join(dir, "expect."+suffix)
-}
-
-func mustRead(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestVectors runs cdbbuild CDB TMP < rules on every vector: same exit
 // status, same stderr (as "cdbbuild:", and byte for byte when named
 // tcprules), empty stdout, same CDB bytes; on failure CDB untouched and
@@ -68,14 +34,14 @@ func mustRead(t *testing.T, path string) []byte {
 // the same bytes.
 func TestVectors(t *testing.T) {
 	defer func(p string) { prog = p }(prog)
-	for _, dir := range vectorDirs(t) {
-		name := filepath.Base(filepath.Dir(dir)) + "/" + filepath.Base(dir)
+	for _, dir := range cdbtest.Vectors(t) {
+		name := cdbtest.Name(dir)
 		for _, as := range []string{"cdbbuild", "tcprules"} {
 			t.Run(name+"/"+as, func(t *testing.T) {
 				prog = as
-				input := mustRead(t, filepath.Join(dir, "rules"))
-				wantExit := strings.TrimSpace(string(mustRead(t, expectFile(dir, "exit"))))
-				wantErr := string(mustRead(t, expectFile(dir, "stderr")))
+				input := cdbtest.Read(t, filepath.Join(dir, "rules"))
+				wantExit := strings.TrimSpace(string(cdbtest.Read(t, cdbtest.Expect(dir, "exit"))))
+				wantErr := string(cdbtest.Read(t, cdbtest.Expect(dir, "stderr")))
 				wantErr = strings.ReplaceAll(wantErr, "tcprules: ", as+": ")
 				tmp := t.TempDir()
 				target, tmpf := filepath.Join(tmp, "rules.cdb"), filepath.Join(tmp, "rules.tmp")
@@ -89,14 +55,14 @@ func TestVectors(t *testing.T) {
 				if _, err := os.Stat(tmpf); !errors.Is(err, os.ErrNotExist) {
 					t.Errorf("TMP left behind: %v", err)
 				}
-				got := mustRead(t, target)
+				got := cdbtest.Read(t, target)
 				if r.code != 0 {
 					if !bytes.Equal(got, old) {
 						t.Error("CDB modified on failure")
 					}
 					return
 				}
-				if want := mustRead(t, expectFile(dir, "cdb")); !bytes.Equal(got, want) {
+				if want := cdbtest.Read(t, cdbtest.Expect(dir, "cdb")); !bytes.Equal(got, want) {
 					t.Fatal("CDB differs from the reference")
 				}
 				st, _ := os.Stat(target)
@@ -107,7 +73,7 @@ func TestVectors(t *testing.T) {
 		}
 		t.Run(name+"/check", func(t *testing.T) {
 			prog = "cdbbuild"
-			wantExit := strings.TrimSpace(string(mustRead(t, expectFile(dir, "exit"))))
+			wantExit := strings.TrimSpace(string(cdbtest.Read(t, cdbtest.Expect(dir, "exit"))))
 			r := runIn([]string{"-c", filepath.Join(dir, "rules")}, nil)
 			if fmt.Sprint(r.code) != wantExit || r.stdout != "" {
 				t.Errorf("-c: %+v, want exit %s", r, wantExit)
@@ -116,7 +82,7 @@ func TestVectors(t *testing.T) {
 				t.Errorf("-c message %q", r.stderr)
 			}
 		})
-		cdbFile := expectFile(dir, "cdb")
+		cdbFile := cdbtest.Expect(dir, "cdb")
 		if _, err := os.Stat(cdbFile); err != nil {
 			continue
 		}
@@ -135,7 +101,7 @@ func TestVectors(t *testing.T) {
 			if back.code != 0 {
 				t.Fatalf("-d output does not compile: %+v\n%s", back, r.stdout)
 			}
-			if !bytes.Equal(mustRead(t, filepath.Join(tmp, "b.cdb")), mustRead(t, cdbFile)) {
+			if !bytes.Equal(cdbtest.Read(t, filepath.Join(tmp, "b.cdb")), cdbtest.Read(t, cdbFile)) {
 				t.Errorf("-d output compiles to other bytes:\n%s", r.stdout)
 			}
 		})
@@ -295,7 +261,7 @@ func TestDumpCorrupt(t *testing.T) {
 	if r.code != 0 {
 		t.Fatal(r)
 	}
-	b := mustRead(t, good)
+	b := cdbtest.Read(t, good)
 	bad := filepath.Join(dir, "bad.cdb")
 	check := func(data []byte) {
 		os.WriteFile(bad, data, 0o644)

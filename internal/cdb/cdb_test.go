@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+
+	"github.com/poprelay/poprelay/internal/cdbtest"
 )
 
 type rec struct{ k, v string }
@@ -70,41 +72,18 @@ func parseDump(b []byte) ([]rec, error) {
 	}
 }
 
-// dump renders a database as "cdb -d" does.
-func dump(t testing.TB, r *Reader) []byte {
-	var out bytes.Buffer
-	err := r.ForEach(func(k, v []byte) error {
-		fmt.Fprintf(&out, "+%d,%d:%s->%s\n", len(k), len(v), k, v)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out.WriteByte('\n')
-	return out.Bytes()
-}
-
 // TestVectors rebuilds every expect.cdb of the shared tcprules vectors from
 // its dump and requires identical bytes, then reads it back.
 func TestVectors(t *testing.T) {
 	var cdbs []string
-	for _, glob := range []string{"../../../shared/tcprules/vectors*/*/expect*.cdb"} {
-		m, _ := filepath.Glob(glob)
+	for _, dir := range cdbtest.Vectors(t) {
+		m, _ := filepath.Glob(filepath.Join(dir, "expect*.cdb"))
 		cdbs = append(cdbs, m...)
 	}
-	if len(cdbs) == 0 {
-		t.Skip("SKIP: ../shared/tcprules vectors not found")
-	}
 	for _, path := range cdbs {
-		want, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		want := cdbtest.Read(t, path)
 		dumpPath := path[:len(path)-len(".cdb")] + ".dump"
-		d, err := os.ReadFile(dumpPath)
-		if err != nil {
-			t.Fatal(err)
-		}
+		d := cdbtest.Read(t, dumpPath)
 		recs, err := parseDump(d)
 		if err != nil {
 			t.Fatalf("%s: %v", dumpPath, err)
@@ -117,7 +96,7 @@ func TestVectors(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", path, err)
 		}
-		if g := dump(t, r); !bytes.Equal(g, d) {
+		if g := cdbtest.Dump(t, r); !bytes.Equal(g, d) {
 			t.Errorf("%s: dump\n%q\nwant\n%q", path, g, d)
 		}
 		for _, rc := range recs {

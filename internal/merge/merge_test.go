@@ -4,44 +4,17 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/cdbtest"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/never"
 	"github.com/poprelay/poprelay/internal/rules"
 )
-
-// memFile is an in-memory io.WriteSeeker.
-type memFile struct {
-	b   []byte
-	off int
-}
-
-func (m *memFile) Write(p []byte) (int, error) {
-	if end := m.off + len(p); end > len(m.b) {
-		m.b = append(m.b, make([]byte, end-len(m.b))...)
-	}
-	copy(m.b[m.off:], p)
-	m.off += len(p)
-	return len(p), nil
-}
-
-func (m *memFile) Seek(off int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-		m.off = int(off)
-	case io.SeekCurrent:
-		m.off += int(off)
-	case io.SeekEnd:
-		m.off = len(m.b) + int(off)
-	}
-	return int64(m.off), nil
-}
 
 var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 
@@ -63,7 +36,7 @@ func build(t testing.TB, static string, gs []grant.Grant, opt Options) ([]byte, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	var f memFile
+	var f cdbtest.File
 	w := cdb.NewWriter(&f)
 	sum, err := Write(w, rs, gs, opt)
 	if err != nil {
@@ -72,7 +45,7 @@ func build(t testing.TB, static string, gs []grant.Grant, opt Options) ([]byte, 
 	if err := w.Finish(); err != nil {
 		t.Fatal(err)
 	}
-	return f.b, sum
+	return f.Bytes(), sum
 }
 
 func g(ip, user string) grant.Grant {
@@ -416,7 +389,7 @@ func TestDeterministic(t *testing.T) {
 	}
 }
 
-type failWriter struct{ memFile }
+type failWriter struct{ cdbtest.File }
 
 func (f *failWriter) Write(p []byte) (int, error) { return 0, errors.New("disk full") }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/cdbtest"
 )
 
 func TestFormatLine(t *testing.T) {
@@ -57,7 +58,7 @@ func TestFormatLine(t *testing.T) {
 // compiled database is found with its first rule's value; every record
 // that FormatLine renders parses back to the same record.
 func FuzzParse(f *testing.F) {
-	seeds, _ := filepath.Glob(filepath.Join(shared, "vectors*", "*", "rules"))
+	seeds, _ := filepath.Glob(filepath.Join(cdbtest.Path(), "vectors*", "*", "rules"))
 	for _, s := range seeds {
 		if b, err := os.ReadFile(s); err == nil {
 			f.Add(b)

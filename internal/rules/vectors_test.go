@@ -4,85 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/cdbtest"
 )
-
-// shared is where the tcprules reference vectors live.
-const shared = "../../../shared/tcprules"
-
-// vectorDirs returns every vector directory, or skips.
-func vectorDirs(t *testing.T) []string {
-	t.Helper()
-	var dirs []string
-	for _, g := range []string{"vectors/*", "vectors-ipv6/*"} {
-		m, _ := filepath.Glob(filepath.Join(shared, g))
-		dirs = append(dirs, m...)
-	}
-	if len(dirs) == 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("tcprules vectors not found in " + shared)
-		}
-		t.Skip("SKIP: tcprules vectors not found in " + shared)
-	}
-	return dirs
-}
-
-// expectFile returns dir/expect-ipv6.SUFFIX if it exists (cdbbuild accepts
-// IPv6 addresses as the IPv6 tcprules does), else dir/expect.SUFFIX.
-func expectFile(dir, suffix string) string {
-	p := filepath.Join(dir, "expect-ipv6."+suffix)
-	if _, err := os.Stat(p); err == nil {
-		return p
-	}
-	return filepath.Join(dir, "expect."+suffix)
-}
-
-func readOr(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// memFile is an in-memory io.WriteSeeker for cdb.Writer.
-type memFile struct {
-	b   []byte
-	off int
-}
-
-func (m *memFile) Write(p []byte) (int, error) {
-	if need := m.off + len(p); need > len(m.b) {
-		m.b = append(m.b, make([]byte, need-len(m.b))...)
-	}
-	m.off += copy(m.b[m.off:], p)
-	return len(p), nil
-}
-
-func (m *memFile) Seek(off int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekStart:
-		m.off = int(off)
-	case io.SeekCurrent:
-		m.off += int(off)
-	case io.SeekEnd:
-		m.off = len(m.b) + int(off)
-	}
-	return int64(m.off), nil
-}
 
 // compileBytes compiles rs to a CDB and returns its bytes.
 func compileBytes(t testing.TB, rs []Rule) []byte {
 	t.Helper()
-	var f memFile
+	var f cdbtest.File
 	w := cdb.NewWriter(&f)
 	if err := Compile(w, rs); err != nil {
 		t.Fatal(err)
@@ -90,13 +24,13 @@ func compileBytes(t testing.TB, rs []Rule) []byte {
 	if err := w.Finish(); err != nil {
 		t.Fatal(err)
 	}
-	return f.b
+	return f.Bytes()
 }
 
 // buildBytes streams input through Build and returns the CDB bytes.
 func buildBytes(t testing.TB, input []byte) ([]byte, int, error) {
 	t.Helper()
-	var f memFile
+	var f cdbtest.File
 	w := cdb.NewWriter(&f)
 	n, err := Build(w, bytes.NewReader(input), "rules")
 	if err != nil {
@@ -105,7 +39,7 @@ func buildBytes(t testing.TB, input []byte) ([]byte, int, error) {
 	if err := w.Finish(); err != nil {
 		t.Fatal(err)
 	}
-	return f.b, n, nil
+	return f.Bytes(), n, nil
 }
 
 // cdbDump renders a database as tinycdb's "cdb -d" does.
@@ -115,26 +49,17 @@ func cdbDump(t testing.TB, db []byte) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out bytes.Buffer
-	err = r.ForEach(func(k, v []byte) error {
-		fmt.Fprintf(&out, "+%d,%d:%s->%s\n", len(k), len(v), k, v)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out.WriteByte('\n')
-	return out.Bytes()
+	return cdbtest.Dump(t, r)
 }
 
 // TestVectors runs every reference vector through Parse+Compile and Build:
 // same outcome, same error line, byte-identical CDB and dump.
 func TestVectors(t *testing.T) {
-	for _, dir := range vectorDirs(t) {
-		t.Run(filepath.Base(filepath.Dir(dir))+"/"+filepath.Base(dir), func(t *testing.T) {
-			input := readOr(t, filepath.Join(dir, "rules"))
-			exit := strings.TrimSpace(string(readOr(t, expectFile(dir, "exit"))))
-			stderr := string(readOr(t, expectFile(dir, "stderr")))
+	for _, dir := range cdbtest.Vectors(t) {
+		t.Run(cdbtest.Name(dir), func(t *testing.T) {
+			input := cdbtest.Read(t, filepath.Join(dir, "rules"))
+			exit := strings.TrimSpace(string(cdbtest.Read(t, cdbtest.Expect(dir, "exit"))))
+			stderr := string(cdbtest.Read(t, cdbtest.Expect(dir, "stderr")))
 			rs, err := Parse(bytes.NewReader(input), "rules")
 			built, n, berr := buildBytes(t, input)
 			switch exit {
@@ -154,15 +79,15 @@ func TestVectors(t *testing.T) {
 				if err != nil || berr != nil {
 					t.Fatalf("Parse: %v; Build: %v", err, berr)
 				}
-				want := readOr(t, expectFile(dir, "cdb"))
+				want := cdbtest.Read(t, cdbtest.Expect(dir, "cdb"))
 				got := compileBytes(t, rs)
 				if !bytes.Equal(got, want) {
-					t.Errorf("Compile: CDB differs from %s\n got %q\nwant %q", expectFile(dir, "cdb"), cdbDump(t, got), cdbDump(t, want))
+					t.Errorf("Compile: CDB differs from %s\n got %q\nwant %q", cdbtest.Expect(dir, "cdb"), cdbDump(t, got), cdbDump(t, want))
 				}
 				if !bytes.Equal(built, want) {
 					t.Errorf("Build: CDB differs from the reference")
 				}
-				if d, wd := cdbDump(t, got), readOr(t, expectFile(dir, "dump")); !bytes.Equal(d, wd) {
+				if d, wd := cdbDump(t, got), cdbtest.Read(t, cdbtest.Expect(dir, "dump")); !bytes.Equal(d, wd) {
 					t.Errorf("dump\n%q\nwant\n%q", d, wd)
 				}
 				keys := 0
@@ -183,7 +108,7 @@ func TestVectors(t *testing.T) {
 // against the reference expect.cdb, through the cdb reader and through an
 // Index of the parsed rules.
 func TestLookupTSV(t *testing.T) {
-	vectorDirs(t)
+	shared := cdbtest.Dir(t)
 	for _, tc := range []struct{ tsv, dir string }{
 		{"lookup.tsv", "vectors"},
 		{"lookup-ipv6.tsv", "vectors-ipv6"},
@@ -202,11 +127,11 @@ func TestLookupTSV(t *testing.T) {
 			}
 			rows++
 			dir := filepath.Join(shared, tc.dir, c[0])
-			db, err := cdb.Bytes(readOr(t, expectFile(dir, "cdb")))
+			db, err := cdb.Bytes(cdbtest.Read(t, cdbtest.Expect(dir, "cdb")))
 			if err != nil {
 				t.Fatal(err)
 			}
-			rs, err := Parse(bytes.NewReader(readOr(t, filepath.Join(dir, "rules"))), "rules")
+			rs, err := Parse(bytes.NewReader(cdbtest.Read(t, filepath.Join(dir, "rules"))), "rules")
 			if err != nil {
 				t.Fatal(err)
 			}
