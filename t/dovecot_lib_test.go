@@ -338,18 +338,13 @@ type dvConn struct {
 // (implicit, as on the pop3s port), and returns after the greeting.
 func dvDial(t *testing.T, src string, port int, useTLS bool) *dvConn {
 	t.Helper()
-	d := net.Dialer{
-		LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)},
-		Timeout:   5 * time.Second,
-	}
-	c, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	c, err := connectFrom(src, port)
 	if err != nil {
 		t.Fatalf("dial from %s: %v", src, err)
 	}
 	if useTLS {
 		c = tls.Client(c, &tls.Config{InsecureSkipVerify: true})
 	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
 	m := &dvConn{t: t, c: c, r: bufio.NewReader(c)}
 	t.Cleanup(func() { c.Close() })
 	m.line()
@@ -361,15 +356,10 @@ func dvDial(t *testing.T, src string, port int, useTLS bool) *dvConn {
 // header, and returns after the greeting.
 func dvDialProxied(t *testing.T, src string, port int, client string) *dvConn {
 	t.Helper()
-	d := net.Dialer{
-		LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)},
-		Timeout:   5 * time.Second,
-	}
-	c, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	c, err := connectFrom(src, port)
 	if err != nil {
 		t.Fatalf("dial from %s: %v", src, err)
 	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(c, "PROXY TCP4 %s 127.0.0.1 40000 %d\r\n", client, port)
 	m := &dvConn{t: t, c: c, r: bufio.NewReader(c)}
 	t.Cleanup(func() { c.Close() })

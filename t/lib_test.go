@@ -174,21 +174,30 @@ func startTcpserver(t testing.TB, env []string, opts []string, prog ...string) *
 	return nil
 }
 
-// dialFrom connects to 127.0.0.1:port from the source address src (any
-// 127.0.0.0/8 address works on Linux loopback), sends input, closes the
-// write side and returns everything the server sent.
-func dialFrom(t testing.TB, src string, port int, input string) string {
-	t.Helper()
+// connectFrom connects to 127.0.0.1:port from the source address src (any
+// 127.0.0.0/8 address works on Linux loopback), with 10 seconds to talk.
+func connectFrom(src string, port int) (net.Conn, error) {
 	d := net.Dialer{
 		LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)},
 		Timeout:   5 * time.Second,
 	}
 	c, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, nil
+}
+
+// dialFrom connects to 127.0.0.1:port from src (see connectFrom), sends
+// input, closes the write side and returns everything the server sent.
+func dialFrom(t testing.TB, src string, port int, input string) string {
+	t.Helper()
+	c, err := connectFrom(src, port)
+	if err != nil {
 		t.Fatalf("dial from %s: %v", src, err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if input != "" {
 		io.WriteString(c, input)
 	}

@@ -119,13 +119,11 @@ func (p *prober) String() string {
 // probeDial connects from src, closes its side and returns what the
 // program wrote.
 func probeDial(src string, port int) (string, error) {
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
-	c, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	c, err := connectFrom(src, port)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
 	c.(*net.TCPConn).CloseWrite()
 	b, err := io.ReadAll(c)
 	return string(b), err
