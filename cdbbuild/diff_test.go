@@ -207,7 +207,11 @@ func reference(t *testing.T, tool, dir string, input []byte) (int, string, []byt
 	return code, stderr.String(), db
 }
 
-func differential(t *testing.T, tool string, v6 bool, rounds int) {
+// differential runs rounds files made by next (from a gen seeded by
+// POPRELAY_SEED, or the time, on PCG stream stream) through cdbbuild and
+// the real tcprules tool: same exit status, same stderr, empty stdout,
+// same CDB bytes.
+func differential(t *testing.T, tool string, v6 bool, stream uint64, rounds int, next func(*gen) []byte) {
 	defer func(p string) { prog = p }(prog)
 	prog = "tcprules"
 	seed := uint64(time.Now().UnixNano())
@@ -215,11 +219,11 @@ func differential(t *testing.T, tool string, v6 bool, rounds int) {
 		fmt.Sscan(s, &seed)
 	}
 	t.Logf("random rules files from POPRELAY_SEED=%d", seed)
-	g := &gen{r: rand.New(rand.NewPCG(seed, 1)), v6: v6}
+	g := &gen{r: rand.New(rand.NewPCG(seed, stream)), v6: v6}
 	dir := t.TempDir()
 	ok, failed := 0, 0
 	for range rounds {
-		input := g.file()
+		input := next(g)
 		code, stderr, want := reference(t, tool, dir, input)
 		target := filepath.Join(dir, "our.cdb")
 		os.Remove(target)
@@ -239,10 +243,10 @@ func differential(t *testing.T, tool string, v6 bool, rounds int) {
 	t.Logf("%s: %d files compiled identically, %d rejected identically", tool, ok, failed)
 }
 
-// TestDifferential compares cdbbuild with the real IPv4 tcprules on
-// random rules files without multi-colon addresses (where the IPv4 and
-// IPv6 variants agree): same exit status, same stderr, same CDB bytes.
-func TestDifferential(t *testing.T) {
+// tcprules4 returns the real IPv4 tcprules: missing, it fails the test in
+// CI and skips it elsewhere.
+func tcprules4(t *testing.T) string {
+	t.Helper()
 	tool := "/usr/bin/tcprules"
 	if _, err := os.Stat(tool); err != nil {
 		if os.Getenv("CI") != "" {
@@ -250,11 +254,19 @@ func TestDifferential(t *testing.T) {
 		}
 		t.Skip("SKIP: /usr/bin/tcprules is not installed (apt-get install ucspi-tcp); differential test not run")
 	}
+	return tool
+}
+
+// TestDifferential compares cdbbuild with the real IPv4 tcprules on
+// random rules files without multi-colon addresses (where the IPv4 and
+// IPv6 variants agree): same exit status, same stderr, same CDB bytes.
+func TestDifferential(t *testing.T) {
+	tool := tcprules4(t)
 	rounds := 300
 	if testing.Short() {
 		rounds = 30
 	}
-	differential(t, tool, false, rounds)
+	differential(t, tool, false, 1, rounds, (*gen).file)
 }
 
 // TestDifferentialIPv6 does the same against the IPv6 tcprules, with
@@ -267,7 +279,7 @@ func TestDifferentialIPv6(t *testing.T) {
 	if tool == "" {
 		t.Skip("SKIP: POPRELAY_TCPRULES6 not set; IPv6 differential test not run")
 	}
-	differential(t, tool, true, 200)
+	differential(t, tool, true, 1, 200, (*gen).file)
 }
 
 // soup returns a file of lines made of the syntax's significant pieces in
@@ -316,42 +328,10 @@ func differs(line string) bool {
 // TestDifferentialSoup compares cdbbuild with the real IPv4 tcprules on
 // byte soups of the syntax's pieces (NUL, CR, quotes, dashes, colons).
 func TestDifferentialSoup(t *testing.T) {
-	tool := "/usr/bin/tcprules"
-	if _, err := os.Stat(tool); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("/usr/bin/tcprules is missing (apt-get install ucspi-tcp)")
-		}
-		t.Skip("SKIP: /usr/bin/tcprules is not installed (apt-get install ucspi-tcp); differential test not run")
-	}
-	defer func(p string) { prog = p }(prog)
-	prog = "tcprules"
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("POPRELAY_SEED"); s != "" {
-		fmt.Sscan(s, &seed)
-	}
-	t.Logf("random rules files from POPRELAY_SEED=%d", seed)
-	g := &gen{r: rand.New(rand.NewPCG(seed, 2))}
-	dir := t.TempDir()
+	tool := tcprules4(t)
 	rounds := 400
 	if testing.Short() {
 		rounds = 40
 	}
-	ok := 0
-	for range rounds {
-		input := g.soup()
-		code, stderr, want := reference(t, tool, dir, input)
-		target := filepath.Join(dir, "our.cdb")
-		os.Remove(target)
-		r := runIn([]string{target, filepath.Join(dir, "our.tmp")}, bytes.NewReader(input))
-		if r.code != code || r.stderr != stderr {
-			t.Fatalf("input:\n%q\ncdbbuild: %d %q\ntcprules: %d %q", input, r.code, r.stderr, code, stderr)
-		}
-		if code == 0 {
-			ok++
-			if got := cdbtest.Read(t, target); !bytes.Equal(got, want) {
-				t.Fatalf("input:\n%q\nCDB bytes differ", input)
-			}
-		}
-	}
-	t.Logf("%d of %d soups compiled identically, the rest rejected identically", ok, rounds)
+	differential(t, tool, false, 2, rounds, (*gen).soup)
 }
