@@ -11,6 +11,15 @@ import (
 func manPage() string {
 	var b strings.Builder
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	// flags renders flagLines ("--name ARG\tusage") as tagged paragraphs.
+	flags := func(lines []string) {
+		for _, l := range lines {
+			flag, usage, _ := strings.Cut(l, "\t")
+			p(".TP")
+			p(".B %s", roff(strings.TrimSpace(flag)))
+			p("%s", roff(usage))
+		}
+	}
 	p(`.\" Generated from relayctl's help strings by "go test ./relayctl -update"; do not edit.`)
 	p(`.TH RELAYCTL 8 "" "poprelay" "System Manager's Manual"`)
 	p(".SH NAME")
@@ -42,12 +51,7 @@ the CDB. The same rules and grants always give the same bytes.`))
 		p(".SS %s", roff(c.name+" "+c.usage))
 		p("%s", roffText(c.help))
 		own, _ := c.flagLines()
-		for _, l := range own {
-			flag, usage, _ := strings.Cut(l, "\t")
-			p(".TP")
-			p(".B %s", roff(strings.TrimSpace(flag)))
-			p("%s", roff(usage))
-		}
+		flags(own)
 	}
 	p(".SH OPTIONS")
 	p("%s", roffText(`Every command takes these options. Each is also read from an environment
@@ -56,12 +60,7 @@ beats the default. "relayctl config" shows the effective values and where
 they came from. Booleans accept 1, true, yes, on and 0, false, no, off (or
 empty); durations are Go durations (90m, 2h) or a number of seconds.`))
 	_, common := rebuildCmd.flagLines()
-	for _, l := range common {
-		flag, usage, _ := strings.Cut(l, "\t")
-		p(".TP")
-		p(".B %s", roff(strings.TrimSpace(flag)))
-		p("%s", roff(usage))
-	}
+	flags(common)
 	p(".SH FILES")
 	for _, f := range [][2]string{
 		{"/etc/tcp.smtp", "the static rules (tcprules syntax): edit, then run relayctl rebuild"},
