@@ -17,7 +17,10 @@
 //	expires=1764157200
 //
 // time is the login time in Unix seconds; expires (optional, Unix seconds)
-// overrides time + max age, as set by "relayctl allow --for". Unknown keys
+// overrides time + max age, as set by "relayctl allow --for"; keep
+// (optional) is a floor on the end, left by a login that refreshed a
+// longer grant, so the user's own login never cuts an admin's long
+// allowance short. Unknown keys
 // are ignored, so later versions may add some; user, service and time are
 // required. A file is written as a dot-named temp file in the spool, then
 // fsync'ed and renamed over the canonical name, so a reader never sees half
@@ -86,14 +89,23 @@ type Grant struct {
 	Service string    // "pop3", "imap", "manual", ...
 	Time    time.Time // login time
 	Expires time.Time // zero: Time + max age; set by "relayctl allow --for"
+	// Keep is a floor: relaying lasts at least until then. A login that
+	// refreshes a longer grant (an admin's "allow --for 30d") keeps its
+	// end here, so the user's own login does not cut it short.
+	Keep time.Time
 }
 
-// Expiry is when g stops granting relay: Expires if set, else Time+maxAge.
+// Expiry is when g stops granting relay: Expires if set, else Time+maxAge,
+// but never before Keep.
 func (g Grant) Expiry(maxAge time.Duration) time.Time {
+	e := g.Time.Add(maxAge)
 	if !g.Expires.IsZero() {
-		return g.Expires
+		e = g.Expires
 	}
-	return g.Time.Add(maxAge)
+	if g.Keep.After(e) {
+		return g.Keep
+	}
+	return e
 }
 
 // Store is a spool directory of grants. Its methods are safe to call from
@@ -146,6 +158,19 @@ func (s *Store) Record(g Grant) error {
 		g.Time = now
 	}
 	capAt(&g, now)
+	if g.Expires.IsZero() {
+		// A login refreshing a longer grant keeps that grant's end.
+		// (An explicit Expires is an admin's new decision: it wins.)
+		if old, err := s.read(ip); err == nil {
+			keep := old.Keep
+			if old.Expires.After(keep) {
+				keep = old.Expires
+			}
+			if keep.After(g.Time) && keep.After(g.Keep) {
+				g.Keep = keep
+			}
+		}
+	}
 	return s.write(g)
 }
 
@@ -162,6 +187,11 @@ func encode(g Grant) []byte {
 	if !g.Expires.IsZero() {
 		b = append(b, "expires="...)
 		b = strconv.AppendInt(b, g.Expires.Unix(), 10)
+		b = append(b, '\n')
+	}
+	if !g.Keep.IsZero() {
+		b = append(b, "keep="...)
+		b = strconv.AppendInt(b, g.Keep.Unix(), 10)
 		b = append(b, '\n')
 	}
 	return b
@@ -247,16 +277,20 @@ func decode(ip string, b []byte) (Grant, error) {
 			slot, g.User = 0, v
 		case "service":
 			slot, g.Service = 1, v
-		case "time", "expires":
+		case "time", "expires", "keep":
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n <= 0 || n > 1<<40 {
 				return g, fmt.Errorf("%w: bad %s %q", ErrDamaged, k, v)
 			}
-			if k == "expires" {
-				if !g.Expires.IsZero() {
-					return g, fmt.Errorf("%w: expires given twice", ErrDamaged)
+			if k == "expires" || k == "keep" {
+				dst := &g.Expires
+				if k == "keep" {
+					dst = &g.Keep
 				}
-				g.Expires = time.Unix(n, 0)
+				if !dst.IsZero() {
+					return g, fmt.Errorf("%w: %s given twice", ErrDamaged, k)
+				}
+				*dst = time.Unix(n, 0)
 				continue
 			}
 			slot, g.Time = 2, time.Unix(n, 0)
@@ -322,6 +356,9 @@ func capAt(g *Grant, now time.Time) bool {
 	}
 	if !g.Expires.IsZero() {
 		g.Expires = now.Add(g.Expires.Sub(g.Time))
+	}
+	if !g.Keep.IsZero() {
+		g.Keep = now.Add(g.Keep.Sub(g.Time))
 	}
 	g.Time = now
 	return true
@@ -389,9 +426,7 @@ func (s *Store) list(now time.Time, capFuture bool) ([]Grant, error) {
 		}
 		gs = append(gs, g)
 	}
-	slices.SortFunc(gs, func(a, b Grant) int {
-		return netip.MustParseAddr(a.IP).Compare(netip.MustParseAddr(b.IP))
-	})
+	sortByAddr(gs)
 	return gs, nil
 }
 
@@ -518,4 +553,21 @@ func (s *Store) Clean(now time.Time) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// sortByAddr sorts grants by address (numerically, IPv4 first), parsing
+// each address once: a million grants sort in a fraction of a second.
+func sortByAddr(gs []Grant) {
+	type item struct {
+		a netip.Addr
+		g Grant
+	}
+	items := make([]item, len(gs))
+	for i, g := range gs {
+		items[i] = item{netip.MustParseAddr(g.IP), g}
+	}
+	slices.SortFunc(items, func(x, y item) int { return x.a.Compare(y.a) })
+	for i := range items {
+		gs[i] = items[i].g
+	}
 }

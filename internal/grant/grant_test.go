@@ -540,3 +540,44 @@ func BenchmarkRecord(b *testing.B) {
 		})
 	}
 }
+
+// TestLoginKeepsLongerGrant: a login refreshing an admin's longer grant
+// keeps its end; a login over a shorter one gets the full max age; an
+// admin's explicit new expiry wins.
+func TestLoginKeepsLongerGrant(t *testing.T) {
+	s := New(t.TempDir())
+	now := time.Now().Truncate(time.Second)
+	month := now.Add(30 * 24 * time.Hour)
+	if err := s.Record(Grant{IP: "198.51.100.60", User: "alice", Service: "manual", Time: now, Expires: month}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Record(Grant{IP: "198.51.100.60", User: "alice", Service: "pop3", Time: now.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	g, ok, err := s.Get("198.51.100.60")
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if got := g.Expiry(time.Hour); !got.Equal(month) {
+		t.Errorf("after a login over a 30-day grant, expiry %v, want %v", got, month)
+	}
+	if g.Service != "pop3" || !g.Time.Equal(now.Add(time.Minute)) {
+		t.Errorf("the login itself was not recorded: %+v", g)
+	}
+	// Another login: the floor stays.
+	s.Record(Grant{IP: "198.51.100.60", User: "alice", Service: "imap", Time: now.Add(2 * time.Minute)})
+	if g, _, _ := s.Get("198.51.100.60"); !g.Expiry(time.Hour).Equal(month) {
+		t.Errorf("second login: expiry %v, want %v", g.Expiry(time.Hour), month)
+	}
+	// A short manual grant is simply extended by a login.
+	s.Record(Grant{IP: "198.51.100.61", User: "bob", Service: "manual", Time: now, Expires: now.Add(10 * time.Minute)})
+	s.Record(Grant{IP: "198.51.100.61", User: "bob", Service: "pop3", Time: now.Add(time.Minute)})
+	if g, _, _ := s.Get("198.51.100.61"); !g.Expiry(time.Hour).Equal(now.Add(time.Minute + time.Hour)) {
+		t.Errorf("login over a 10-minute grant: expiry %v, want login + 1h", g.Expiry(time.Hour))
+	}
+	// An admin's explicit new expiry replaces the floor.
+	s.Record(Grant{IP: "198.51.100.60", User: "alice", Service: "manual", Time: now.Add(3 * time.Minute), Expires: now.Add(5 * time.Minute)})
+	if g, _, _ := s.Get("198.51.100.60"); !g.Expiry(time.Hour).Equal(now.Add(5 * time.Minute)) {
+		t.Errorf("explicit expiry did not win: %v", g.Expiry(time.Hour))
+	}
+}
