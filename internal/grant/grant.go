@@ -48,6 +48,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -396,7 +397,7 @@ func (s *Store) list(now time.Time, capFuture bool) ([]Grant, error) {
 	if err != nil {
 		return nil, err
 	}
-	var gs []Grant
+	var names []string
 	for _, e := range ents {
 		name := e.Name()
 		p := filepath.Join(s.Dir, name)
@@ -414,13 +415,42 @@ func (s *Store) list(now time.Time, capFuture bool) ([]Grant, error) {
 			s.logf("%s: skipping: not a regular file (%v)", p, t)
 			continue
 		}
-		g, err := s.read(name)
-		if err != nil {
-			if !errors.Is(err, fs.ErrNotExist) { // removed meanwhile
-				s.logf("%s: skipping: %v", p, err)
+		names = append(names, name)
+	}
+	// Reading is a few system calls per file: a few readers at once keep
+	// the kernel busy on every core. Results keep the directory's order,
+	// so the log lines do too.
+	type result struct {
+		g   Grant
+		err error
+	}
+	res := make([]result, len(names))
+	workers := min(readers, len(names))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(names) {
+					return
+				}
+				res[i].g, res[i].err = s.read(names[i])
+			}
+		}()
+	}
+	wg.Wait()
+	gs := make([]Grant, 0, len(names))
+	for i, r := range res {
+		if r.err != nil {
+			if !errors.Is(r.err, fs.ErrNotExist) { // removed meanwhile
+				s.logf("%s: skipping: %v", filepath.Join(s.Dir, names[i]), r.err)
 			}
 			continue
 		}
+		g := r.g
 		if capFuture {
 			s.capTime(&g, now)
 		}
@@ -429,6 +459,9 @@ func (s *Store) list(now time.Time, capFuture bool) ([]Grant, error) {
 	sortByAddr(gs)
 	return gs, nil
 }
+
+// readers is how many goroutines read grant files at once in List.
+const readers = 8
 
 // List returns every grant in the spool, sorted by address (numerically,
 // IPv4 before IPv6). Entries that are not grants are skipped, each with
