@@ -420,11 +420,8 @@ func (s *Store) list(now time.Time, capFuture bool) ([]Grant, error) {
 	// Reading is a few system calls per file: a few readers at once keep
 	// the kernel busy on every core. Results keep the directory's order,
 	// so the log lines do too.
-	type result struct {
-		g   Grant
-		err error
-	}
-	res := make([]result, len(names))
+	gs := make([]Grant, len(names))
+	errs := make([]error, len(names))
 	workers := min(readers, len(names))
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -437,25 +434,29 @@ func (s *Store) list(now time.Time, capFuture bool) ([]Grant, error) {
 				if i >= len(names) {
 					return
 				}
-				res[i].g, res[i].err = s.read(names[i])
+				gs[i], errs[i] = s.read(names[i])
 			}
 		}()
 	}
 	wg.Wait()
-	gs := make([]Grant, 0, len(names))
-	for i, r := range res {
-		if r.err != nil {
-			if !errors.Is(r.err, fs.ErrNotExist) { // removed meanwhile
-				s.logf("%s: skipping: %v", filepath.Join(s.Dir, names[i]), r.err)
+	// Compact in place: no second copy of a million grants.
+	n := 0
+	for i, err := range errs {
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) { // removed meanwhile
+				s.logf("%s: skipping: %v", filepath.Join(s.Dir, names[i]), err)
 			}
 			continue
 		}
-		g := r.g
+		g := gs[i]
 		if capFuture {
 			s.capTime(&g, now)
 		}
-		gs = append(gs, g)
+		gs[n] = g
+		n++
 	}
+	clear(gs[n:])
+	gs = gs[:n]
 	sortByAddr(gs)
 	return gs, nil
 }
@@ -591,16 +592,33 @@ func (s *Store) Clean(now time.Time) error {
 // sortByAddr sorts grants by address (numerically, IPv4 first), parsing
 // each address once: a million grants sort in a fraction of a second.
 func sortByAddr(gs []Grant) {
-	type item struct {
-		a netip.Addr
-		g Grant
-	}
-	items := make([]item, len(gs))
+	// Sort positions by address, then move the grants into place by
+	// following the permutation's cycles: no copy of the grants.
+	addrs := make([]netip.Addr, len(gs))
 	for i, g := range gs {
-		items[i] = item{netip.MustParseAddr(g.IP), g}
+		addrs[i] = netip.MustParseAddr(g.IP)
 	}
-	slices.SortFunc(items, func(x, y item) int { return x.a.Compare(y.a) })
-	for i := range items {
-		gs[i] = items[i].g
+	idx := make([]int32, len(gs))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortFunc(idx, func(x, y int32) int { return addrs[x].Compare(addrs[y]) })
+	// Position i must receive gs[idx[i]].
+	for start := range idx {
+		if idx[start] < 0 || int(idx[start]) == start {
+			continue
+		}
+		tmp := gs[start]
+		i := start
+		for {
+			from := int(idx[i])
+			idx[i] = -1
+			if from == start {
+				gs[i] = tmp
+				break
+			}
+			gs[i] = gs[from]
+			i = from
+		}
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -579,5 +581,39 @@ func TestLoginKeepsLongerGrant(t *testing.T) {
 	s.Record(Grant{IP: "198.51.100.60", User: "alice", Service: "manual", Time: now.Add(3 * time.Minute), Expires: now.Add(5 * time.Minute)})
 	if g, _, _ := s.Get("198.51.100.60"); !g.Expiry(time.Hour).Equal(now.Add(5 * time.Minute)) {
 		t.Errorf("explicit expiry did not win: %v", g.Expiry(time.Hour))
+	}
+}
+
+// TestSortByAddr: the in-place permutation sorts like a plain sort by
+// address, on random input with IPv4 and IPv6 mixed.
+func TestSortByAddr(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(11, 13))
+	for _, n := range []int{0, 1, 2, 3, 10, 1000} {
+		var gs []Grant
+		for i := range n {
+			ip := fmt.Sprintf("10.%d.%d.%d", rnd.IntN(4), rnd.IntN(256), rnd.IntN(256))
+			if rnd.IntN(3) == 0 {
+				ip = fmt.Sprintf("2001:db8::%x", rnd.IntN(1<<16))
+			}
+			gs = append(gs, Grant{IP: ip, User: fmt.Sprint("u", i)})
+		}
+		want := slices.Clone(gs)
+		slices.SortStableFunc(want, func(a, b Grant) int {
+			return netip.MustParseAddr(a.IP).Compare(netip.MustParseAddr(b.IP))
+		})
+		sortByAddr(gs)
+		for i := range gs {
+			if gs[i].IP != want[i].IP {
+				t.Fatalf("n=%d: position %d is %s, want %s", n, i, gs[i].IP, want[i].IP)
+			}
+		}
+		// Nothing lost or duplicated.
+		seen := map[string]int{}
+		for _, g := range gs {
+			seen[g.User]++
+		}
+		if len(seen) != n {
+			t.Fatalf("n=%d: %d distinct grants after the sort", n, len(seen))
+		}
 	}
 }
