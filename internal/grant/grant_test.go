@@ -584,7 +584,7 @@ func TestLoginKeepsLongerGrant(t *testing.T) {
 	}
 }
 
-// TestSortByAddr: the in-place permutation sorts like a plain sort by
+// TestSortByAddr: SortByAddr's in-place permutation sorts like a plain sort by
 // address, on random input with IPv4 and IPv6 mixed.
 func TestSortByAddr(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(11, 13))
@@ -601,7 +601,7 @@ func TestSortByAddr(t *testing.T) {
 		slices.SortStableFunc(want, func(a, b Grant) int {
 			return netip.MustParseAddr(a.IP).Compare(netip.MustParseAddr(b.IP))
 		})
-		sortByAddr(gs)
+		SortByAddr(gs)
 		for i := range gs {
 			if gs[i].IP != want[i].IP {
 				t.Fatalf("n=%d: position %d is %s, want %s", n, i, gs[i].IP, want[i].IP)

@@ -1,9 +1,9 @@
 package watch
 
 import (
-	"bytes"
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -81,10 +81,9 @@ func BenchmarkLoginStorm(b *testing.B) {
 		// grants come in address order (the watcher keeps them so):
 		// a binary search per pending login keeps this hook cheap.
 		for ip, t0 := range pending {
-			k := addrKey(ip)
-			if _, ok := slices.BinarySearchFunc(grants, k, func(g grant.Grant, k [16]byte) int {
-				gk := addrKey(g.IP)
-				return bytes.Compare(gk[:], k[:])
+			k := netip.MustParseAddr(ip)
+			if _, ok := slices.BinarySearchFunc(grants, k, func(g grant.Grant, k netip.Addr) int {
+				return netip.MustParseAddr(g.IP).Compare(k)
 			}); ok {
 				lat = append(lat, done.Sub(t0))
 				delete(pending, ip)

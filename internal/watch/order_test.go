@@ -1,9 +1,9 @@
 package watch
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -25,8 +25,15 @@ func TestReorder(t *testing.T) {
 	}
 	for round := range 300 {
 		if round%50 == 0 {
-			w.order.valid = false // as after a full scan
+			// As after a full scan: the whole map, sorted.
+			var gs []grant.Grant
+			for _, g := range w.grants {
+				gs = append(gs, g)
+			}
+			grant.SortByAddr(gs)
+			w.order.reset(gs)
 		}
+		clear(w.changed)
 		for range rnd.IntN(20) {
 			ip := ips()
 			if rnd.IntN(3) == 0 {
@@ -34,24 +41,24 @@ func TestReorder(t *testing.T) {
 			} else {
 				w.grants[ip] = grant.Grant{IP: ip, User: fmt.Sprint("u", round), Service: "pop3", Time: time.Unix(int64(round), 0)}
 			}
-			w.order.dirty[ip] = true
+			w.changed[ip] = time.Now()
 		}
-		w.reorder()
-		if len(w.order.gs) != len(w.grants) || len(w.order.keys) != len(w.order.gs) {
-			t.Fatalf("round %d: order has %d grants (%d keys), map %d", round, len(w.order.gs), len(w.order.keys), len(w.grants))
+		w.order.update(w.grants, w.changed)
+		if len(w.order.gs) != len(w.grants) || len(w.order.addrs) != len(w.order.gs) {
+			t.Fatalf("round %d: order has %d grants (%d addresses), map %d", round, len(w.order.gs), len(w.order.addrs), len(w.grants))
 		}
 		for i, g := range w.order.gs {
 			if w.grants[g.IP] != g {
 				t.Fatalf("round %d: %s is stale in the order", round, g.IP)
 			}
-			if w.order.keys[i] != addrKey(g.IP) {
-				t.Fatalf("round %d: key of %s out of step", round, g.IP)
+			if w.order.addrs[i] != netip.MustParseAddr(g.IP) {
+				t.Fatalf("round %d: address of %s out of step", round, g.IP)
 			}
-			if i > 0 && bytes.Compare(w.order.keys[i-1][:], w.order.keys[i][:]) >= 0 {
+			if i > 0 && !w.order.addrs[i-1].Less(w.order.addrs[i]) {
 				t.Fatalf("round %d: %s before %s", round, w.order.gs[i-1].IP, g.IP)
 			}
 		}
-		if !slices.IsSortedFunc(w.order.keys, func(a, b [16]byte) int { return bytes.Compare(a[:], b[:]) }) {
+		if !slices.IsSortedFunc(w.order.addrs, netip.Addr.Compare) {
 			t.Fatalf("round %d: not sorted", round)
 		}
 	}

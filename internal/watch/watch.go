@@ -13,14 +13,12 @@
 package watch
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -134,7 +132,6 @@ func New(cfg Config) *Watcher {
 		reload:  make(chan struct{}, 1),
 		poke:    make(chan struct{}, 1),
 		grants:  map[string]grant.Grant{},
-		order:   order{dirty: map[string]bool{}},
 		changed: map[string]time.Time{},
 	}
 }
@@ -228,31 +225,28 @@ func (w *Watcher) scan() error {
 	if err != nil {
 		return err
 	}
+	grant.SortByAddr(gs)
 	m := make(map[string]grant.Grant, len(gs))
 	for _, g := range gs {
 		m[g.IP] = g
 	}
 	w.grants = m
-	w.order.valid = false
+	w.order.reset(gs)
 	w.fullScan = false
 	return nil
 }
 
 // refresh re-reads the grants whose files changed.
 func (w *Watcher) refresh() {
-	for ip, seen := range w.changed {
-		if !seen.IsZero() {
-			g, ok, err := w.cfg.Source.Get(ip)
-			switch {
-			case err != nil:
-				w.fail("spool", "unable to read grant "+ip, err)
-			case ok:
-				w.grants[ip] = g
-				w.order.dirty[ip] = true
-			default:
-				delete(w.grants, ip)
-				w.order.dirty[ip] = true
-			}
+	for ip := range w.changed {
+		g, ok, err := w.cfg.Source.Get(ip)
+		switch {
+		case err != nil:
+			w.fail("spool", "unable to read grant "+ip, err)
+		case ok:
+			w.grants[ip] = g
+		default:
+			delete(w.grants, ip)
 		}
 	}
 }
@@ -285,7 +279,7 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 		w.refresh()
 	}
 	now := w.cfg.Now()
-	w.reorder()
+	w.order.update(w.grants, w.changed)
 	live := make([]grant.Grant, 0, len(w.order.gs))
 	for _, g := range w.order.gs {
 		exp := g.Expiry(w.cfg.MaxAge)
@@ -302,17 +296,15 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 			next = retry
 		}
 	}
-	// live is in address order, as the merge writes records: its own
-	// sort then finds nothing to do.
+	// live is in address order (IPv4 first), which is the merge's own
+	// record order but for a few IPv6 addresses: its sort has little to do.
 	if err := w.cfg.Publish(w.static, live, now); err != nil {
 		return time.Time{}, err
 	}
 	done := time.Now()
 	st := Stats{Grants: len(live), Duration: done.Sub(start), Reason: reason}
 	for _, seen := range w.changed {
-		if !seen.IsZero() {
-			st.Latency = append(st.Latency, done.Sub(seen))
-		}
+		st.Latency = append(st.Latency, done.Sub(seen))
 	}
 	clear(w.changed)
 	w.cfg.Logf("rebuilt: %s: %d grants in %.1f ms", reason, st.Grants, float64(st.Duration.Microseconds())/1000)
@@ -519,93 +511,61 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 }
 
-// order keeps the grants sorted by address, so a rebuild under a login
-// storm costs a linear merge of the few changed grants into the rest, not
-// a sort of them all. Addresses compare as 16 bytes (IPv4 mapped), the
-// order the merge writes records in.
+// order keeps the grants sorted by address (grant.SortByAddr's order), so
+// a rebuild under a login storm costs a linear merge of the few changed
+// grants into the rest, not a sort of them all.
 type order struct {
-	valid bool            // keys and gs hold every grant of the map
-	keys  [][16]byte      // keys[i] is gs[i]'s address
-	gs    []grant.Grant   // in address order
-	dirty map[string]bool // IPs changed in the map since
+	addrs []netip.Addr  // addrs[i] is gs[i]'s address
+	gs    []grant.Grant // in address order
 
-	spareKeys [][16]byte // the previous keys and gs, reused
-	spareGs   []grant.Grant
+	spareAddrs []netip.Addr // the previous addrs and gs, reused
+	spareGs    []grant.Grant
 }
 
-func addrKey(ip string) [16]byte {
-	a, err := netip.ParseAddr(ip)
-	if err != nil {
-		return [16]byte{} // not canonical: the merge leaves it out
+// reset makes gs, sorted by address, the whole order.
+func (o *order) reset(gs []grant.Grant) {
+	o.gs = gs
+	o.addrs = o.addrs[:0]
+	for _, g := range gs {
+		a, _ := netip.ParseAddr(g.IP)
+		o.addrs = append(o.addrs, a)
 	}
-	return a.As16()
 }
 
-// reorder brings w.order up to date with w.grants.
-func (w *Watcher) reorder() {
-	o := &w.order
-	if !o.valid {
-		o.keys, o.gs = o.keys[:0], o.gs[:0]
-		for ip, g := range w.grants {
-			o.keys = append(o.keys, addrKey(ip))
-			o.gs = append(o.gs, g)
-		}
-		sortPair(o.keys, o.gs)
-		o.valid = true
-		clear(o.dirty)
-		return
-	}
-	if len(o.dirty) == 0 {
+// update brings the order up to date with grants, of which only the IPs
+// in changed may differ from what the order holds.
+func (o *order) update(grants map[string]grant.Grant, changed map[string]time.Time) {
+	if len(changed) == 0 {
 		return
 	}
 	// The changed grants that still exist, sorted.
-	var addKeys [][16]byte
 	var adds []grant.Grant
-	for ip := range o.dirty {
-		if g, ok := w.grants[ip]; ok {
-			addKeys = append(addKeys, addrKey(ip))
+	for ip := range changed {
+		if g, ok := grants[ip]; ok {
 			adds = append(adds, g)
 		}
 	}
-	sortPair(addKeys, adds)
+	grant.SortByAddr(adds)
+	addAddrs := make([]netip.Addr, len(adds))
+	for i, g := range adds {
+		addAddrs[i], _ = netip.ParseAddr(g.IP)
+	}
 	// Merge them with the unchanged ones, into the spare buffers (no
 	// 10 MB of garbage per rebuild at 100k grants).
-	keys, gs := o.spareKeys[:0], o.spareGs[:0]
+	addrs, gs := o.spareAddrs[:0], o.spareGs[:0]
 	j := 0
-	for i := range o.gs {
-		if o.dirty[o.gs[i].IP] {
+	for i, g := range o.gs {
+		if _, ok := changed[g.IP]; ok {
 			continue
 		}
-		for j < len(adds) && bytes.Compare(addKeys[j][:], o.keys[i][:]) < 0 {
-			keys, gs = append(keys, addKeys[j]), append(gs, adds[j])
+		for j < len(adds) && addAddrs[j].Less(o.addrs[i]) {
+			addrs, gs = append(addrs, addAddrs[j]), append(gs, adds[j])
 			j++
 		}
-		keys, gs = append(keys, o.keys[i]), append(gs, o.gs[i])
+		addrs, gs = append(addrs, o.addrs[i]), append(gs, g)
 	}
-	keys, gs = append(keys, addKeys[j:]...), append(gs, adds[j:]...)
-	o.spareKeys, o.spareGs = o.keys, o.gs
+	addrs, gs = append(addrs, addAddrs[j:]...), append(gs, adds[j:]...)
+	o.spareAddrs, o.spareGs = o.addrs, o.gs
 	clear(o.spareGs) // drop references to old grants' strings
-	o.keys, o.gs = keys, gs
-	clear(o.dirty)
-}
-
-// sortPair sorts gs by keys, keeping them in step.
-func sortPair(keys [][16]byte, gs []grant.Grant) {
-	idx := make([]int, len(keys))
-	for i := range idx {
-		idx[i] = i
-	}
-	slices.SortFunc(idx, func(a, b int) int {
-		if c := bytes.Compare(keys[a][:], keys[b][:]); c != 0 {
-			return c
-		}
-		return strings.Compare(gs[a].IP, gs[b].IP)
-	})
-	k2 := make([][16]byte, len(keys))
-	g2 := make([]grant.Grant, len(gs))
-	for i, x := range idx {
-		k2[i], g2[i] = keys[x], gs[x]
-	}
-	copy(keys, k2)
-	copy(gs, g2)
+	o.addrs, o.gs = addrs, gs
 }
