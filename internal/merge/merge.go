@@ -473,8 +473,3 @@ func where(r *rules.Rule) string {
 	}
 	return fmt.Sprintf("rule %q (line %d)", r.Addr, r.Line)
 }
-
-// Sort orders grants by address, as list shows them.
-func Sort(gs []grant.Grant) {
-	slices.SortFunc(gs, func(a, b grant.Grant) int { return cmp.Compare(a.IP, b.IP) })
-}
