@@ -23,7 +23,7 @@ import (
 var watchCmd = &command{
 	name:  "watch",
 	short: "keep the CDB current: rebuild within milliseconds of a login",
-	usage: "[--metrics ADDR] [--debounce DUR] [--max-delay DUR] [--rescan DUR] [options]",
+	usage: "[--metrics ADDR] [--debounce DUR] [--max-delay DUR] [--rescan DUR] [--settle DUR] [options]",
 	help: `Run as a daemon that keeps the CDB current. It watches the spool and the
 rules file's directory with inotify, keeps the grants and the parsed rules
 in memory, and rebuilds (the same merge as rebuild, under the same lock)
@@ -31,18 +31,24 @@ DUR of --debounce after a change, or at most --max-delay after the first
 change of a burst, so a login storm still publishes every --max-delay. A
 timer fires at the next expiry, so grants close on time without cron.
 The spool is rescanned in full at start, after lost events and every
---rescan. A bad edit of the rules file is reported (file:line) and the last
-good rules stay in use; a spool that cannot be read never empties the CDB.
-SIGHUP re-reads everything; SIGTERM and SIGINT exit after finishing a
+--rescan. The rules file is read once writes to it have stopped for
+--settle (an editor caught between truncating and rewriting it is not
+published). A bad edit of the rules file is reported (file:line) and the
+last good rules stay in use; so do they when the file suddenly became
+empty or lost more than half its rules, with a warning, until SIGHUP or
+relayctl rebuild confirms it. A spool that cannot be read never empties
+the CDB. SIGHUP re-reads everything; SIGTERM and SIGINT exit after finishing a
 rebuild in flight. One line per rebuild goes to standard error (for
 multilog or journald). --metrics ADDR serves Prometheus metrics on
 http://ADDR/metrics. Each of these flags also comes from the environment:
-POPRELAY_METRICS, POPRELAY_DEBOUNCE, POPRELAY_MAXDELAY, POPRELAY_RESCAN.`,
+POPRELAY_METRICS, POPRELAY_DEBOUNCE, POPRELAY_MAXDELAY, POPRELAY_RESCAN,
+POPRELAY_SETTLE.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on `ADDR` (host:port)")
 		debounce := fs.String("debounce", "", "quiet time before a rebuild, `DUR` (default 5ms)")
 		maxDelay := fs.String("max-delay", "", "longest a change waits under a storm, `DUR` (default 50ms)")
 		rescan := fs.String("rescan", "", "full rescan period, `DUR` (default 5m)")
+		settle := fs.String("settle", "", "quiet time after a write to the rules file before it is read, `DUR` (default 250ms)")
 		source := fs.String("source", "spool", "where the grants come from: spool, or etcd (an SMTP host of a cluster)")
 		publish := fs.String("publish", "", "share this host's grants: etcd (a POP/IMAP host of a cluster)")
 		etcdFlags := share.RegisterFlags(fs)
@@ -81,6 +87,7 @@ POPRELAY_METRICS, POPRELAY_DEBOUNCE, POPRELAY_MAXDELAY, POPRELAY_RESCAN.`,
 				{debounce, "POPRELAY_DEBOUNCE", 5 * time.Millisecond, &opt.debounce},
 				{maxDelay, "POPRELAY_MAXDELAY", 50 * time.Millisecond, &opt.maxDelay},
 				{rescan, "POPRELAY_RESCAN", 5 * time.Minute, &opt.rescan},
+				{settle, "POPRELAY_SETTLE", 250 * time.Millisecond, &opt.settle},
 			} {
 				v := *d.flag
 				if v == "" {
@@ -110,6 +117,7 @@ type watchOptions struct {
 	source, publish            string         // "etcd" or the defaults
 	cluster                    *share.Cluster // set for either
 	debounce, maxDelay, rescan time.Duration
+	settle                     time.Duration
 	hup                        <-chan os.Signal  // nil: SIGHUP
 	ready                      func(addr string) // called once serving, for tests
 }
@@ -167,6 +175,8 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		Debounce: opt.debounce,
 		MaxDelay: opt.maxDelay,
 		Rescan:   opt.rescan,
+		Settle:   opt.settle,
+		CDB:      e.cfg.CDB,
 		Source:   src,
 		Publish:  publish,
 		LoadRules: func() ([]rules.Rule, error) {

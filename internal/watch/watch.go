@@ -7,9 +7,13 @@
 // login storm still publishes at least every MaxDelay. Grants lapse exactly
 // on time: a timer fires at the next expiry and republishes without it.
 // A full rescan runs at start, after an event overflow, and every Rescan as
-// a safety net. A bad edit of the rules file is logged and the last good
-// rules stay in use; a failed publish is logged and retried, and the
-// previous CDB stays in place meanwhile.
+// a safety net. The rules file is read only once writes to it have
+// stopped for Settle, so an editor that truncates and rewrites it is not
+// caught halfway; a bad edit of it is logged and the last good rules stay
+// in use, and so does a file that suddenly became empty or lost most of
+// its rules, until Reload (SIGHUP) or a CDB written by someone else
+// (relayctl rebuild) confirms it. A failed publish is logged and retried,
+// and the previous CDB stays in place meanwhile.
 package watch
 
 import (
@@ -21,6 +25,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -58,6 +63,13 @@ type Config struct {
 	MaxDelay time.Duration // longest a change waits under a storm (default 50ms)
 	Rescan   time.Duration // full rescan period (default 5m)
 	Retry    time.Duration // wait after a failed publish (default 1s)
+	// Settle is how long the rules file must see no write before it is
+	// read (default 250ms).
+	Settle time.Duration
+	// CDB is the file Publish writes. While a shrunken rules file is
+	// held back, that file replaced by another writer (relayctl
+	// rebuild, which read the rules as they are) confirms the change.
+	CDB string
 
 	Source Source
 	// Publish writes the CDB for the static rules and the live grants
@@ -98,7 +110,30 @@ type Watcher struct {
 	fullScan    bool
 	scanFailing bool // the last full scan failed; read again on the next timer
 	rulesStale  bool
+	confirm     bool   // the next rules read is taken whatever its size
+	held        int    // rules in the file held back; -1: nothing held
+	cdbID       fileID // the CDB as this watcher last wrote it
 }
+
+// fileID tells a replaced file from the same one.
+type fileID struct{ dev, ino uint64 }
+
+func statID(path string) (fileID, bool) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fileID{}, false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileID{}, false
+	}
+	return fileID{uint64(st.Dev), uint64(st.Ino)}, true
+}
+
+// shrunk tells whether a rules file going from old to new rules looks
+// like one caught mid-write or truncated by accident: empty now, or
+// fewer than half the rules.
+func shrunk(old, new int) bool { return 2*new < old }
 
 // New returns a Watcher for cfg, with defaults filled in.
 func New(cfg Config) *Watcher {
@@ -117,6 +152,9 @@ func New(cfg Config) *Watcher {
 	if cfg.Retry <= 0 {
 		cfg.Retry = time.Second
 	}
+	if cfg.Settle <= 0 {
+		cfg.Settle = 250 * time.Millisecond
+	}
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
@@ -133,6 +171,7 @@ func New(cfg Config) *Watcher {
 		poke:    make(chan struct{}, 1),
 		grants:  map[string]grant.Grant{},
 		changed: map[string]time.Time{},
+		held:    -1,
 	}
 }
 
@@ -178,10 +217,14 @@ func (w *Watcher) fail(kind, what string, err error) {
 
 // loadRules re-reads the static rules file, keeping the last good rules
 // on any error. A missing file is an error too, as for relayctl rebuild: a
-// CDB without the admin's rules would silently drop them. An empty Rules
-// path means no static rules.
+// CDB without the admin's rules would silently drop them. A file that
+// became empty or lost more than half its rules is held back (the last
+// good rules stay) unless the read is confirmed. An empty Rules path
+// means no static rules.
 func (w *Watcher) loadRules() {
 	w.rulesStale = false
+	confirm := w.confirm
+	w.confirm = false
 	if w.cfg.Rules == "" {
 		w.static, w.haveRules = nil, true
 		return
@@ -194,6 +237,22 @@ func (w *Watcher) loadRules() {
 	if err != nil {
 		w.fail("rules", "bad or unreadable rules"+w.keeping(), err)
 		return
+	}
+	if w.haveRules && !confirm && shrunk(len(w.static), len(rs)) {
+		if w.held != len(rs) {
+			w.held = len(rs)
+			w.fail("rules", fmt.Sprintf("%s has %d rules where the CDB was built from %d", w.cfg.Rules, len(rs), len(w.static)),
+				errors.New("held back until relayctl rebuild or SIGHUP confirms it (keeping the last good rules)"))
+		}
+		return
+	}
+	if w.held >= 0 {
+		what := "no longer held back"
+		if confirm {
+			what = "confirmed"
+		}
+		w.cfg.Logf("%s: %d rules, %s", w.cfg.Rules, len(rs), what)
+		w.held = -1
 	}
 	w.static, w.haveRules = rs, true
 }
@@ -307,6 +366,9 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 		st.Latency = append(st.Latency, done.Sub(seen))
 	}
 	clear(w.changed)
+	if w.cfg.CDB != "" {
+		w.cdbID, _ = statID(w.cfg.CDB)
+	}
 	w.cfg.Logf("rebuilt: %s: %d grants in %.1f ms", reason, st.Grants, float64(st.Duration.Microseconds())/1000)
 	if w.cfg.Observe != nil {
 		w.cfg.Observe(st)
@@ -321,6 +383,9 @@ func (w *Watcher) addWatches(fw *fsnotify.Watcher) {
 	dirs := []string{filepath.Dir(w.cfg.Spool), w.cfg.Spool}
 	if w.cfg.Rules != "" {
 		dirs = append(dirs, filepath.Dir(w.cfg.Rules))
+	}
+	if w.cfg.CDB != "" {
+		dirs = append(dirs, filepath.Dir(filepath.Clean(w.cfg.CDB)))
 	}
 	have := map[string]bool{}
 	for _, d := range fw.WatchList() {
@@ -338,10 +403,20 @@ func (w *Watcher) addWatches(fw *fsnotify.Watcher) {
 }
 
 // classify tells what an event means: a grant file changed (its IP), the
-// spool itself appeared or vanished, or the rules file changed.
+// spool itself appeared or vanished, or the rules file changed. An event
+// on the CDB while rules are held back is a rules event if another writer
+// replaced it: that confirms the rules.
 func (w *Watcher) classify(ev fsnotify.Event) (ip string, spool, rulesChanged bool) {
 	name := filepath.Clean(ev.Name)
 	switch {
+	case w.held >= 0 && w.cfg.CDB != "" && name == filepath.Clean(w.cfg.CDB):
+		if id, ok := statID(w.cfg.CDB); ok && id != w.cdbID {
+			w.cfg.Logf("%s was rebuilt by another writer: taking %s as it is", w.cfg.CDB, w.cfg.Rules)
+			w.cdbID = id
+			w.confirm = true
+			return "", false, true
+		}
+		return "", false, false
 	case w.cfg.Rules != "" && name == w.cfg.Rules:
 		return "", false, true
 	case name == w.cfg.Spool:
@@ -374,6 +449,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 	expiry.Stop()
 	rescan := time.NewTicker(w.cfg.Rescan)
 	defer rescan.Stop()
+	// A write to the rules file restarts this timer; the rules are read
+	// when it fires, once the writer has gone quiet.
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
 
 	var pendingSince time.Time // zero: nothing pending
 	retrying := false          // the expiry timer is a retry after a failure
@@ -422,8 +501,11 @@ func (w *Watcher) Run(ctx context.Context) error {
 	handle := func(ev fsnotify.Event) bool {
 		ip, spool, rc := w.classify(ev)
 		switch {
-		case rc:
+		case rc && w.confirm:
 			w.rulesStale = true
+		case rc:
+			settle.Reset(w.cfg.Settle)
+			return false
 		case spool:
 			// The spool was created, removed or renamed: watch it
 			// again and rescan it.
@@ -486,6 +568,9 @@ func (w *Watcher) Run(ctx context.Context) error {
 			clear(w.notified)
 			w.notifyMu.Unlock()
 			arm()
+		case <-settle.C:
+			w.rulesStale = true
+			arm()
 		case <-debounce.C:
 			drain()
 			run("change")
@@ -506,6 +591,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.addWatches(fw)
 			w.fullScan = true
 			w.rulesStale = true
+			w.confirm = true
 			run("reload")
 		}
 	}

@@ -22,6 +22,7 @@ import (
 type rig struct {
 	dir, spool, rules, cdb string
 	store                  *grant.Store
+	w                      *Watcher
 	mu                     sync.Mutex
 	errs                   []string
 	stats                  []Stats
@@ -73,6 +74,7 @@ func newRig(t *testing.T, static string, maxAge time.Duration) *rig {
 			r.mu.Unlock()
 		},
 	})
+	r.w = w
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	r.done = make(chan error, 1)
@@ -251,4 +253,36 @@ func TestStormIsCoalesced(t *testing.T) {
 		t.Errorf("%d rebuilds for 200 logins: not coalesced", n)
 	}
 	t.Logf("200 logins → %d rebuilds", n)
+}
+
+// A rules file truncated (an editor between truncating and rewriting it)
+// is held back: grants still publish with the last good rules, until a
+// Reload confirms it. A file rewritten within the settle time is never
+// seen empty at all.
+func TestShrunkRulesHeldBack(t *testing.T) {
+	r := newRig(t, "10.:deny\n127.0.0.1:allow,RELAYCLIENT=\"\"\n:allow\n", time.Hour)
+	r.waitFor(t, "10.0.0.1", time.Second, func(s string) bool { return s == "deny" })
+	if err := os.Truncate(r.rules, 0); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.mu.Lock()
+		errs := strings.Join(r.errs, "\n")
+		r.mu.Unlock()
+		if strings.Contains(errs, "has 0 rules where the CDB was built from 3") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning about the emptied rules file: %q", errs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.store.Record(grant.Grant{IP: "127.0.0.9", User: "carol", Service: "pop3", Time: time.Now()})
+	r.waitFor(t, "127.0.0.9", time.Second, relays)
+	if got := r.lookup(t, "10.0.0.1"); got != "deny" {
+		t.Errorf("static deny lost while the empty file is held back: %q", got)
+	}
+	r.w.Reload()
+	r.waitFor(t, "10.0.0.1", 5*time.Second, func(s string) bool { return s == "allow" })
 }
