@@ -3,7 +3,7 @@
 //
 // Usage:
 //
-//	checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--rebuild] program [arg ...]
+//	checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] [--rebuild] program [arg ...]
 //
 // It sits in a checkpassword chain after the password check, for example
 //
@@ -24,15 +24,19 @@
 //
 //	checkpassword-wrap: ip=198.51.100.7 user=alice service=pop3
 //
-// and each refusal one line saying why. Nothing is ever written on
-// standard output: it is the client's session. A failure to record never
-// stops the login: the program runs with the environment unchanged. If it
-// cannot be run, checkpassword-wrap exits 111; a usage error exits 100.
+// and each refusal one line saying why. With --log dovecot (under Dovecot
+// only) the lines are in Dovecot's log protocol for its children, so
+// Dovecot logs the audit line as info, not as an error. Nothing is ever
+// written on standard output: it is the client's session. A failure to
+// record never stops the login: the program runs with the environment
+// unchanged. If it cannot be run, checkpassword-wrap exits 111; a usage
+// error exits 100.
 //
 // Flags stop at the first argument that is not one, or after "--".
 // Environment: POPRELAY_SPOOL (default /var/spool/poprelay),
 // POPRELAY_SERVICE (default $SERVICE, else pop3), POPRELAY_NEVER (read in
-// addition to /etc/poprelay/never, which is always read if it exists).
+// addition to /etc/poprelay/never, which is always read if it exists),
+// POPRELAY_LOG (plain or dovecot; default plain).
 //
 // Installed setgid to the group that owns the spool, it drops that
 // privilege before running the program. Unless the caller is root or a
@@ -55,7 +59,7 @@ func main() {
 	if res.argv == nil {
 		os.Exit(res.code)
 	}
-	os.Exit(execNext(res, os.Environ(), os.Stderr))
+	os.Exit(execNext(res, os.Environ(), res.stderr))
 }
 
 // execNext starts the rebuild if asked, drops the setgid privilege and

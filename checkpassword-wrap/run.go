@@ -17,10 +17,11 @@ import (
 
 const prog = "checkpassword-wrap"
 
-const usage = `usage: checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--rebuild] program [arg ...]
+const usage = `usage: checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] [--rebuild] program [arg ...]
   --spool DIR     grant spool (env POPRELAY_SPOOL; default /var/spool/poprelay)
   --service NAME  service recorded with the grant (env POPRELAY_SERVICE, else SERVICE, else pop3)
   --never FILE    never-grant file read in addition to /etc/poprelay/never (env POPRELAY_NEVER)
+  --log dovecot   write stderr in Dovecot's log protocol: the audit line as info (env POPRELAY_LOG; default plain)
   --rebuild       run "relayctl rebuild" in the background after recording
 `
 
@@ -30,6 +31,7 @@ type result struct {
 	code    int
 	rebuild bool // start "relayctl rebuild" before the exec
 	trusted bool // the caller is root or in the spool's group
+	stderr  io.Writer
 }
 
 // system is what run needs from the process; tests fake it.
@@ -117,13 +119,17 @@ func callerTrusted() (bool, string) {
 // config is the command line and environment, parsed.
 type config struct {
 	spool, service, never string
+	log                   string // "plain" or "dovecot"
 	rebuild               bool
 	argv                  []string
 }
 
 // parseArgs reads the flags before the program name.
 func parseArgs(args []string, env map[string]string) (config, error) {
-	c := config{spool: grant.DefaultDir, service: "pop3", never: env["POPRELAY_NEVER"]}
+	c := config{spool: grant.DefaultDir, service: "pop3", never: env["POPRELAY_NEVER"], log: "plain"}
+	if v := env["POPRELAY_LOG"]; v != "" {
+		c.log = v
+	}
 	if v := env["POPRELAY_SPOOL"]; v != "" {
 		c.spool = v
 	}
@@ -151,6 +157,8 @@ func parseArgs(args []string, env map[string]string) (config, error) {
 			dst = &c.service
 		case "never":
 			dst = &c.never
+		case "log":
+			dst = &c.log
 		case "rebuild":
 			if hasValue {
 				return c, fmt.Errorf("--rebuild takes no value")
@@ -172,6 +180,9 @@ func parseArgs(args []string, env map[string]string) (config, error) {
 			return c, fmt.Errorf("flag --%s needs a value", name)
 		}
 		*dst = value
+	}
+	if c.log != "plain" && c.log != "dovecot" {
+		return c, fmt.Errorf("--log %s: want plain or dovecot", show(c.log))
 	}
 	if len(args) == 0 {
 		return c, fmt.Errorf("no program to run")
@@ -226,8 +237,11 @@ func run(args, environ []string, stderr io.Writer, sys system) result {
 		fmt.Fprintf(stderr, "%s: fatal: %v\n%s", prog, err, usage)
 		return result{code: 100}
 	}
+	if c.log == "dovecot" {
+		stderr = &dovecotLog{w: stderr, pid: os.Getpid()}
+	}
 	trusted, who := sys.trusted()
-	res := result{argv: c.argv, trusted: trusted}
+	res := result{argv: c.argv, trusted: trusted, stderr: stderr}
 	if record(c, env, stderr, sys, trusted, who) {
 		res.rebuild = c.rebuild
 	}

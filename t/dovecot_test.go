@@ -29,7 +29,7 @@ service pop3 {
   executable = pop3 pop3-postlogin
 }
 service pop3-postlogin {
-  executable = script-login @WRAP@ --spool @SPOOL@ --service pop3
+  executable = script-login @WRAP@ --spool @SPOOL@ --log dovecot --service pop3
   user = $default_internal_user
   extra_groups = @GROUP@
   vsz_limit = 1G
@@ -40,7 +40,7 @@ service imap {
   executable = imap imap-postlogin
 }
 service imap-postlogin {
-  executable = script-login @WRAP@ --spool @SPOOL@ --service imap
+  executable = script-login @WRAP@ --spool @SPOOL@ --log dovecot --service imap
   user = $default_internal_user
   extra_groups = @GROUP@
   vsz_limit = 1G
@@ -62,14 +62,14 @@ service auth {
 }
 passdb {
   driver = checkpassword
-  args = @DIR@/checkpassword @WRAP@ --spool @SPOOL@ --service %s
+  args = @DIR@/checkpassword @WRAP@ --spool @SPOOL@ --log dovecot --service %s
 }
 userdb {
   driver = prefetch
 }
 userdb {
   driver = checkpassword
-  args = @DIR@/checkpassword @WRAP@ --spool @SPOOL@ --service %s
+  args = @DIR@/checkpassword @WRAP@ --spool @SPOOL@ --log dovecot --service %s
 }
 `
 
@@ -190,7 +190,8 @@ func TestDovecotCheckpassword(t *testing.T) {
 // and has only its setgid privilege. It then records a login only when its
 // standard input is the client's TCP socket: plain POP3 records, POP3 over
 // TLS (a UNIX socket to the login process) does not, says why in the log,
-// and the session still works.
+// and the session still works. The refusal is a warning in Dovecot's log
+// (--log dovecot), not an info line.
 func TestDovecotPostLoginWithoutGroup(t *testing.T) {
 	d := setupDovecot(t)
 	conf := strings.ReplaceAll(postLoginConf, "  extra_groups = @GROUP@\n", "")
@@ -206,10 +207,10 @@ func TestDovecotPostLoginWithoutGroup(t *testing.T) {
 	dvWantSpool(t, d.Spool, "127.0.0.32")
 	said := false
 	for _, line := range strings.Split(dv.logText(), "\n") {
-		said = said || strings.Contains(line, "not recording") && strings.Contains(line, "=127.0.0.34 ")
+		said = said || strings.Contains(line, "Warning: checkpassword-wrap: not recording") && strings.Contains(line, "=127.0.0.34 ")
 	}
 	if !said {
-		t.Error("no line in Dovecot's log saying why 127.0.0.34 was not recorded")
+		t.Error("no warning in Dovecot's log saying why 127.0.0.34 was not recorded")
 	}
 }
 
