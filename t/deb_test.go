@@ -3,36 +3,72 @@ package t
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
-// TestDebPackage builds the .deb, installs it with dpkg, runs the installed
-// commands and man pages, and purges it again. It changes the system, so it
-// runs only as root (as in CI), and only where no poprelay package is
-// installed already.
-func TestDebPackage(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("SKIP: installing a .deb needs root")
+var (
+	debOnce sync.Once
+	debPath string
+	debErr  string
+	debDir  string // removed by TestMain
+)
+
+// theDeb returns the .deb of this checkout, built once per run with
+// scripts/mkdeb into a temporary directory ($POPRELAY_DEB if set: the
+// isolated roots get the .deb built outside, where Go is).
+func theDeb(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("POPRELAY_DEB"); p != "" {
+		return p
 	}
 	need(t, "dpkg-deb")
-	need(t, "man")
-	if out, _ := exec.Command("dpkg-query", "-W", "-f=${Status}", "poprelay").Output(); strings.Contains(string(out), "ok installed") {
-		t.Skip("SKIP: a poprelay package is installed on this machine already; not replacing it")
+	debOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "poprelay-deb-")
+		if err != nil {
+			debErr = err.Error()
+			return
+		}
+		debDir = dir
+		build := exec.Command("sh", "scripts/mkdeb", "0.0~test")
+		build.Dir = repoRoot
+		build.Env = append(os.Environ(), "DISTDIR="+dir)
+		out, err := build.CombinedOutput()
+		if err != nil {
+			debErr = "mkdeb: " + err.Error() + "\n" + string(out)
+			return
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		debPath = lines[len(lines)-1]
+		if !filepath.IsAbs(debPath) {
+			debPath = filepath.Join(repoRoot, debPath)
+		}
+	})
+	if debErr != "" {
+		t.Fatal(debErr)
 	}
-	build := exec.Command("sh", "scripts/mkdeb", "0.0~test")
-	build.Dir = repoRoot
-	build.Stderr = &testLog{t: t, prefix: "mkdeb: "}
-	out, err := build.Output()
-	if err != nil {
-		t.Fatalf("mkdeb: %v", err)
-	}
-	deb := strings.TrimSpace(string(out))
-	if !strings.HasPrefix(deb, "/") {
-		deb = repoRoot + "/" + deb
-	}
-	defer os.Remove(deb)
+	return debPath
+}
 
+// withDeb is an isolatedBody setup that copies the .deb in.
+func withDeb(t *testing.T) func(r *isoRoot) []string {
+	deb := theDeb(t)
+	return func(r *isoRoot) []string {
+		r.Copy(deb, "/src/poprelay.deb")
+		return []string{"POPRELAY_DEB=/src/poprelay.deb"}
+	}
+}
+
+// TestDebPackage builds the .deb, installs it with dpkg in an isolated
+// root, runs the installed commands and man pages, and purges it again.
+func TestDebPackage(t *testing.T) {
+	need(t, "man")
+	if !isolatedBody(t, withDeb(t)) {
+		return
+	}
+	deb := theDeb(t)
 	run := func(name string, args ...string) string {
 		t.Helper()
 		c := exec.Command(name, args...)
@@ -44,12 +80,6 @@ func TestDebPackage(t *testing.T) {
 		return string(out)
 	}
 	run("dpkg", "-i", deb)
-	purged := false
-	defer func() {
-		if !purged {
-			exec.Command("dpkg", "--purge", "poprelay").Run()
-		}
-	}()
 
 	if out := run("/usr/bin/relayctl", "--help"); !strings.Contains(out, "rebuild") {
 		t.Errorf("relayctl --help does not mention rebuild:\n%s", out)
@@ -76,7 +106,6 @@ func TestDebPackage(t *testing.T) {
 	}
 
 	run("dpkg", "--purge", "poprelay")
-	purged = true
 	for _, p := range []string{"/usr/bin/relayctl", "/usr/bin/checkpassword-wrap", "/var/spool/poprelay"} {
 		if _, err := os.Lstat(p); err == nil {
 			t.Errorf("%s still there after purge", p)

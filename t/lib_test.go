@@ -52,7 +52,18 @@ func TestMain(m *testing.M) {
 			}
 		}
 	}
+	live := liveInstall()
 	code := m.Run()
+	// Inside an isolated root (isolatedBody) the test installs on purpose.
+	if now := liveInstall(); now != live && os.Getenv("POPRELAY_ISOLATED_TEST") == "" {
+		// A test installed onto this machine instead of an isolated
+		// root (isolate_test.go): say what it changed.
+		fmt.Fprintf(os.Stderr, "FAIL: the tests changed this machine's poprelay install:\nbefore:\n%safter:\n%s", live, now)
+		code = 1
+	}
+	if debDir != "" {
+		os.RemoveAll(debDir)
+	}
 	if tmp != "" {
 		os.RemoveAll(tmp)
 	}
