@@ -228,6 +228,7 @@ the environment, or the default. The lock file is derived from --cdb.`,
 				rows = append(rows, [3]string{s.name, v, s.source})
 			}
 			rows = append(rows, [3]string{"lock", c.Lock(), "derived from cdb"})
+			rows = append(rows, [3]string{"state", c.statePath(), "derived from cdb"})
 			for _, st := range etcdFlags.Settings() {
 				rows = append(rows, [3]string{st.Name, st.Value, st.Source})
 			}

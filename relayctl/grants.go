@@ -31,7 +31,11 @@ cron ("*/5 * * * * root relayctl expire").`,
 			return e.locked(func() error {
 				s := e.store()
 				now := e.now()
-				gone, err := s.Expire(now, e.cfg.MaxAge)
+				snap, err := e.grants(true)
+				if err != nil {
+					return unable("list grants in "+e.cfg.Spool, err)
+				}
+				gone, err := s.ExpireFrom(snap, now, e.cfg.MaxAge)
 				for _, g := range gone {
 					e.vlogf("expired %s (user %q, login %s)", g.IP, g.User, g.Time.Format(time.RFC3339))
 				}
@@ -73,7 +77,13 @@ array of objects for scripts, times in RFC 3339 and durations in seconds.`,
 				return err
 			}
 			if *source == "spool" {
-				return e.list(e.store(), e.cfg.Spool, *asJSON)
+				return e.list(lister(func() ([]grant.Grant, error) {
+					snap, err := e.grants(false)
+					if err != nil {
+						return nil, err
+					}
+					return snap.Grants, nil
+				}), e.cfg.Spool, *asJSON)
 			}
 			c, err := e.needCluster(etcdFlags, "--source etcd")
 			if err != nil {
@@ -332,20 +342,23 @@ such grant is an error (exit 100).`,
 			err = e.locked(func() error {
 				s := e.store()
 				if byUser {
-					gs, err := s.List()
+					snap, err := e.grants(true)
 					if err != nil {
 						return unable("list grants in "+e.cfg.Spool, err)
 					}
-					for _, g := range gs {
-						if g.User != *user {
-							continue
+					var mine []string
+					for _, g := range snap.Grants {
+						if g.User == *user {
+							mine = append(mine, g.IP)
 						}
-						ok, err := s.Remove(g.IP)
+					}
+					for _, ip := range mine {
+						ok, err := s.Remove(ip)
 						if err != nil {
-							return unable("revoke "+g.IP, err)
+							return unable("revoke "+ip, err)
 						}
-						if ok && !slices.Contains(gone, g.IP) {
-							gone = append(gone, g.IP)
+						if ok && !slices.Contains(gone, ip) {
+							gone = append(gone, ip)
 						}
 					}
 					if len(gone) == 0 && cerr == nil {

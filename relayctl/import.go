@@ -66,7 +66,17 @@ func (e *env) importGrants(gs []grant.Grant) error {
 	now := e.now()
 	return e.locked(func() error {
 		s := e.store()
-		n := 0
+		snap, err := e.grants(true)
+		if err != nil {
+			return unable("list grants in "+e.cfg.Spool, err)
+		}
+		have := make(map[string]int, len(snap.Grants))
+		for i, g := range snap.Grants {
+			have[g.IP] = i
+		}
+		// The latest of each address, in the input's order otherwise.
+		take := make([]grant.Grant, 0, len(gs))
+		at := make(map[string]int, len(gs))
 		for _, g := range gs {
 			if !g.Expiry(e.cfg.MaxAge).After(now) {
 				e.vlogf("skipped %s: expired", g.IP)
@@ -76,23 +86,41 @@ func (e *env) importGrants(gs []grant.Grant) error {
 				e.logf("warning: skipped %s: %s is in the never-grant set", g.IP, why)
 				continue
 			}
-			old, ok, err := s.Get(g.IP)
+			ip, err := grant.CanonicalIP(g.IP)
 			if err != nil {
-				return unable("read the grant for "+g.IP, err)
+				return unable("record grant for "+g.IP+" in "+e.cfg.Spool, err)
 			}
-			if ok && !old.Time.Before(g.Time) {
+			g.IP = ip
+			if i, ok := have[ip]; ok && !snap.Grants[i].Time.Before(g.Time) {
 				e.vlogf("skipped %s: the spool's grant is newer", g.IP)
 				continue
 			}
-			if err := s.Record(g); err != nil {
-				return unable("record grant for "+g.IP+" in "+e.cfg.Spool, err)
+			if j, ok := at[ip]; ok {
+				if take[j].Time.Before(g.Time) {
+					take[j] = g
+				}
+				continue
 			}
-			n++
+			at[ip] = len(take)
+			take = append(take, g)
 		}
+		wrote, err := s.RecordMany(take, func(ip string) (grant.Grant, bool) {
+			if i, ok := have[ip]; ok {
+				return snap.Grants[i], true
+			}
+			return grant.Grant{}, false
+		})
+		if err != nil {
+			e.snap = nil // some were written: scan again
+			return unable("record grants in "+e.cfg.Spool, err)
+		}
+		n := len(wrote.Grants)
 		e.vlogf("imported %d of %d grants", n, len(gs))
 		if n == 0 {
 			return nil
 		}
+		// The files just written are known: the rebuild reads none.
+		e.snap, e.snapDirty = grant.MergeSnapshot(e.snap, wrote), true
 		return e.rebuildAfter(fmt.Sprintf("imported %d grants", n))
 	})
 }

@@ -31,7 +31,12 @@ exact static record for the address wins, and a static deny stays a deny.
 The CDB is replaced atomically under the lock; on any failure the old one
 stays. Temp files a killed writer left beside the CDB are removed, and so
 are those in the spool older than a minute. A missing rules file is an
-error; --rules "" means none.`,
+error; --rules "" means none. The grants as read are saved beside the CDB
+in CDB.state, so the next run (rebuild, expire, list, allow, revoke,
+import, watch) reads only the grant files that changed since; the spool
+stays the truth, and a state file that is missing, damaged, for another
+spool, or writable by anyone but its owner (root) is ignored with a
+warning and replaced.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		return func(e *env, args []string) error {
 			if len(args) > 0 {
@@ -124,10 +129,11 @@ func (e *env) rebuild() (merge.Summary, error) {
 	if e.cfg.Rules == "" {
 		e.vlogf("no rules file: building from grants alone")
 	}
-	gs, err := e.store().List()
+	snap, err := e.grants(true)
 	if err != nil {
 		return sum, unable("list grants in "+e.cfg.Spool, err)
 	}
+	gs := snap.Grants
 	opt, err := e.mergeOptions()
 	if err != nil {
 		return sum, err

@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/grant"
 )
 
 // env is what a command runs with: its streams, its environment and the
@@ -19,7 +21,9 @@ type env struct {
 	lookup         func(string) (string, bool)
 	now            func() time.Time
 	cfg            *config
-	built          *built // set by rebuild
+	built          *built          // set by rebuild
+	snap           *grant.Snapshot // the spool as last scanned in this run
+	snapDirty      bool            // snap has changes the state file lacks
 }
 
 // command is one subcommand.

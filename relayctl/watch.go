@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -150,7 +151,7 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 			return err
 		})
 	}
-	var src watch.Source = e.store()
+	var src watch.Source = spoolSource{e}
 	var mirror *share.Mirror
 	var w *watch.Watcher
 	switch {
@@ -263,3 +264,24 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 	e.logf("exiting")
 	return nil
 }
+
+// spoolSource is the spool as the watcher reads it: a full read goes
+// through the state file (only changed grant files are read, and the state
+// is saved under the lock), a single grant is read from its file.
+type spoolSource struct{ e *env }
+
+func (s spoolSource) List() ([]grant.Grant, error) {
+	var gs []grant.Grant
+	err := s.e.locked(func() error {
+		snap, err := s.e.grants(true)
+		if err != nil {
+			return err
+		}
+		// A copy: the next scan reuses the snapshot's memory.
+		gs = slices.Clone(snap.Grants)
+		return nil
+	})
+	return gs, err
+}
+
+func (s spoolSource) Get(ip string) (grant.Grant, bool, error) { return s.e.store().Get(ip) }

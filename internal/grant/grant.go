@@ -48,10 +48,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // DefaultDir is the spool used when none is configured.
@@ -154,25 +155,81 @@ func (s *Store) Record(g Grant) error {
 	if err := checkField("service", g.Service); err != nil {
 		return err
 	}
-	now := time.Now()
+	old, err := s.read(ip)
+	prepare(&g, old, err == nil, time.Now())
+	return s.write(g)
+}
+
+// prepare fills in a checked grant g before it is written over old (if
+// there is one): a zero Time is now, a Time beyond Skew is capped, and a
+// login refreshing a longer grant keeps that grant's end.
+func prepare(g *Grant, old Grant, haveOld bool, now time.Time) {
 	if g.Time.IsZero() {
 		g.Time = now
 	}
-	capAt(&g, now)
-	if g.Expires.IsZero() {
-		// A login refreshing a longer grant keeps that grant's end.
-		// (An explicit Expires is an admin's new decision: it wins.)
-		if old, err := s.read(ip); err == nil {
-			keep := old.Keep
-			if old.Expires.After(keep) {
-				keep = old.Expires
-			}
-			if keep.After(g.Time) && keep.After(g.Keep) {
-				g.Keep = keep
-			}
+	capAt(g, now)
+	// (An explicit Expires is an admin's new decision: it wins.)
+	if g.Expires.IsZero() && haveOld {
+		keep := old.Keep
+		if old.Expires.After(keep) {
+			keep = old.Expires
+		}
+		if keep.After(g.Time) && keep.After(g.Keep) {
+			g.Keep = keep
 		}
 	}
-	return s.write(g)
+}
+
+// RecordMany records gs as Record does, each over old(IP) (the grant the
+// spool holds for it, from a Scan) instead of reading it, and without an
+// fsync per file: one sync of the spool's file system at the end. It
+// returns what it wrote, as a Snapshot for MergeSnapshot. On an error the
+// grants before the failing one are recorded (but perhaps not synced).
+func (s *Store) RecordMany(gs []Grant, old func(ip string) (Grant, bool)) (*Snapshot, error) {
+	out := &Snapshot{Grants: make([]Grant, 0, len(gs)), Inos: make([]uint64, 0, len(gs))}
+	now := time.Now()
+	for _, g := range gs {
+		ip, err := CanonicalIP(g.IP)
+		if err != nil {
+			return nil, err
+		}
+		g.IP = ip
+		if err := checkField("user", g.User); err != nil {
+			return nil, err
+		}
+		if err := checkField("service", g.Service); err != nil {
+			return nil, err
+		}
+		o, ok := old(ip)
+		prepare(&g, o, ok, now)
+		ino, err := s.writeFile(g, false)
+		if err != nil {
+			return nil, err
+		}
+		// As the file holds it: whole seconds.
+		for _, t := range []*time.Time{&g.Time, &g.Expires, &g.Keep} {
+			if !t.IsZero() {
+				*t = time.Unix(t.Unix(), 0)
+			}
+		}
+		out.Grants = append(out.Grants, g)
+		out.Inos = append(out.Inos, ino)
+	}
+	if err := syncfs(s.Dir); err != nil {
+		return nil, fmt.Errorf("unable to sync %s: %w", s.Dir, err)
+	}
+	sortWith(out.Grants, out.Inos)
+	return out, nil
+}
+
+// syncfs flushes the file system holding dir to disk.
+func syncfs(dir string) error {
+	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	return unix.Syncfs(fd)
 }
 
 // encode renders g as the content of its file.
@@ -219,10 +276,17 @@ func (s *Store) createTemp() (*os.File, string, error) {
 }
 
 // write publishes g (already checked) by temp file, fsync and rename.
-func (s *Store) write(g Grant) (err error) {
+func (s *Store) write(g Grant) error {
+	_, err := s.writeFile(g, true)
+	return err
+}
+
+// writeFile publishes g by temp file, fsync (if sync) and rename, and
+// returns the inode number of the file.
+func (s *Store) writeFile(g Grant, sync bool) (ino uint64, err error) {
 	f, tmp, err := s.createTemp()
 	if err != nil {
-		return fmt.Errorf("unable to create a temp file: %w", err)
+		return 0, fmt.Errorf("unable to create a temp file: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -231,27 +295,32 @@ func (s *Store) write(g Grant) (err error) {
 		}
 	}()
 	if _, err := f.Write(encode(g)); err != nil {
-		return fmt.Errorf("unable to write %s: %w", tmp, err)
+		return 0, fmt.Errorf("unable to write %s: %w", tmp, err)
 	}
 	// The umask may have taken the group's read bit; relayctl needs it.
 	if err := f.Chmod(fileMode); err != nil {
-		return fmt.Errorf("unable to chmod %s: %w", tmp, err)
+		return 0, fmt.Errorf("unable to chmod %s: %w", tmp, err)
 	}
 	// The mtime shows the login time to ls; the content is authoritative,
 	// so a failure here (no /proc) is not worth failing the grant.
 	tv := syscall.NsecToTimeval(g.Time.UnixNano())
 	syscall.Futimes(int(f.Fd()), []syscall.Timeval{tv, tv})
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("unable to fsync %s: %w", tmp, err)
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return 0, fmt.Errorf("unable to stat %s: %w", tmp, err)
+	}
+	if !sync {
+	} else if err := f.Sync(); err != nil {
+		return 0, fmt.Errorf("unable to fsync %s: %w", tmp, err)
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("unable to write %s: %w", tmp, err)
+		return 0, fmt.Errorf("unable to write %s: %w", tmp, err)
 	}
 	dst := filepath.Join(s.Dir, g.IP)
 	if err := os.Rename(tmp, dst); err != nil {
-		return fmt.Errorf("unable to rename %s to %s: %w", tmp, g.IP, err)
+		return 0, fmt.Errorf("unable to rename %s to %s: %w", tmp, g.IP, err)
 	}
-	return nil
+	return st.Ino, nil
 }
 
 // decode parses the content of the grant file for ip.
@@ -316,7 +385,11 @@ func decode(ip string, b []byte) (Grant, error) {
 
 // read reads the grant file name (a canonical address) without following
 // a symlink and without blocking on a FIFO.
-func (s *Store) read(name string) (Grant, error) {
+func (s *Store) read(name string) (Grant, error) { return s.readFile(name, nil) }
+
+// readFile is read, setting *ino (if ino is not nil) to the inode number
+// of the file read.
+func (s *Store) readFile(name string, ino *uint64) (Grant, error) {
 	if s.Dir == "" {
 		return Grant{}, ErrNoDir
 	}
@@ -334,6 +407,9 @@ func (s *Store) read(name string) (Grant, error) {
 	}
 	if !st.Mode().IsRegular() {
 		return Grant{}, fmt.Errorf("%w: not a regular file (%v)", ErrDamaged, st.Mode().Type())
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && ino != nil {
+		*ino = sys.Ino
 	}
 	if st.Size() > maxFile {
 		return Grant{}, fmt.Errorf("%w: %d bytes long", ErrDamaged, st.Size())
@@ -390,75 +466,11 @@ func ctime(fi fs.FileInfo) time.Time {
 // list reads every grant, skipping (with a log line) what is not one.
 // Login times in the future are capped to now if capFuture.
 func (s *Store) list(now time.Time, capFuture bool) ([]Grant, error) {
-	if s.Dir == "" {
-		return nil, ErrNoDir
-	}
-	ents, err := os.ReadDir(s.Dir)
+	snap, _, err := s.scan(nil, now, now, 0, capFuture)
 	if err != nil {
 		return nil, err
 	}
-	var names []string
-	for _, e := range ents {
-		name := e.Name()
-		p := filepath.Join(s.Dir, name)
-		if isTemp(name) {
-			if fi, err := e.Info(); err == nil && now.Sub(ctime(fi)) > staleAge {
-				s.logf("%s: skipping stale temp file", p)
-			}
-			continue
-		}
-		if c, err := CanonicalIP(name); err != nil || c != name {
-			s.logf("%s: skipping: not a canonical IP address", p)
-			continue
-		}
-		if t := e.Type(); t != 0 {
-			s.logf("%s: skipping: not a regular file (%v)", p, t)
-			continue
-		}
-		names = append(names, name)
-	}
-	// Reading is a few system calls per file: a few readers at once keep
-	// the kernel busy on every core. Results keep the directory's order,
-	// so the log lines do too.
-	gs := make([]Grant, len(names))
-	errs := make([]error, len(names))
-	workers := min(readers, len(names))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(names) {
-					return
-				}
-				gs[i], errs[i] = s.read(names[i])
-			}
-		}()
-	}
-	wg.Wait()
-	// Compact in place: no second copy of a million grants.
-	n := 0
-	for i, err := range errs {
-		if err != nil {
-			if !errors.Is(err, fs.ErrNotExist) { // removed meanwhile
-				s.logf("%s: skipping: %v", filepath.Join(s.Dir, names[i]), err)
-			}
-			continue
-		}
-		g := gs[i]
-		if capFuture {
-			s.capTime(&g, now)
-		}
-		gs[n] = g
-		n++
-	}
-	clear(gs[n:])
-	gs = gs[:n]
-	SortByAddr(gs)
-	return gs, nil
+	return snap.Grants, nil
 }
 
 // readers is how many goroutines read grant files at once in List.
@@ -517,6 +529,35 @@ func (s *Store) Expire(now time.Time, maxAge time.Duration) ([]Grant, error) {
 	if err != nil {
 		return nil, err
 	}
+	return s.expire(gs, now, maxAge)
+}
+
+// ExpireFrom is Expire for the grants of snap, a Scan of this store: it
+// reads only the files of the grants snap has as expired, and writes back
+// those it capped (Snapshot.Capped) with their capped time.
+func (s *Store) ExpireFrom(snap *Snapshot, now time.Time, maxAge time.Duration) ([]Grant, error) {
+	var errs []error
+	capped := make(map[string]bool, len(snap.Capped))
+	for _, ip := range snap.Capped {
+		capped[ip] = true
+	}
+	var old []Grant
+	for _, g := range snap.Grants {
+		switch {
+		case capped[g.IP]:
+			if err := s.write(g); err != nil {
+				errs = append(errs, err)
+			}
+		case !g.Expiry(maxAge).After(now):
+			old = append(old, g)
+		}
+	}
+	gone, err := s.expire(old, now, maxAge)
+	return gone, errors.Join(append(errs, err)...)
+}
+
+// expire removes those of gs that are (still) expired.
+func (s *Store) expire(gs []Grant, now time.Time, maxAge time.Duration) ([]Grant, error) {
 	var gone []Grant
 	var errs []error
 	for _, g := range gs {

@@ -1,0 +1,336 @@
+package grant
+
+import (
+	"errors"
+	"io/fs"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// Snapshot is what a read of the spool found: its grants in address order
+// (as SortByAddr sorts them) and, for each, the inode number of the file
+// it was read from. A rewrite of a grant file is a new file renamed over
+// the name, so a name still naming the same inode still holds the same
+// grant: Scan reads only the names whose inode changed.
+type Snapshot struct {
+	Grants []Grant
+	Inos   []uint64
+	// Capped names the grants of this scan whose login time was in the
+	// future and was taken as now (Expire writes them back so).
+	Capped []string
+}
+
+// ScanStats counts what a Scan did.
+type ScanStats struct {
+	Entries int // directory entries seen
+	Kept    int // grants taken from the previous snapshot
+	Read    int // grant files read
+	New     int // grants read that prev did not have as they are now
+	Gone    int // grants of prev no longer in the spool
+}
+
+// Changed tells whether the scan found the spool different from prev.
+func (st ScanStats) Changed() bool { return st.New > 0 || st.Gone > 0 }
+
+// Scan reads the spool again. Every grant of prev (nil: none) whose name
+// still names the same file (same inode) is taken from prev without
+// reading it, unless it has expired by now (with maxAge): a grant file
+// rewritten twice since prev may have got its old inode number back, and a
+// grant must not be dropped on a copy that old. Every other grant file is
+// read. Login times in the future (beyond Skew) are capped to the present
+// (the clock's, as in List), and listed in Capped. Scan takes prev over: do not use it afterwards. Entries that are
+// not grants are skipped, each with one Logf line; only an unreadable
+// spool directory is an error.
+func (s *Store) Scan(prev *Snapshot, now time.Time, maxAge time.Duration) (*Snapshot, ScanStats, error) {
+	return s.scan(prev, now, time.Now(), maxAge, true)
+}
+
+// dirent is one directory entry from getdents.
+type dirent struct {
+	name string
+	ino  uint64
+	typ  uint8
+}
+
+// Linux d_type values.
+const (
+	dtUnknown = 0
+	dtReg     = 8
+)
+
+// readDir lists dir with each entry's inode number and type, without a
+// stat per entry. Names come from one string per buffer, not one
+// allocation each.
+func readDir(dir string, each func(dirent)) error {
+	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer syscall.Close(fd)
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := syscall.ReadDirent(fd, buf)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return &fs.PathError{Op: "readdirent", Path: dir, Err: err}
+		}
+		if n <= 0 {
+			return nil
+		}
+		// One string for the whole buffer: names are substrings of it.
+		chunk := string(buf[:n])
+		for off := 0; off+19 <= len(chunk); {
+			reclen := int(chunk[off+16]) | int(chunk[off+17])<<8
+			if reclen < 19 || off+reclen > len(chunk) {
+				return &fs.PathError{Op: "readdirent", Path: dir, Err: errors.New("bad record length")}
+			}
+			ino := *(*uint64)(unsafe.Pointer(unsafe.StringData(chunk[off:])))
+			name := chunk[off+19 : off+reclen]
+			for i := 0; i < len(name); i++ {
+				if name[i] == 0 {
+					name = name[:i]
+					break
+				}
+			}
+			typ := chunk[off+18]
+			off += reclen
+			if name == "." || name == ".." || ino == 0 {
+				continue
+			}
+			each(dirent{name: name, ino: ino, typ: typ})
+		}
+	}
+}
+
+// scan is Scan with the present as clock says (for temp files and login
+// times) and as now says (for expiry).
+func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration, capFuture bool) (*Snapshot, ScanStats, error) {
+	var st ScanStats
+	if s.Dir == "" {
+		return nil, st, ErrNoDir
+	}
+	if prev == nil {
+		prev = &Snapshot{}
+	}
+	known := make(map[string]int32, len(prev.Grants))
+	for i := range prev.Grants {
+		known[prev.Grants[i].IP] = int32(i)
+	}
+	keep := make([]bool, len(prev.Grants))
+	var names []string
+	var inos []uint64
+	err := readDir(s.Dir, func(e dirent) {
+		st.Entries++
+		p := func() string { return filepath.Join(s.Dir, e.name) }
+		if isTemp(e.name) {
+			var sst syscall.Stat_t
+			if err := syscall.Lstat(p(), &sst); err == nil && clock.Sub(time.Unix(sst.Ctim.Unix())) > staleAge {
+				s.logf("%s: skipping stale temp file", p())
+			}
+			return
+		}
+		if i, ok := known[e.name]; ok && prev.Inos[i] == e.ino && (e.typ == dtReg || e.typ == dtUnknown) &&
+			prev.Grants[i].Expiry(maxAge).After(now) {
+			keep[i] = true
+			return
+		}
+		if c, err := CanonicalIP(e.name); err != nil || c != e.name {
+			s.logf("%s: skipping: not a canonical IP address", p())
+			return
+		}
+		if e.typ != dtReg && e.typ != dtUnknown {
+			s.logf("%s: skipping: not a regular file (%v)", p(), typeMode(e.typ))
+			return
+		}
+		names = append(names, e.name)
+		inos = append(inos, e.ino)
+	})
+	if err != nil {
+		return nil, st, err
+	}
+
+	// Reading is a few system calls per file: a few readers at once keep
+	// the kernel busy on every core. Results keep the directory's order,
+	// so the log lines do too.
+	gs := make([]Grant, len(names))
+	errs := make([]error, len(names))
+	workers := min(readers, len(names))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(names) {
+					return
+				}
+				gs[i], inos[i], errs[i] = s.readIno(names[i])
+			}
+		}()
+	}
+	wg.Wait()
+	st.Read = len(names)
+	var capped []string
+	n := 0
+	for i, err := range errs {
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) { // removed meanwhile
+				s.logf("%s: skipping: %v", filepath.Join(s.Dir, names[i]), err)
+			}
+			continue
+		}
+		g := gs[i]
+		if capFuture && s.capTime(&g, clock) {
+			capped = append(capped, g.IP)
+		}
+		if j, ok := known[g.IP]; ok && prev.Inos[j] == inos[i] && prev.Grants[j] == g {
+			keep[j] = true // read again, found as it was: not news
+			continue
+		}
+		gs[n], inos[n] = g, inos[i]
+		n++
+	}
+	clear(gs[n:])
+	gs, inos = gs[:n], inos[:n]
+	st.New = n
+	sortWith(gs, inos)
+
+	// The kept grants of prev, in place and still in address order. A
+	// grant read again and changed is in gs, not gone.
+	k := 0
+	for i := range prev.Grants {
+		if !keep[i] {
+			if _, again := slices.BinarySearchFunc(gs, prev.Grants[i].IP, byIP); !again {
+				st.Gone++
+			}
+			continue
+		}
+		prev.Grants[k], prev.Inos[k] = prev.Grants[i], prev.Inos[i]
+		k++
+	}
+	clear(prev.Grants[k:])
+	st.Kept = k
+	out := &Snapshot{Capped: capped}
+	out.Grants, out.Inos = mergeSorted(prev.Grants[:k], prev.Inos[:k], gs, inos)
+	prev.Grants, prev.Inos = nil, nil
+	return out, st, nil
+}
+
+// byIP compares a grant's address with ip's, for a binary search of a
+// slice in address order.
+func byIP(g Grant, ip string) int {
+	x, _ := netip.ParseAddr(g.IP)
+	y, _ := netip.ParseAddr(ip)
+	return x.Compare(y)
+}
+
+func typeMode(t uint8) fs.FileMode {
+	switch t {
+	case syscall.DT_DIR:
+		return fs.ModeDir
+	case syscall.DT_LNK:
+		return fs.ModeSymlink
+	case syscall.DT_FIFO:
+		return fs.ModeNamedPipe
+	case syscall.DT_SOCK:
+		return fs.ModeSocket
+	case syscall.DT_CHR:
+		return fs.ModeDevice | fs.ModeCharDevice
+	case syscall.DT_BLK:
+		return fs.ModeDevice
+	}
+	return fs.ModeIrregular
+}
+
+// sortWith sorts gs by address, moving inos along.
+func sortWith(gs []Grant, inos []uint64) {
+	if len(gs) < 2 {
+		return
+	}
+	addrs := make([]netip.Addr, len(gs))
+	idx := make([]int32, len(gs))
+	for i := range gs {
+		addrs[i], _ = netip.ParseAddr(gs[i].IP)
+		idx[i] = int32(i)
+	}
+	slices.SortFunc(idx, func(x, y int32) int { return addrs[x].Compare(addrs[y]) })
+	g2 := make([]Grant, len(gs))
+	i2 := make([]uint64, len(gs))
+	for i, j := range idx {
+		g2[i], i2[i] = gs[j], inos[j]
+	}
+	copy(gs, g2)
+	copy(inos, i2)
+}
+
+// mergeSorted merges b (with its inodes) into a, both in address order,
+// growing a in place: each element of b finds its place by a binary
+// search, and a's elements move once. Addresses are parsed only for b and
+// the O(len(b) log len(a)) probes.
+func mergeSorted(a []Grant, ai []uint64, b []Grant, bi []uint64) ([]Grant, []uint64) {
+	if len(b) == 0 {
+		return a, ai
+	}
+	pos := make([]int, len(b))
+	for j := range b {
+		x, _ := netip.ParseAddr(b[j].IP)
+		pos[j], _ = slices.BinarySearchFunc(a, x, func(g Grant, x netip.Addr) int {
+			y, _ := netip.ParseAddr(g.IP)
+			return y.Compare(x)
+		})
+	}
+	n := len(a)
+	a = slices.Grow(a, len(b))[:n+len(b)]
+	ai = slices.Grow(ai, len(b))[:n+len(b)]
+	end := n // a[:end] not yet moved
+	for j := len(b) - 1; j >= 0; j-- {
+		p := pos[j]
+		copy(a[p+j+1:end+j+1], a[p:end])
+		copy(ai[p+j+1:end+j+1], ai[p:end])
+		a[p+j], ai[p+j] = b[j], bi[j]
+		end = p
+	}
+	return a, ai
+}
+
+// readIno is read, with the inode number of the file read.
+func (s *Store) readIno(name string) (Grant, uint64, error) {
+	var ino uint64
+	g, err := s.readFile(name, &ino)
+	return g, ino, err
+}
+
+// MergeSnapshot returns a with the grants of b (both in address order,
+// each address once) added, replacing those of a for the same address. It
+// takes a and b over.
+func MergeSnapshot(a, b *Snapshot) *Snapshot {
+	if a == nil {
+		return b
+	}
+	replaced := make(map[string]bool, len(b.Grants))
+	for _, g := range b.Grants {
+		replaced[g.IP] = true
+	}
+	k := 0
+	for i := range a.Grants {
+		if replaced[a.Grants[i].IP] {
+			continue
+		}
+		a.Grants[k], a.Inos[k] = a.Grants[i], a.Inos[i]
+		k++
+	}
+	clear(a.Grants[k:])
+	out := &Snapshot{Capped: append(a.Capped, b.Capped...)}
+	out.Grants, out.Inos = mergeSorted(a.Grants[:k], a.Inos[:k], b.Grants, b.Inos)
+	return out
+}

@@ -1,0 +1,239 @@
+package grant
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// roundTrip writes snap as a state file and reads it back.
+func roundTrip(t *testing.T, s *Store, snap *Snapshot, path string) *Snapshot {
+	t.Helper()
+	var b bytes.Buffer
+	if err := s.WriteState(&b, snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b.Bytes(), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ReadState(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// TestScanMatchesList: a chain of scans, each from the previous one saved
+// and read back as a state file, sees exactly what a full read of the
+// spool sees, through random logins, refreshes, revokes, damaged and
+// foreign files, and reads only the files that changed.
+func TestScanMatchesList(t *testing.T) {
+	s, _ := logStore(t)
+	state := filepath.Join(t.TempDir(), "state")
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := time.Now()
+	ips := make([]string, 300)
+	for i := range ips {
+		if i%3 == 0 {
+			ips[i] = fmt.Sprintf("2001:db8::%x", i)
+		} else {
+			ips[i] = fmt.Sprintf("10.%d.%d.%d", i%7, i%11, i%256)
+		}
+	}
+	var snap *Snapshot
+	for round := range 40 {
+		changed := 0
+		for range rng.IntN(20) {
+			ip := ips[rng.IntN(len(ips))]
+			changed++
+			switch rng.IntN(6) {
+			case 0, 1, 2: // a login, or a refresh
+				age := time.Duration(rng.IntN(7200)) * time.Second
+				if err := s.Record(Grant{IP: ip, User: fmt.Sprintf("u%d", rng.IntN(9)), Service: "pop3", Time: now.Add(-age)}); err != nil {
+					t.Fatal(err)
+				}
+			case 3: // a revoke
+				s.Remove(ip)
+			case 4: // a damaged file
+				os.WriteFile(filepath.Join(s.Dir, ip+".tmp"), nil, 0o640)
+				os.Rename(filepath.Join(s.Dir, ip+".tmp"), filepath.Join(s.Dir, ip))
+			case 5: // an admin's grant
+				if err := s.Record(Grant{IP: ip, User: "admin", Service: "manual", Time: now, Expires: now.Add(48 * time.Hour)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		var st ScanStats
+		var err error
+		snap, st, err = s.Scan(snap, now, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := s.List()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(snap.Grants, want) && !(len(want) == 0 && len(snap.Grants) == 0) {
+			t.Fatalf("round %d: Scan found\n%v\nList found\n%v", round, snap.Grants, want)
+		}
+		expired := 0
+		for _, g := range want {
+			if !g.Expiry(time.Hour).After(now) {
+				expired++
+			}
+		}
+		if round > 0 && st.Read > changed+expired+st.Entries-len(want) {
+			t.Errorf("round %d: %d files read for %d changes (%d expired, %d not grants)", round, st.Read, changed, expired, st.Entries-len(want))
+		}
+		snap = roundTrip(t, s, snap, state)
+	}
+}
+
+// TestScanRereadsExpired: a grant the snapshot has as expired is read
+// again before it is dropped, even if its file kept its inode number (as a
+// file rewritten twice may): the login it may hold is not lost.
+func TestScanRereadsExpired(t *testing.T) {
+	s, _ := logStore(t)
+	now := time.Now()
+	if err := s.Record(Grant{IP: "192.0.2.1", User: "alice", Service: "pop3", Time: now}); err != nil {
+		t.Fatal(err)
+	}
+	snap, _, err := s.Scan(nil, now, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A snapshot that says the same file held a login two hours old.
+	snap.Grants[0].Time = now.Add(-2 * time.Hour)
+	snap, st, err := s.Scan(snap, now, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Read != 1 || len(snap.Grants) != 1 || !snap.Grants[0].Time.Equal(time.Unix(now.Unix(), 0)) {
+		t.Errorf("read %d, grants %v", st.Read, snap.Grants)
+	}
+	// A live one with the same inode is taken as it is.
+	snap, st, _ = s.Scan(snap, now, time.Hour)
+	if st.Read != 0 || st.Kept != 1 || st.Changed() {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestStateRefused: a state file that is not trustworthy (writable by the
+// poprelay group or anyone else, owned by another user, a symlink),
+// damaged, or written for another spool is refused, so a rebuild reads the
+// spool itself. Here the state claims a grant lasting a year for an
+// address whose file (same inode) holds a grant long expired.
+func TestStateRefused(t *testing.T) {
+	s, _ := logStore(t)
+	dir := t.TempDir()
+	now := time.Now()
+	if err := s.Record(Grant{IP: "192.0.2.1", User: "mallory", Service: "pop3", Time: now.Add(-3 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	snap, _, err := s.Scan(nil, now, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap.Grants[0].Expires = now.Add(365 * 24 * time.Hour)
+	var good bytes.Buffer
+	if err := s.WriteState(&good, snap); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, b []byte, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, mode)
+		return p
+	}
+	if _, err := s.ReadState(write("ok", good.Bytes(), 0o640)); err != nil {
+		t.Fatalf("a good state file: %v", err)
+	}
+	flipped := bytes.Clone(good.Bytes())
+	flipped[len(stateMagic)+30] ^= 1
+	other := New(t.TempDir())
+	var others bytes.Buffer
+	other.WriteState(&others, snap)
+	bad := map[string]string{
+		"group-writable": write("gw", good.Bytes(), 0o660),
+		"world-writable": write("ww", good.Bytes(), 0o646),
+		"truncated":      write("trunc", good.Bytes()[:good.Len()-5], 0o640),
+		"flipped bit":    write("flip", flipped, 0o640),
+		"other spool":    write("other", others.Bytes(), 0o600),
+		"empty":          write("empty", nil, 0o600),
+	}
+	if os.Geteuid() == 0 {
+		p := write("foreign", good.Bytes(), 0o640)
+		if err := os.Chown(p, 4242, 4242); err != nil {
+			t.Fatal(err)
+		}
+		bad["owned by another user"] = p
+	} else {
+		t.Log("not root: the foreign owner case is not tested")
+	}
+	link := filepath.Join(dir, "link")
+	os.Symlink(filepath.Join(dir, "ok"), link)
+	bad["symlink"] = link
+	for what, p := range bad {
+		got, err := s.ReadState(p)
+		if !errors.Is(err, ErrState) {
+			t.Errorf("%s: ReadState = %v, %v; want ErrState", what, got, err)
+		}
+	}
+	// Believed, the good one keeps the grant; the spool says it is over.
+	prev, _ := s.ReadState(filepath.Join(dir, "ok"))
+	trusted, _, _ := s.Scan(prev, now, time.Hour)
+	if len(trusted.Grants) != 1 || !trusted.Grants[0].Expiry(time.Hour).After(now) {
+		t.Fatalf("the state's own grant should be taken as it is: %v", trusted.Grants)
+	}
+	fromSpool, _, _ := s.Scan(nil, now, time.Hour)
+	if fromSpool.Grants[0].Expiry(time.Hour).After(now) {
+		t.Fatalf("the spool's grant should be expired: %v", fromSpool.Grants)
+	}
+}
+
+// TestRecordMany: the files are those Record writes, and the snapshot it
+// returns is what a scan of them finds.
+func TestRecordMany(t *testing.T) {
+	s, _ := logStore(t)
+	now := time.Now()
+	long := now.Add(30 * 24 * time.Hour)
+	if err := s.Record(Grant{IP: "192.0.2.9", User: "admin", Service: "manual", Time: now.Add(-time.Minute), Expires: long}); err != nil {
+		t.Fatal(err)
+	}
+	old, _, _ := s.Scan(nil, now, time.Hour)
+	gs := []Grant{
+		{IP: "2001:db8::1", User: "a", Service: "imap", Time: now},
+		{IP: "192.0.2.9", User: "b", Service: "pop3", Time: now},
+		{IP: "::ffff:192.0.2.3", User: "c", Service: "pop3", Time: now},
+	}
+	wrote, err := s.RecordMany(gs, func(ip string) (Grant, bool) {
+		for _, g := range old.Grants {
+			if g.IP == ip {
+				return g, true
+			}
+		}
+		return Grant{}, false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	merged := MergeSnapshot(old, wrote)
+	scan, st, err := s.Scan(nil, now, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(merged.Grants, scan.Grants) || !reflect.DeepEqual(merged.Inos, scan.Inos) {
+		t.Errorf("RecordMany's snapshot\n%v %v\nthe spool's\n%v %v", merged.Grants, merged.Inos, scan.Grants, scan.Inos)
+	}
+	if st.Read != 3 || !scan.Grants[1].Keep.Equal(time.Unix(long.Unix(), 0)) {
+		t.Errorf("read %d; the login over the admin's grant: %+v", st.Read, scan.Grants[1])
+	}
+}
