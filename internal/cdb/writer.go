@@ -16,9 +16,10 @@ type slot struct {
 // copied or reallocated (as cdb_make's hplist), so memory stays close to 8
 // bytes per record with no garbage to collect.
 type chunks struct {
-	full [][]slot
-	last []slot
-	n    int
+	full  [][]slot
+	last  []slot
+	n     int
+	spare [][]slot // emptied chunks for reuse, after Reset
 }
 
 func (c *chunks) add(s slot) {
@@ -26,10 +27,26 @@ func (c *chunks) add(s slot) {
 		if c.last != nil {
 			c.full = append(c.full, c.last)
 		}
-		c.last = make([]slot, 0, min(max(16, 2*cap(c.last)), 1024))
+		if k := len(c.spare); k > 0 {
+			c.last, c.spare = c.spare[k-1][:0], c.spare[:k-1]
+		} else {
+			c.last = make([]slot, 0, min(max(16, 2*cap(c.last)), 1024))
+		}
 	}
 	c.last = append(c.last, s)
 	c.n++
+}
+
+// reset empties c, keeping its chunks for reuse.
+func (c *chunks) reset() {
+	for _, ch := range c.full {
+		c.spare = append(c.spare, ch[:0])
+	}
+	if c.last != nil {
+		c.spare = append(c.spare, c.last[:0])
+	}
+	clear(c.full)
+	c.full, c.last, c.n = c.full[:0], nil, 0
 }
 
 // Writer streams records to an io.WriteSeeker and writes the hash tables and
@@ -45,6 +62,9 @@ type Writer struct {
 	err    error // sticky: once set, every later call returns it
 	done   bool
 	hdr    [8]byte // Add's record header, here so it is not allocated per call
+	keep   bool    // set by Reset: Finish keeps its memory for the next use
+	table  []slot  // Finish's buffers, kept with keep
+	out    []byte
 }
 
 // NewWriter returns a Writer that writes a database to w, starting at its
@@ -56,8 +76,26 @@ func NewWriter(w io.WriteSeeker) *Writer {
 	return cw
 }
 
+// Reset makes cw write a new database to w, as NewWriter does, reusing
+// the memory of the last one: a writer reset for every publish allocates
+// nothing once it has seen the largest database.
+func (cw *Writer) Reset(w io.WriteSeeker) {
+	for i := range cw.tables {
+		cw.tables[i].reset()
+	}
+	cw.w, cw.pos, cw.n, cw.err, cw.done, cw.keep = w, headerSize, 0, nil, false, true
+	cw.buf.Reset(w)
+	var zero [headerSize]byte
+	_, cw.err = cw.buf.Write(zero[:])
+}
+
 // Add appends one record. Keys may repeat; readers find the first.
 func (cw *Writer) Add(key, value []byte) error {
+	return cw.AddHashed(key, value, Hash(key))
+}
+
+// AddHashed is Add for a key whose Hash is h, computed beforehand.
+func (cw *Writer) AddHashed(key, value []byte, h uint32) error {
 	if cw.err != nil {
 		return cw.err
 	}
@@ -86,7 +124,6 @@ func (cw *Writer) Add(key, value []byte) error {
 		cw.err = err
 		return err
 	}
-	h := Hash(key)
 	cw.tables[h&255].add(slot{h, uint32(cw.pos)})
 	cw.n++
 	cw.pos += n
@@ -107,8 +144,7 @@ func (cw *Writer) Finish() error {
 	// Each table holds its records in insertion order, as cdb_make's
 	// split does.
 	var header [headerSize]byte
-	var table []slot
-	var out []byte
+	table, out := cw.table, cw.out
 	for i := range 256 {
 		n := uint32(cw.tables[i].n)
 		slots := 2 * n
@@ -137,7 +173,9 @@ func (cw *Writer) Finish() error {
 				table[where] = s
 			}
 		}
-		*c = chunks{}
+		if !cw.keep {
+			*c = chunks{}
+		}
 		b := out[:8*slots]
 		for j, s := range table {
 			binary.LittleEndian.PutUint32(b[8*j:], s.h)
@@ -148,6 +186,9 @@ func (cw *Writer) Finish() error {
 			return err
 		}
 		cw.pos += 8 * uint64(slots)
+	}
+	if cw.keep {
+		cw.table, cw.out = table, out
 	}
 	if err := cw.buf.Flush(); err != nil {
 		cw.err = err

@@ -126,6 +126,9 @@ func (f *File) Seek(off int64, whence int) (int64, error) {
 // Bytes returns what was written.
 func (f *File) Bytes() []byte { return f.b }
 
+// Reset empties f, keeping its memory.
+func (f *File) Reset() { f.b, f.off = f.b[:0], 0 }
+
 // Dump renders the records of db (a *cdb.Reader) as tinycdb's "cdb -d"
 // does: +KLEN,DLEN:KEY->DATA a line, then an empty line.
 func Dump(t testing.TB, db interface {
