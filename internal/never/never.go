@@ -12,12 +12,24 @@
 //
 //	# the POP proxy: its "clients" are everyone behind it
 //	192.0.2.10
-//	10.1.            a tcprules-style prefix: 10.1.0.0 - 10.1.255.255
-//	2001:db8:        an IPv6 prefix, matched on the canonical text
+//	10.1.            a tcprules-style prefix: 10.1.0.0/16
+//	2001:db8:0:0:    an IPv6 one, whole groups: 2001:db8::/64
 //	198.51.100.0/24  a CIDR prefix
+//	2001:db8::/32
 //
-// '#' starts a comment, blank lines are ignored, and any other line that is
-// not an address or a prefix is an error naming the file and line.
+// An entry means the range of addresses it denotes, however it is spelled:
+// "fd00:0:" and "FD00:0000:" are fd00::/32, "2001:DB8::0:1" is the address
+// 2001:db8::1, and "::ffff:10.1." is 10.1.0.0/16 (grants hold IPv4 as
+// IPv4). '#' starts a comment, blank lines are ignored, and any other line
+// is an error naming the file and line: text that is no address or range,
+// a tcprules-style prefix with "::" in it ("2001:db8::1:" is a set of
+// texts, not a range), and an address that ends in "::" ("2001:db8::" is
+// one address as IPv6, but a prefix to tcprules: write 2001:db8::/32 or
+// 2001:db8::0).
+//
+// Whatever the set, Refuse also refuses an address whose tcpserver key
+// would open a range (see addr.Check): "2001:db8:aaaa::" is written so by
+// tcpserver, which matches that text as a prefix of every address after it.
 package never
 
 import (
@@ -31,6 +43,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/poprelay/poprelay/internal/addr"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/regular"
 )
@@ -41,14 +54,13 @@ const DefaultFile = "/etc/poprelay/never"
 // ErrSyntax reports a line of a never-grant file that is not an entry.
 var ErrSyntax = errors.New("not an IP address or prefix")
 
-// Set is a never-grant set. The zero Set refuses nothing.
+// Set is a never-grant set. The zero Set refuses only what no set grants:
+// text that is not a canonical address, and an address whose tcpserver key
+// would open a range.
 type Set struct {
-	exact    map[string]string // canonical IP -> reason
-	prefixes []entry           // tcprules-style text prefixes
-	nets     []netEntry        // CIDR prefixes
+	exact map[string]string // canonical IP -> reason
+	nets  []netEntry        // prefixes, CIDR or tcprules-style
 }
-
-type entry struct{ text, reason string }
 
 type netEntry struct {
 	p      netip.Prefix
@@ -188,12 +200,15 @@ func (s *Set) Parse(r io.Reader, name string) error {
 	return nil
 }
 
-// add adds one entry: an address, a CIDR prefix, or a text prefix ending
-// in '.' (IPv4) or ':' (IPv6).
+// add adds one entry: an address, a CIDR prefix, or a tcprules-style
+// prefix ending in '.' (IPv4) or ':' (IPv6).
 func (s *Set) add(e, where string) error {
 	reason := "never-grant entry " + e + " (" + where + ")"
-	if strings.Contains(e, "/") {
-		p, err := netip.ParsePrefix(e)
+	var p netip.Prefix
+	switch {
+	case strings.Contains(e, "/"):
+		var err error
+		p, err = netip.ParsePrefix(e)
 		if err != nil || p.Addr().Zone() != "" {
 			return fmt.Errorf("%w: %q", ErrSyntax, e)
 		}
@@ -201,56 +216,73 @@ func (s *Set) add(e, where string) error {
 		if p.Addr().Is4In6() && p.Bits() >= 96 {
 			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 		}
-		s.nets = append(s.nets, netEntry{p: p, reason: reason})
-		return nil
+	case strings.HasSuffix(e, "::"):
+		if a, err := netip.ParseAddr(e); err == nil && a.Zone() == "" {
+			bits := 16 * strings.Count(e[:len(e)-2], ":")
+			if e != "::" {
+				bits += 16
+			}
+			return fmt.Errorf("%w: %q is one address as IPv6 but a prefix as tcprules text: write %s/%d for the range, or %s0 for the address", ErrSyntax, e, e, bits, e)
+		}
+		return fmt.Errorf("%w: %q", ErrSyntax, e)
+	default:
+		if c, err := grant.CanonicalIP(e); err == nil {
+			s.addExact(c, reason)
+			return nil
+		}
+		var ok bool
+		if p, ok = textPrefix(e); !ok {
+			return fmt.Errorf("%w: %q", ErrSyntax, e)
+		}
 	}
-	if c, err := grant.CanonicalIP(e); err == nil {
-		s.addExact(c, reason)
-		return nil
-	}
-	if t, ok := textPrefix(e); ok {
-		s.prefixes = append(s.prefixes, entry{t, reason})
-		return nil
-	}
-	return fmt.Errorf("%w: %q", ErrSyntax, e)
+	s.nets = append(s.nets, netEntry{p: p, reason: reason})
+	return nil
 }
 
-// textPrefix checks a tcprules-style prefix and returns it as it appears at
-// the start of canonical addresses: "10.1." (one to three decimal octets
-// without leading zeros, each followed by '.') or "2001:db8:" (one to seven
-// groups of hex digits without leading zeros, each followed by ':'; no
-// "::", whose meaning as a text prefix would be fuzzy: use CIDR).
-func textPrefix(e string) (string, bool) {
+// textPrefix reads a tcprules-style prefix as the range it denotes:
+// "10.1." (one to three decimal octets without leading zeros, each
+// followed by '.'; "::ffff:10.1." means the same) is 10.1.0.0/16;
+// "2001:db8:0:0:" (one to seven groups of one to four hex digits, each
+// followed by ':') is 2001:db8::/64. "::" has no place in one: a text
+// prefix with it is a set of spellings, not a range.
+func textPrefix(e string) (netip.Prefix, bool) {
 	switch e[len(e)-1] {
 	case '.':
+		if len(e) > 7 && strings.EqualFold(e[:7], "::ffff:") {
+			e = e[7:]
+		}
 		parts := strings.Split(e[:len(e)-1], ".")
 		if len(parts) > 3 {
-			return "", false
+			return netip.Prefix{}, false
 		}
-		for _, p := range parts {
+		var a [4]byte
+		for i, p := range parts {
 			v, err := strconv.Atoi(p)
 			if err != nil || v < 0 || v > 255 || strconv.Itoa(v) != p {
-				return "", false
+				return netip.Prefix{}, false
 			}
+			a[i] = byte(v)
 		}
-		return e, true
+		return netip.PrefixFrom(netip.AddrFrom4(a), 8*len(parts)), true
 	case ':':
-		e = strings.ToLower(e)
 		parts := strings.Split(e[:len(e)-1], ":")
 		if len(parts) > 7 {
-			return "", false
+			return netip.Prefix{}, false
 		}
-		for _, p := range parts {
-			if p == "" || len(p) > 4 || len(p) > 1 && p[0] == '0' {
-				return "", false
+		var a [16]byte
+		for i, p := range parts {
+			if p == "" || len(p) > 4 {
+				return netip.Prefix{}, false
 			}
-			if _, err := strconv.ParseUint(p, 16, 16); err != nil {
-				return "", false
+			v, err := strconv.ParseUint(p, 16, 16)
+			if err != nil {
+				return netip.Prefix{}, false
 			}
+			a[2*i], a[2*i+1] = byte(v>>8), byte(v)
 		}
-		return e, true
+		return netip.PrefixFrom(netip.AddrFrom16(a), 16*len(parts)), true
 	}
-	return "", false
+	return netip.Prefix{}, false
 }
 
 // Refuse tells whether ip (canonical, see grant.CanonicalIP) must never be
@@ -276,10 +308,8 @@ func (s *Set) Refuse(ip string) (reason string, refused bool) {
 			return n.reason, true
 		}
 	}
-	for _, p := range s.prefixes {
-		if strings.HasPrefix(ip, p.text) {
-			return p.reason, true
-		}
+	if key := addr.AppendKey(buf[:0], a); key[len(key)-1] == ':' {
+		return addr.Check(string(key)).Error(), true
 	}
 	return "", false
 }

@@ -33,10 +33,15 @@ const file = `# never-grant test file
 
 ::ffff:203.0.113.0/120
 172.16.5.
+3fff:2:0:      # zero groups, as tcprules text
+fd00:0:
+FD01:0000:00ab:
+::ffff:10.7.
+3FFF:0003:0000:0000:0000:0000:0000:0001
 `
 
 func TestRefuse(t *testing.T) {
-	fakeInterfaces(t, "127.0.0.1/8", "192.168.1.5/24", "fd00::5/64", "::1/128")
+	fakeInterfaces(t, "127.0.0.1/8", "192.168.1.5/24", "fd10::5/64", "::1/128")
 	s := Default()
 	if err := s.Parse(strings.NewReader(file), "/etc/poprelay/never"); err != nil {
 		t.Fatal(err)
@@ -51,7 +56,7 @@ func TestRefuse(t *testing.T) {
 		{"ff02::1", "multicast ff02::1"},
 		{"255.255.255.255", "broadcast address 255.255.255.255"},
 		{"192.168.1.5", "own interface address 192.168.1.5"},
-		{"fd00::5", "own interface address fd00::5"},
+		{"fd10::5", "own interface address fd10::5"},
 		{"192.0.2.10", "never-grant entry 192.0.2.10 (/etc/poprelay/never:2)"},
 		{"10.1.0.1", "never-grant entry 10.1. (/etc/poprelay/never:3)"},
 		{"10.1.255.255", "never-grant entry 10.1. (/etc/poprelay/never:3)"},
@@ -59,6 +64,18 @@ func TestRefuse(t *testing.T) {
 		{"198.51.100.77", "never-grant entry 198.51.100.0/24 (/etc/poprelay/never:5)"},
 		{"203.0.113.9", "never-grant entry ::ffff:203.0.113.0/120 (/etc/poprelay/never:7)"},
 		{"172.16.5.1", "never-grant entry 172.16.5. (/etc/poprelay/never:8)"},
+		// Issue 16.4: a prefix with zero groups means its range, whatever
+		// the compressed text of the addresses in it.
+		{"3fff:2::10", "never-grant entry 3fff:2:0: (/etc/poprelay/never:9)"},
+		{"3fff:2:0:ffff:ffff:ffff:ffff:ffff", "never-grant entry 3fff:2:0: (/etc/poprelay/never:9)"},
+		{"fd00::25", "never-grant entry fd00:0: (/etc/poprelay/never:10)"},
+		{"fd00:0:1::", "never-grant entry fd00:0: (/etc/poprelay/never:10)"},
+		{"fd01:0:ab::1", "never-grant entry FD01:0000:00ab: (/etc/poprelay/never:11)"},
+		{"10.7.0.1", "never-grant entry ::ffff:10.7. (/etc/poprelay/never:12)"},
+		{"3fff:3::1", "never-grant entry 3FFF:0003:0000:0000:0000:0000:0000:0001 (/etc/poprelay/never:13)"},
+		// Issue 16.2: an address whose key ends in ':' opens a range.
+		{"2001:db9:aaaa::", `would open a range: its key "2001:db9:aaaa::" ends in ":", which tcpserver also matches as a prefix of other addresses`},
+		{"2001:db9:1:2:3:4:5:0", `would open a range: its key "2001:db9:1:2:3:4:5::" ends in ":", which tcpserver also matches as a prefix of other addresses`},
 		{"::ffff:1.2.3.4", "not a canonical IP address"},
 		{"../x", "not a canonical IP address"},
 		// Grantable.
@@ -66,7 +83,7 @@ func TestRefuse(t *testing.T) {
 		{"127.255.255.254", ""},
 		{"192.168.1.6", ""},
 		{"192.168.1.0", ""},
-		{"fd00::6", ""},
+		{"fd10::6", ""},
 		{"10.10.0.1", ""},
 		{"10.11.0.1", ""},
 		{"172.16.50.1", ""},
@@ -76,15 +93,24 @@ func TestRefuse(t *testing.T) {
 		{"240.0.0.1", ""},
 		{"fe80::1", ""},
 		{"192.0.2.11", ""},
+		{"3fff:2:1::10", ""},
+		{"3fff:3::2", ""},
+		{"fd00:1::25", ""},
+		{"fd01:0:ac::1", ""},
+		{"2001:db9:0:2:3:4:5:0", ""}, // key "2001:db9::2:3:4:5:0"
 	} {
 		reason, refused := s.Refuse(tc.ip)
 		if refused != (tc.reason != "") || reason != tc.reason {
 			t.Errorf("Refuse(%s) = %q, %v; want %q", tc.ip, reason, refused, tc.reason)
 		}
 	}
-	// The zero Set refuses nothing but non-canonical text.
+	// The zero Set refuses nothing but non-canonical text and keys that
+	// open a range.
 	if _, refused := new(Set).Refuse("127.0.0.1"); refused {
 		t.Error("zero Set refused 127.0.0.1")
+	}
+	if _, refused := new(Set).Refuse("2001:db8:aaaa::"); !refused {
+		t.Error("zero Set granted 2001:db8:aaaa::")
 	}
 }
 
@@ -123,7 +149,13 @@ func TestParseErrors(t *testing.T) {
 		{".\n", "f:1:"},
 		{":\n", "f:1:"},
 		{"2001:db8:::\n", "f:1:"},
-		{"2001:0db8:\n", "f:1:"},
+		{"2001:db8::\n", `f:1: not an IP address or prefix: "2001:db8::" is one address as IPv6 but a prefix as tcprules text: write 2001:db8::/32 for the range, or 2001:db8::0 for the address`},
+		{"::\n", `f:1: not an IP address or prefix: "::" is one address as IPv6 but a prefix as tcprules text: write ::/0 for the range, or ::0 for the address`},
+		{"2001:db8::1:\n", "f:1:"},
+		{"1:2:3:4:5:6:7:8:\n", "f:1:"},
+		{"2001:db8:0:00000:\n", "f:1:"},
+		{"::ffff:10.1.2.3.\n", "f:1:"},
+		{"2001:db8::/129\n", "f:1:"},
 		{"12345:\n", "f:1:"},
 		{"1.2.3.4/33\n", "f:1:"},
 		{"fe80::1%eth0\n", "f:1:"},
