@@ -37,7 +37,7 @@ func (s *setting) IsBoolFlag() bool { return s.isBool }
 
 // config is the effective configuration of one run.
 type config struct {
-	spool, rules, cdb, maxAge, never, keepRBL, remoteInfo, verbose *setting
+	spool, rules, cdb, maxAge, never, keepRBL, remoteInfo, mapped, verbose *setting
 
 	Spool      string
 	Rules      string // "" means no static rules
@@ -46,11 +46,12 @@ type config struct {
 	Never      string // a never-grant file read after the default one; "" for none
 	KeepRBL    bool
 	RemoteInfo bool
+	Mapped     bool
 	Verbose    bool
 }
 
 func (c *config) all() []*setting {
-	return []*setting{c.spool, c.rules, c.cdb, c.maxAge, c.never, c.keepRBL, c.remoteInfo, c.verbose}
+	return []*setting{c.spool, c.rules, c.cdb, c.maxAge, c.never, c.keepRBL, c.remoteInfo, c.mapped, c.verbose}
 }
 
 // Lock is the lock file that serializes writers of the CDB.
@@ -66,6 +67,7 @@ func newConfig(fset *flag.FlagSet) *config {
 		never:      &setting{name: "never", env: "POPRELAY_NEVER", def: "", help: "a never-grant `FILE` read in addition to the built-in set and " + never.DefaultFile + " (if it exists)"},
 		keepRBL:    &setting{name: "keep-rbl", env: "POPRELAY_KEEPRBL", def: "false", isBool: true, help: `do not add RBLSMTPD="" to grant records`},
 		remoteInfo: &setting{name: "remoteinfo", env: "POPRELAY_REMOTEINFO", def: "false", isBool: true, help: "set TCPREMOTEINFO to the user in grant records"},
+		mapped:     &setting{name: "mapped", env: "POPRELAY_MAPPED", def: "false", isBool: true, help: "also key IPv4 grants as ::ffff:a.b.c.d, for Debian's IPv6 tcpserver run with -6"},
 		verbose:    &setting{name: "v", env: "POPRELAY_VERBOSE", def: "false", isBool: true, help: "say what was done"},
 	}
 	for _, s := range c.all() {
@@ -105,7 +107,7 @@ func (c *config) resolve(lookup func(string) (string, bool)) error {
 	for _, b := range []struct {
 		s   *setting
 		dst *bool
-	}{{c.keepRBL, &c.KeepRBL}, {c.remoteInfo, &c.RemoteInfo}, {c.verbose, &c.Verbose}} {
+	}{{c.keepRBL, &c.KeepRBL}, {c.remoteInfo, &c.RemoteInfo}, {c.mapped, &c.Mapped}, {c.verbose, &c.Verbose}} {
 		v, err := parseBool(b.s.value)
 		if err != nil {
 			return usagef("bad %s %q (%s): want true or false", b.s.name, b.s.value, b.s.source)
@@ -221,7 +223,7 @@ the environment, or the default. The lock file is derived from --cdb.`,
 					if v == "" {
 						v = `"" (no static rules)`
 					}
-				case c.keepRBL, c.remoteInfo, c.verbose:
+				case c.keepRBL, c.remoteInfo, c.mapped, c.verbose:
 					b, _ := parseBool(v)
 					v = strconv.FormatBool(b)
 				}

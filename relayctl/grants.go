@@ -61,9 +61,12 @@ var listCmd = &command{
 	short: "show the grants in the spool",
 	usage: "[--json] [options]",
 	help: `Show the grants in the spool, sorted by address: IP, user, service, login
-time, age, time left, and what a rebuild does with the grant: "relay", or
-"expired", "refused: WHY" (never-grant set), "denied: FILE:LINE" (a static
-deny), "static: FILE:LINE" (an exact static record wins). --json prints an
+time, age, time left, and what a rebuild does with the grant: "relay" (with
+"as FILE:LINE", the static rule whose settings the record carries, or "over
+the catch-all deny FILE:LINE"), or "expired", "refused: WHY" (never-grant
+set, or a key tcpserver would match as a prefix), "denied: FILE:LINE" (an
+address, prefix or range deny), "static: FILE:LINE" (an exact static record
+wins). --json prints an
 array of objects for scripts, times in RFC 3339 and durations in seconds.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		asJSON := fs.Bool("json", false, "print JSON")
@@ -176,9 +179,21 @@ func (e *env) status(en merge.Entry) (status, reason string) {
 		return "refused", en.Refused
 	case en.Live():
 		var notes []string
-		for _, k := range en.Keys {
-			if k.Status != merge.Relay {
-				notes = append(notes, fmt.Sprintf("%s %s: %s", k.Key, k.Status, e.ruleWhere(k.Rule)))
+		for i, k := range en.Keys {
+			var note string
+			switch {
+			case k.Status != merge.Relay:
+				note = fmt.Sprintf("%s %s: %s", k.Key, k.Status, e.ruleWhere(k.Rule))
+			case k.Override:
+				note = "over the catch-all deny " + e.ruleWhere(k.Rule)
+			case k.Rule != nil:
+				note = "as " + e.ruleWhere(k.Rule)
+			}
+			if note != "" && i > 0 {
+				note = k.Key + " " + note
+			}
+			if note != "" {
+				notes = append(notes, note)
 			}
 		}
 		return "relay", strings.Join(notes, "; ")
@@ -206,7 +221,8 @@ var allowCmd = &command{
 	usage: "IP [--for DUR] [--user NAME] [options]",
 	help: `Grant IP by hand, as if NAME had logged in from it now, then rebuild.
 The grant lasts the max age, or DUR with --for. An address in the
-never-grant set is refused (exit 100).`,
+never-grant set, or one whose key would end in ":" (2001:db8:aaaa::, which
+tcpserver would also match as a prefix), is refused (exit 100).`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		dur := fs.String("for", "", "how long the grant lasts, `DUR` (default: the max age)")
 		user := fs.String("user", "", "the user `NAME` to record")
@@ -232,7 +248,7 @@ never-grant set is refused (exit 100).`,
 				return err
 			}
 			if why, refused := set.Refuse(ip); refused {
-				return perm("unable to grant %s: %s is in the never-grant set", ip, why)
+				return perm("unable to grant %s: never granted: %s", ip, why)
 			}
 			// The cluster first, outside the CDB lock (the watcher
 			// needs it); a failure there still grants here, then

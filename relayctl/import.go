@@ -83,7 +83,7 @@ func (e *env) importGrants(gs []grant.Grant) error {
 				continue
 			}
 			if why, refused := set.Refuse(g.IP); refused {
-				e.logf("warning: skipped %s: %s is in the never-grant set", g.IP, why)
+				e.logf("warning: skipped %s: never granted: %s", g.IP, why)
 				continue
 			}
 			ip, err := grant.CanonicalIP(g.IP)

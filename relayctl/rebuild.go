@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/poprelay/poprelay/internal/atomic"
 	"github.com/poprelay/poprelay/internal/cdb"
@@ -22,14 +23,21 @@ var rebuildCmd = &command{
 	usage: "[options]",
 	help: `Write the CDB from the static rules file and the live grants. Static
 records come first, in file order; then, for each grant that has not
-expired and is not in the never-grant set, a record for its address (and
-for an IPv4 address its ::ffff: twin, as Debian's IPv6 tcpserver looks it
-up) with the settings of the static rule tcpserver would have matched, plus
+expired and is not in the never-grant set, a record keyed by the text
+tcpserver looks its client up under (Debian's IPv6 tcpserver compresses
+even one zero group: 2001:db8::1:1:1:1:1), with --mapped also the
+::ffff:a.b.c.d key of an IPv4 address (a tcpserver run with -6), with the
+settings of the static rule tcpserver would have matched, plus
 RELAYCLIENT="" (unless that rule sets RELAYCLIENT), RBLSMTPD="" (unless it
 sets RBLSMTPD, or --keep-rbl) and with --remoteinfo TCPREMOTEINFO=user. An
-exact static record for the address wins, and a static deny stays a deny.
-The CDB is replaced atomically under the lock; on any failure the old one
-stays. Temp files a killed writer left beside the CDB are removed, and so
+exact static record for the address wins, and an address, prefix or range
+deny stays a deny; the catch-all ":deny" does not stop a grant (the record
+gets RELAYCLIENT="" and RBLSMTPD="" alone). A grant whose key would end in
+":" (2001:db8:aaaa::) is refused: tcpserver would also match it as a
+prefix. tcpserver tries the exact address before host-name rules
+(=host, =.domain), so a grant overrides them: rebuild warns when the rules
+file has any. The CDB is replaced atomically under the lock; on any failure
+the old one stays. Temp files a killed writer left beside the CDB are removed, and so
 are those in the spool older than a minute. A missing rules file is an
 error; --rules "" means none. The grants as read are saved beside the CDB
 in CDB.state, so the next run (rebuild, expire, list, allow, revoke,
@@ -45,6 +53,7 @@ warning and replaced.`,
 			return e.locked(func() error {
 				_, err := e.rebuild()
 				if err == nil {
+					e.warnHostRules(e.built.rs, "grants override")
 					e.cleanSpool()
 				}
 				return err
@@ -112,6 +121,7 @@ func (e *env) mergeOptions() (merge.Options, error) {
 		MaxAge:     e.cfg.MaxAge,
 		KeepRBL:    e.cfg.KeepRBL,
 		RemoteInfo: e.cfg.RemoteInfo,
+		Mapped:     e.cfg.Mapped,
 		Never:      set,
 	}, nil
 }
@@ -145,7 +155,7 @@ func (e *env) rebuild() (merge.Summary, error) {
 	if sum, err = e.writeCDB(rs, gs, opt); err != nil {
 		return sum, err
 	}
-	e.built = &built{rules.NewIndex(rs), opt}
+	e.built = &built{rules.NewIndex(rs), opt, rs}
 	return sum, nil
 }
 
@@ -195,6 +205,30 @@ func (e *env) cleanSpool() {
 type built struct {
 	ix  *rules.Index
 	opt merge.Options
+	rs  []rules.Rule
+}
+
+// warnHostRules says, in one line, which host-name rules of rs a grant
+// record overrides: tcpserver tries the exact address before =host and
+// =.domain, so they never apply to a granted address.
+func (e *env) warnHostRules(rs []rules.Rule, what string) {
+	hs := merge.HostRules(rs)
+	if len(hs) == 0 {
+		return
+	}
+	var names []string
+	for i, r := range hs {
+		if i == 3 {
+			names = append(names, fmt.Sprintf("and %d more", len(hs)-3))
+			break
+		}
+		d := "allow"
+		if r.Deny {
+			d = "deny"
+		}
+		names = append(names, fmt.Sprintf("%s:%d %s:%s", e.cfg.Rules, r.Line, r.Addr, d))
+	}
+	e.logf("warning: %s host-name rules (tcpserver tries a client's address before its host name): %s", what, strings.Join(names, ", "))
 }
 
 // rebuildAfter is the rebuild that follows a change of the spool.

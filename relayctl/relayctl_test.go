@@ -163,7 +163,7 @@ func TestRebuildAllowRevoke(t *testing.T) {
 	f.ok("allow", "2001:DB8::0:7")
 	for ip, want := range map[string]string{
 		"192.0.2.7":        "allow 192.0.2.7 QMAILQUEUE=/var/qmail/bin/qq RBLSMTPD= RELAYCLIENT=",
-		"::ffff:192.0.2.7": "allow ::ffff:192.0.2.7 RBLSMTPD= RELAYCLIENT=",
+		"::ffff:192.0.2.7": "allow ",
 		"192.0.2.66":       "deny 192.0.2.66",
 		"198.51.100.9":     "deny 198.51.100.",
 		"2001:db8::7":      "allow 2001:db8::7 RBLSMTPD= RELAYCLIENT=",
@@ -187,7 +187,9 @@ func TestRebuildAllowRevoke(t *testing.T) {
 	f.fails(100, "usage:", "revoke", "1.2.3.4", "--user", "x")
 	f.fails(100, "unable to grant", "allow", "192.0.2.300")
 	f.fails(100, "unable to grant", "allow", "192.0.2.")
-	f.fails(100, "loopback 127.0.0.1 is in the never-grant set", "allow", "127.0.0.1")
+	f.fails(100, "never granted: loopback 127.0.0.1", "allow", "127.0.0.1")
+	// Issue 16.2: its key would be a prefix of its neighbours'.
+	f.fails(100, `unable to grant 2001:db8:aaaa::: never granted: would open a range: its key "2001:db8:aaaa::" ends in ":"`, "allow", "2001:db8:aaaa::")
 	f.fails(100, "usage:", "allow")
 	f.fails(100, "bad --for", "allow", "192.0.2.9", "--for", "soon")
 	f.fails(100, "unable to grant", "allow", "192.0.2.9", "--user", "a\nb")
@@ -203,6 +205,10 @@ func TestVerbose(t *testing.T) {
 		t.Errorf("exit %d, stderr %q", code, errs)
 	}
 	code, _, errs = f.run("rebuild", "-v")
+	if code != 0 || !strings.Contains(errs, "1 relayed (1 records)") {
+		t.Errorf("exit %d, stderr %q", code, errs)
+	}
+	code, _, errs = f.run("rebuild", "-v", "--mapped")
 	if code != 0 || !strings.Contains(errs, "1 relayed (2 records)") {
 		t.Errorf("exit %d, stderr %q", code, errs)
 	}
@@ -446,7 +452,7 @@ func TestList(t *testing.T) {
 		got = append(got, fmt.Sprintf("%v %v %v", r["ip"], r["status"], r["reason"]))
 	}
 	want := []string{
-		"192.0.2.7 relay <nil>",
+		"192.0.2.7 relay as " + f.rules + ":4",
 		"192.0.2.9 expired <nil>",
 		"192.0.2.66 static " + f.rules + ":3",
 		"198.51.100.1 denied " + f.rules + ":5",
@@ -472,10 +478,38 @@ func TestCheck(t *testing.T) {
 			t.Errorf("check 192.0.2.7 lacks %q:\n%s", w, out)
 		}
 	}
+	// Without --mapped an IPv4 grant has no ::ffff: key, and check says so.
+	out = f.ok("check", "::ffff:192.0.2.7")
+	if !strings.Contains(out, `key: ""`) || !strings.Contains(out, `grant: for 192.0.2.7 (user "alice"): relay: as `+f.rules+`:4 under "192.0.2.7", not "::ffff:192.0.2.7" (--mapped adds`) {
+		t.Errorf("::ffff: form:\n%s", out)
+	}
+	f.ok("rebuild", "--mapped")
 	out = f.ok("check", "::ffff:192.0.2.7")
 	if !strings.Contains(out, `key: "::ffff:192.0.2.7"`) || !strings.Contains(out, "grant for 192.0.2.7") {
-		t.Errorf("twin:\n%s", out)
+		t.Errorf("::ffff: form with --mapped:\n%s", out)
 	}
+	// IPv6: looked up as tcpserver spells it; a grant whose key would be a
+	// prefix is refused, and check says why.
+	f.ok("allow", "2001:db8:0:1:1:1:1:1", "--user", "dave")
+	out = f.ok("check", "2001:db8:0:1:1:1:1:1")
+	if !strings.Contains(out, "address: 2001:db8:0:1:1:1:1:1 is looked up as \"2001:db8::1:1:1:1:1\"\n") || !strings.Contains(out, `key: "2001:db8::1:1:1:1:1"`) || !strings.Contains(out, `grant for 2001:db8:0:1:1:1:1:1: user "dave"`) {
+		t.Errorf("IPv6:\n%s", out)
+	}
+	// As a login from it leaves it (the wrapper refuses it too).
+	if err := grant.New(f.spool).Record(grant.Grant{IP: "2001:db8:aaaa::", User: "mallory", Service: "pop3", Time: f.now}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, errs := f.run("rebuild"); !strings.Contains(errs, `warning: refused grant for 2001:db8:aaaa:: (user "mallory"): would open a range`) {
+		t.Errorf("rebuild says %q", errs)
+	}
+	out = f.ok("check", "2001:db8:aaaa::")
+	if !strings.Contains(out, `key: ""`) || !strings.Contains(out, `grant: for 2001:db8:aaaa:: (user "mallory"): refused: would open a range: its key "2001:db8:aaaa::" ends in ":"`) {
+		t.Errorf("prefix-like grant:\n%s", out)
+	}
+	if out := f.ok("check", "2001:db8:aaaa::5"); !strings.Contains(out, `key: ""`) {
+		t.Errorf("its neighbour:\n%s", out)
+	}
+	os.Remove(filepath.Join(f.spool, "2001:db8:aaaa::"))
 	out = f.ok("check", "192.0.2.66")
 	if !strings.Contains(out, "decision: deny\n") || !strings.Contains(out, "from: static rule "+f.rules+":3\n") {
 		t.Errorf("deny:\n%s", out)
@@ -499,6 +533,45 @@ func TestCheck(t *testing.T) {
 	f.fails(100, "usage:", "check")
 	os.Remove(f.db)
 	f.fails(111, "unable to read "+f.db, "check", "192.0.2.7")
+}
+
+// TestCatchAllAndHostRules: a grant overrides the catch-all deny (issue
+// 17.3) and host-name rules (16.6), and list, check and rebuild say so.
+func TestCatchAllAndHostRules(t *testing.T) {
+	f := newFixture(t)
+	f.write(f.rules, "127.0.0.1:allow,RELAYCLIENT=\"\"\n10.:allow,RELAYCLIENT=\"\"\n=.dialup.example.net:deny\n192.0.2.:deny\n:deny\n")
+	f.ok("allow", "203.0.113.7", "--user", "alice")
+	if got := f.decide("203.0.113.7"); got != "allow 203.0.113.7 RBLSMTPD= RELAYCLIENT=" {
+		t.Errorf("grant under the catch-all deny: %s", got)
+	}
+	if got := f.decide("203.0.113.8"); got != "deny " {
+		t.Errorf("neighbour: %s", got)
+	}
+	if c, _, errs := f.run("allow", "192.0.2.7"); c != 0 || !strings.Contains(errs, "gets no relay: denied: "+f.rules+":4") {
+		t.Errorf("prefix deny: exit %d, stderr %q", c, errs)
+	}
+	out := f.ok("list")
+	if !strings.Contains(out, "relay: over the catch-all deny "+f.rules+":5") || !strings.Contains(out, "denied: "+f.rules+":4") {
+		t.Errorf("list:\n%s", out)
+	}
+	code, out, errs := f.run("check", "203.0.113.7", "--host", "a.dialup.example.net")
+	if code != 0 || !strings.Contains(out, "decision: allow\n") || !strings.Contains(out, "it overrides the catch-all deny "+f.rules+":5") {
+		t.Errorf("check: exit %d\n%s", code, out)
+	}
+	hostWarning := "host-name rules (tcpserver tries a client's address before its host name): " + f.rules + ":3 =.dialup.example.net:deny\n"
+	if !strings.Contains(errs, "relayctl: warning: this grant overrides "+hostWarning) {
+		t.Errorf("check: stderr %q", errs)
+	}
+	if _, _, errs := f.run("check", "203.0.113.8", "--host", "a.dialup.example.net"); errs != "" {
+		t.Errorf("check of an address without a grant warns: %q", errs)
+	}
+	if _, _, errs := f.run("rebuild"); errs != "relayctl: warning: grants override "+hostWarning {
+		t.Errorf("rebuild: stderr %q", errs)
+	}
+	f.write(f.rules, "=.dialup.example.net:deny\n=:allow,A=\"1\"\n=a:deny\n=b:deny\njoe@=c:deny\n=d:deny\n")
+	if _, _, errs := f.run("rebuild"); !strings.Contains(errs, f.rules+":3 =a:deny, and 2 more\n") {
+		t.Errorf("rebuild: stderr %q", errs)
+	}
 }
 
 func TestImport(t *testing.T) {

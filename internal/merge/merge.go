@@ -2,28 +2,41 @@
 // then one record per granted address, as design.md ("Rebuilding the CDB")
 // describes.
 //
-// For each live grant (not expired, not refused by the never-grant set) and
-// each key form of its address (an IPv4 address and its "::ffff:a.b.c.d"
-// twin, which Debian's IPv6 tcpserver looks IPv4 clients up under; an IPv6
-// address alone):
+// A grant is keyed by the text tcpserver looks its client up under
+// (addr.Key): the dotted quad for IPv4, the IPv6 patch's own compressed
+// form for IPv6 ("2001:db8::1:1:1:1:1", not RFC 5952's
+// "2001:db8:0:1:1:1:1:1"); with Options.Mapped an IPv4 grant also gets its
+// "::ffff:a.b.c.d" key, which only a tcpserver run with -6 looks up. The
+// spool keeps its own canonical names; the key text is made here.
+//
+// For each live grant (not expired, not refused by the never-grant set,
+// and whose key does not end in ":" or ".", which tcpserver would also
+// match as a prefix of other addresses) and each of its keys:
 //   - if the static rules have a record for exactly that key, it wins and
 //     the grant adds nothing;
 //   - otherwise the static rule tcpserver would match for that key decides:
-//     a deny stays a deny (no record); an allow, or no rule at all, gives a
-//     record with that rule's settings plus RELAYCLIENT="" (unless the rule
-//     sets RELAYCLIENT), RBLSMTPD="" (unless the rule sets RBLSMTPD or
-//     KeepRBL), and TCPREMOTEINFO=user if RemoteInfo.
+//     an address, prefix or range deny stays a deny (no record); an allow,
+//     or no rule at all, gives a record with that rule's settings plus
+//     RELAYCLIENT="" (unless the rule sets RELAYCLIENT), RBLSMTPD=""
+//     (unless the rule sets RBLSMTPD or KeepRBL), and TCPREMOTEINFO=user if
+//     RemoteInfo;
+//   - the empty-key catch-all ":deny" is no one's in particular: a grant
+//     overrides it, as vpopmail's exact-address roaming records did, and
+//     gets a record with RELAYCLIENT="" and RBLSMTPD="" (unless KeepRBL)
+//     alone (the deny's settings were never anyone's environment).
 //
-// The two forms of an IPv4 grant are decided together, the strict way: an
-// exact static record for either form, or a deny by a rule written for
-// either form (any rule but the default, empty-key one), leaves both
-// without a grant record. The admin wrote "1.2.3.4:deny" or "1.2.3.:deny"
-// for that client, whichever way a tcpserver spells its address. A default
-// ":deny" is no one's in particular: it only decides the forms it is the
-// match for.
+// tcpserver tries the exact address before "=host" and "=.domain" rules,
+// so a grant record also overrides every host-name rule (HostRules lists
+// them, for a warning).
+//
+// With Mapped, the two keys of an IPv4 grant are decided together, the
+// strict way: an exact static record for either, or a deny by a rule
+// written for either (any rule but the catch-all), leaves both without a
+// grant record. The admin wrote "1.2.3.4:deny" or "1.2.3.:deny" for that
+// client, whichever way a tcpserver spells its address.
 //
 // The output is a function of the input: static records in file order,
-// then the grant records sorted by key.
+// then the grant records sorted by address.
 package merge
 
 import (
@@ -35,6 +48,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/poprelay/poprelay/internal/addr"
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/rules"
@@ -52,17 +66,18 @@ type Options struct {
 	MaxAge     time.Duration // for grants without their own expiry
 	KeepRBL    bool          // do not add RBLSMTPD=""
 	RemoteInfo bool          // add TCPREMOTEINFO=user
+	Mapped     bool          // also key IPv4 grants as ::ffff:a.b.c.d (tcpserver -6)
 	Never      Refuser       // nil: refuse nothing here
 
 	// Logf, if set, hears of every grant the never-grant set refuses: a
 	// sign of a misconfigured wrapper or a tampered spool.
 	Logf func(format string, args ...any)
-	// Verbosef, if set, hears of every key form a static deny leaves
-	// without relay: routine, as users log in from denied networks.
+	// Verbosef, if set, hears of every key a static deny leaves without
+	// relay: routine, as users log in from denied networks.
 	Verbosef func(format string, args ...any)
 }
 
-// Status is what became of one key form of a grant.
+// Status is what became of one key of a grant.
 type Status int
 
 const (
@@ -83,18 +98,22 @@ func (s Status) String() string {
 	return fmt.Sprintf("Status(%d)", int(s))
 }
 
-// Key is the fate of one key form of a grant.
+// Key is the fate of one key of a grant.
 type Key struct {
 	Key    string
 	Status Status
-	Rule   *rules.Rule // the static rule that decided; nil if none matched
-	Value  []byte      // the record written, for Relay
+	// Rule is the static rule that decided; nil if none matched. For a
+	// Relay key it is the rule whose settings the record carries, or the
+	// catch-all deny the grant overrides (Override).
+	Rule     *rules.Rule
+	Override bool   // Relay over the empty-key catch-all deny
+	Value    []byte // the record written, for Relay
 }
 
 // Entry is the fate of one grant.
 type Entry struct {
 	Expired bool
-	Refused string // why the never-grant set refused it; "" if it did not
+	Refused string // why it is refused (never-grant set, a key that opens a range); "" if it is not
 	Keys    []Key  // set when neither expired nor refused
 }
 
@@ -110,93 +129,107 @@ func (e Entry) Live() bool {
 
 // Summary counts what a Write did.
 type Summary struct {
-	Static  int // static rules written
-	Grants  int // grants read
-	Relayed int // grants that got at least one record
-	Records int // grant records written
-	Expired int
-	Refused int
-	Denied  int // key forms denied by a static rule
-	Shadow  int // key forms whose exact static record won
+	Static   int // static rules written
+	Grants   int // grants read
+	Relayed  int // grants that got at least one record
+	Records  int // grant records written
+	Expired  int
+	Refused  int
+	Denied   int // keys denied by a static rule
+	Shadow   int // keys whose exact static record won
+	Override int // keys relayed over the catch-all deny
 }
 
-// KeyForms returns the keys tcpserver may look a client with this
-// canonical address up under: the address, and for IPv4 its
-// IPv4-mapped IPv6 twin.
-func KeyForms(ip string) []string {
-	if strings.IndexByte(ip, ':') < 0 {
-		return []string{ip, "::ffff:" + ip}
+// KeyForms returns the keys a grant for the canonical address ip is
+// written under: addr.Key of the address, and with mapped, for IPv4, its
+// "::ffff:a.b.c.d" form. It returns nil for text that is not a canonical
+// address.
+func KeyForms(ip string, mapped bool) []string {
+	a, ok := canonical(ip, nil)
+	if !ok {
+		return nil
 	}
-	return []string{ip}
+	keys := []string{addr.Key(a.Unmap())}
+	if mapped && a.Is4In6() {
+		keys = append(keys, addr.Key(a))
+	}
+	return keys
 }
 
-// GrantIP returns the canonical address behind a key form: the inverse of
-// KeyForms.
-func GrantIP(key string) string {
-	if rest, ok := strings.CutPrefix(key, "::ffff:"); ok && strings.IndexByte(rest, ':') < 0 && strings.IndexByte(rest, '.') >= 0 {
-		return rest
+// GrantIP returns the canonical address (as the spool names it) of the
+// grant a record keyed key would belong to, and whether key is a key a
+// grant is written under (addr.Key of an address, or the ::ffff: form of
+// an IPv4 one).
+func GrantIP(key string) (string, bool) {
+	a, err := netip.ParseAddr(key)
+	if err != nil || a.Zone() != "" || addr.Key(a) != key {
+		return "", false
 	}
-	return key
+	return a.Unmap().String(), true
 }
 
 // canonical parses ip and reports whether it is a canonical address as
 // the grant store writes it: IPv4 dotted quad, or IPv6 in RFC 5952 form
-// that is not IPv4-mapped, without a zone. It returns the address as 16
-// bytes.
-func canonical(ip string, buf []byte) ([16]byte, bool) {
+// that is not IPv4-mapped, without a zone. It returns the address in its
+// 16-byte form (IPv4 mapped into IPv6).
+func canonical(ip string, buf []byte) (netip.Addr, bool) {
 	a, err := netip.ParseAddr(ip)
 	if err != nil || a.Zone() != "" || a.Is4In6() {
-		return [16]byte{}, false
+		return netip.Addr{}, false
 	}
-	return a.As16(), string(a.AppendTo(buf[:0])) == ip
+	return netip.AddrFrom16(a.As16()), string(a.AppendTo(buf[:0])) == ip
 }
 
-const twinPrefix = "::ffff:"
+// keyOf appends the key of address a (16-byte form) to b: its own, or with
+// twin its ::ffff: form.
+func keyOf(b []byte, a netip.Addr, twin bool) []byte {
+	if twin {
+		return addr.AppendKey(b, a)
+	}
+	return addr.AppendKey(b, a.Unmap())
+}
 
 // decision is the static rule tcpserver would match for keys with a given
 // prefix part, and the grant record value it leads to.
 type decision struct {
-	rule  *rules.Rule
-	deny  bool
-	value []byte // without TCPREMOTEINFO
+	rule     *rules.Rule
+	deny     bool
+	override bool   // the rule is the catch-all deny, which grants override
+	value    []byte // without TCPREMOTEINFO
 }
 
 type merger struct {
-	ix       *rules.Index
-	opt      Options
-	memo     map[string]int32 // prefix part of a key → index in decs
-	memoTwin map[string]int32 // prefix part of an IPv4 address → decision for its twin
-	decs     []decision
-	buf      []byte
-	abuf     []byte // for canonical
+	ix   *rules.Index
+	opt  Options
+	memo map[string]int32 // prefix part of a key → index in decs
+	decs []decision
+	kbuf [2][]byte // the keys of the grant at hand
+	abuf []byte    // for canonical
 }
 
 func newMerger(ix *rules.Index, opt Options) *merger {
-	return &merger{ix: ix, opt: opt, memo: map[string]int32{}, memoTwin: map[string]int32{}, abuf: make([]byte, 0, 64)}
+	return &merger{ix: ix, opt: opt, memo: map[string]int32{}, abuf: make([]byte, 0, 64),
+		kbuf: [2][]byte{make([]byte, 0, 64), make([]byte, 0, 64)}}
 }
 
-// prefixPart is the part of an address that decides which non-exact key
-// tcpserver finds: its prefixes all end at a "." or ":", so every address
-// with the same text up to its last separator finds the same record.
-func prefixPart(ip string) string {
-	return ip[:strings.LastIndexAny(ip, ".:")+1]
+// prefixPart is the part of a key that decides which non-exact key
+// tcpserver finds: its prefixes all end at a "." or ":", so every key with
+// the same text up to its last separator finds the same record.
+func prefixPart(key []byte) []byte {
+	i := len(key) - 1
+	for i >= 0 && key[i] != '.' && key[i] != ':' {
+		i--
+	}
+	return key[:i+1]
 }
 
 // decide finds the static decision for key, which has no exact record.
-// For the twin of an IPv4 address, key is the address and twin is set.
-func (m *merger) decide(key string, twin bool) (int32, error) {
+func (m *merger) decide(key []byte) (int32, error) {
 	p := prefixPart(key)
-	memo := m.memo
-	if twin {
-		memo = m.memoTwin
-	}
-	if d, ok := memo[p]; ok {
+	if d, ok := m.memo[string(p)]; ok {
 		return d, nil
 	}
-	if twin {
-		key = twinPrefix + key
-	}
-	dec, err := rules.Lookup(m.ix, rules.Query{IP: key})
+	dec, err := rules.Lookup(m.ix, rules.Query{IP: string(key)})
 	if err != nil {
 		return 0, err
 	}
@@ -209,11 +242,17 @@ func (m *merger) decide(key string, twin bool) (int32, error) {
 		d.rule = r
 	}
 	d.deny = dec.Deny
-	if !d.deny {
+	switch {
+	case d.deny && dec.Key == "":
+		// The catch-all: a grant overrides it, with none of its
+		// settings (no one ever had them: it denies).
+		d.deny, d.override = false, true
+		d.value = m.value(nil)
+	case !d.deny:
 		d.value = m.value(dec.Env)
 	}
 	m.decs = append(m.decs, d)
-	memo[p] = int32(len(m.decs) - 1)
+	m.memo[string(p)] = int32(len(m.decs) - 1)
 	return int32(len(m.decs) - 1), nil
 }
 
@@ -249,57 +288,55 @@ func (m *merger) recordValue(d int32, user string) []byte {
 	return v
 }
 
-// fate is the fate of one key form: forms[0] is the address itself,
-// forms[1] its IPv4 twin.
+// fate is the fate of one key: keys[0] is the address's own, keys[1] the
+// ::ffff: form of an IPv4 address.
 type fate struct {
 	status Status
 	rule   *rules.Rule
 	dec    int32 // for Relay
 }
 
-// exact returns the static rule with exactly the key ip (with the twin
-// prefix if twin), without allocating when there is none.
-func (m *merger) exact(ip string, twin bool) (*rules.Rule, bool) {
-	if !twin {
-		return m.ix.Rule(ip)
-	}
-	m.buf = append(append(m.buf[:0], twinPrefix...), ip...)
-	if _, ok, _ := m.ix.Find(m.buf); !ok {
+// exact returns the static rule with exactly the key, without allocating
+// when there is none.
+func (m *merger) exact(key []byte) (*rules.Rule, bool) {
+	if _, ok, _ := m.ix.Find(key); !ok {
 		return nil, false
 	}
-	return m.ix.Rule(string(m.buf))
+	return m.ix.Rule(string(key))
 }
 
-// forms decides every key form of g: one for IPv6, two for IPv4.
+// forms decides every key of the address a (16-byte form): one, or with
+// Mapped two for IPv4. The keys are left in m.kbuf.
 //
-// The forms of one IPv4 grant are decided together, the stricter way: if
-// the static rules have an exact record for either form, or a rule other
-// than the default that tcpserver would match for either form denies, no
-// form gets a record. An admin's "1.2.3.4:deny" or "1.2.3.:deny" is meant
-// for that client whichever way a tcpserver spells its address; the
-// default ":deny" denies only the forms it is the match for.
-func (m *merger) forms(ip string) (fs [2]fate, n int, err error) {
+// The keys of one IPv4 grant are decided together, the stricter way: if
+// the static rules have an exact record for either, or a rule other than
+// the catch-all that tcpserver would match for either denies, neither gets
+// a record. An admin's "1.2.3.4:deny" or "1.2.3.:deny" is meant for that
+// client whichever way a tcpserver spells its address.
+func (m *merger) forms(a netip.Addr) (fs [2]fate, n int, err error) {
 	n = 1
-	if strings.IndexByte(ip, ':') < 0 {
+	if m.opt.Mapped && a.Is4In6() {
 		n = 2
 	}
 	static, deny := -1, -1
 	for i := range n {
-		if r, ok := m.exact(ip, i == 1); ok {
+		m.kbuf[i] = keyOf(m.kbuf[i][:0], a, i == 1)
+		key := m.kbuf[i]
+		if r, ok := m.exact(key); ok {
 			fs[i] = fate{status: Static, rule: r}
 			if static < 0 {
 				static = i
 			}
 			continue
 		}
-		d, err := m.decide(ip, i == 1)
+		d, err := m.decide(key)
 		if err != nil {
 			return fs, 0, err
 		}
 		fs[i] = fate{status: Relay, rule: m.decs[d].rule, dec: d}
-		if dd := m.decs[d]; dd.deny {
+		if m.decs[d].deny {
 			fs[i].status = Denied
-			if deny < 0 && dd.rule != nil && dd.rule.Addr != "" {
+			if deny < 0 {
 				deny = i
 			}
 		}
@@ -318,8 +355,9 @@ func (m *merger) forms(ip string) (fs [2]fate, n int, err error) {
 	return fs, n, nil
 }
 
-// screen says whether g is expired or refused, and returns its address.
-func (m *merger) screen(g *grant.Grant) (a [16]byte, expired bool, refused string) {
+// screen says whether g is expired or refused, and returns its address
+// (16-byte form).
+func (m *merger) screen(g *grant.Grant) (a netip.Addr, expired bool, refused string) {
 	a, ok := canonical(g.IP, m.abuf)
 	if !ok {
 		return a, false, "not a canonical IP address"
@@ -327,38 +365,65 @@ func (m *merger) screen(g *grant.Grant) (a [16]byte, expired bool, refused strin
 	if !g.Expiry(m.opt.MaxAge).After(m.opt.Now) {
 		return a, true, ""
 	}
+	return a, false, m.refuse(g, a)
+}
+
+// refuse says why the grant g for the canonical address a (16-byte form)
+// gets no record, or "": the never-grant set refuses it, or its key would
+// open a range.
+func (m *merger) refuse(g *grant.Grant, a netip.Addr) string {
 	if m.opt.Never != nil {
 		if why, ok := m.opt.Never.Refuse(g.IP); ok {
 			if why == "" {
 				why = "never granted"
 			}
-			return a, false, why
+			return why
 		}
 	}
-	return a, false, ""
+	// Whatever the never-grant set: a record under a key that ends in
+	// ":" would open a range.
+	if key := keyOf(m.kbuf[0][:0], a, false); key[len(key)-1] == ':' || key[len(key)-1] == '.' {
+		return addr.Check(string(key)).Error()
+	}
+	return ""
 }
 
 // Classify tells what a rebuild does with g, given the static rules in ix.
 func Classify(ix *rules.Index, g grant.Grant, opt Options) (Entry, error) {
 	m := newMerger(ix, opt)
 	var e Entry
-	_, e.Expired, e.Refused = m.screen(&g)
+	a, expired, refused := m.screen(&g)
+	e.Expired, e.Refused = expired, refused
 	if e.Expired || e.Refused != "" {
 		return e, nil
 	}
-	fs, n, err := m.forms(g.IP)
+	fs, n, err := m.forms(a)
 	if err != nil {
 		return Entry{}, err
 	}
-	keys := KeyForms(g.IP)
 	for i, f := range fs[:n] {
-		k := Key{Key: keys[i], Status: f.status, Rule: f.rule}
+		k := Key{Key: string(m.kbuf[i]), Status: f.status, Rule: f.rule}
 		if f.status == Relay {
 			k.Value = m.recordValue(f.dec, g.User)
+			k.Override = m.decs[f.dec].override
 		}
 		e.Keys = append(e.Keys, k)
 	}
 	return e, nil
+}
+
+// HostRules returns the static rules that name a host (=host, =.domain,
+// =): tcpserver tries a client's exact address before them, so a grant
+// record overrides them for its address. (info@=host rules come before
+// the address, and still apply.)
+func HostRules(rs []rules.Rule) []*rules.Rule {
+	var out []*rules.Rule
+	for i := range rs {
+		if strings.HasPrefix(rs[i].Addr, "=") {
+			out = append(out, &rs[i])
+		}
+	}
+	return out
 }
 
 // Write adds the records of the static rules rs, then those of the live
@@ -379,14 +444,17 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 		verbosef = func(string, ...any) {}
 	}
 
-	// One rec per key form that gets a record: the address's own in
-	// prims, IPv4 twins in twins.
+	// One rec per key that gets a record: the address's own in prims,
+	// the ::ffff: forms of IPv4 addresses in twins.
 	type rec struct {
 		hi, lo uint64 // the address, IPv4 as IPv4-mapped IPv6
 		g, dec int32
 	}
 	prims := make([]rec, 0, len(grants))
-	twins := make([]rec, 0, len(grants))
+	var twins []rec
+	if opt.Mapped {
+		twins = make([]rec, 0, len(grants))
+	}
 	for i := range grants {
 		g := &grants[i]
 		a, expired, refused := m.screen(g)
@@ -399,11 +467,12 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 			logf("refused grant for %s (user %q): %s", g.IP, g.User, refused)
 			continue
 		}
-		fs, n, err := m.forms(g.IP)
+		fs, n, err := m.forms(a)
 		if err != nil {
 			return sum, err
 		}
-		hi, lo := binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])
+		b := a.As16()
+		hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
 		relayed := false
 		for j, f := range fs[:n] {
 			switch f.status {
@@ -411,13 +480,12 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 				sum.Shadow++
 			case Denied:
 				sum.Denied++
-				key := g.IP
-				if j == 1 {
-					key = twinPrefix + key
-				}
-				verbosef("no relay for %s (user %q): %s denies it", key, g.User, where(f.rule))
+				verbosef("no relay for %s (user %q): %s denies it", m.kbuf[j], g.User, where(f.rule))
 			case Relay:
 				relayed = true
+				if m.decs[f.dec].override {
+					sum.Override++
+				}
 				if j == 0 {
 					prims = append(prims, rec{hi, lo, int32(i), f.dec})
 				} else {
@@ -429,8 +497,8 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 			sum.Relayed++
 		}
 	}
-	// In address order: the addresses' own keys, then the IPv4 twins. Of
-	// two grants for one address (a store never has them, but merged
+	// In address order: the addresses' own keys, then the ::ffff: forms.
+	// Of two grants for one address (a store never has them, but merged
 	// sources might) the latest login wins, then the first given.
 	order := func(a, b rec) int {
 		if c := cmp.Compare(a.hi, b.hi); c != 0 {
@@ -453,11 +521,10 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 			if i > 0 && list[i-1].hi == r.hi && list[i-1].lo == r.lo {
 				continue
 			}
-			key = key[:0]
-			if li == 1 {
-				key = append(key, twinPrefix...)
-			}
-			key = append(key, grants[r.g].IP...)
+			var b [16]byte
+			binary.BigEndian.PutUint64(b[:8], r.hi)
+			binary.BigEndian.PutUint64(b[8:], r.lo)
+			key = keyOf(key[:0], netip.AddrFrom16(b), li == 1)
 			if err := w.Add(key, m.recordValue(r.dec, grants[r.g].User)); err != nil {
 				return sum, err
 			}

@@ -48,15 +48,16 @@ type rec struct {
 
 // entry is one grant and its records.
 type entry struct {
-	g       grant.Grant
-	hi, lo  uint64 // address, IPv4 as IPv4-mapped IPv6
-	exp     time.Time
-	refused string
-	prim    rec // the address's own record, if key == nil none
-	twin    rec // the IPv4 twin's
-	shadow  int // key forms whose exact static record won
-	denied  int // key forms a static rule denies
-	dead    bool
+	g        grant.Grant
+	hi, lo   uint64 // address, IPv4 as IPv4-mapped IPv6
+	exp      time.Time
+	refused  string
+	prim     rec // the record under the address's own key, if key == nil none
+	twin     rec // the one under the ::ffff: key of an IPv4 address (Mapped)
+	shadow   int // keys whose exact static record won
+	denied   int // keys a static rule denies
+	override int // keys relayed over the catch-all deny
+	dead     bool
 }
 
 // NewSet returns an empty Set merging with the static rules rs.
@@ -68,7 +69,7 @@ func NewSet(rs []rules.Rule, opt Options) *Set {
 
 // sameOptions tells whether a and b classify grants alike.
 func sameOptions(a, b Options) bool {
-	if a.MaxAge != b.MaxAge || a.KeepRBL != b.KeepRBL || a.RemoteInfo != b.RemoteInfo {
+	if a.MaxAge != b.MaxAge || a.KeepRBL != b.KeepRBL || a.RemoteInfo != b.RemoteInfo || a.Mapped != b.Mapped {
 		return false
 	}
 	if a.Never == nil || b.Never == nil {
@@ -168,6 +169,7 @@ func (s *Set) count(e *entry, d int) {
 	default:
 		s.ksum.Shadow += d * e.shadow
 		s.ksum.Denied += d * e.denied
+		s.ksum.Override += d * e.override
 	}
 }
 
@@ -175,20 +177,15 @@ func (s *Set) count(e *entry, d int) {
 func (s *Set) classify(e *entry) {
 	m := s.m
 	g := &e.g
-	e.prim, e.twin, e.refused, e.shadow, e.denied = rec{}, rec{}, "", 0, 0
+	e.prim, e.twin, e.refused, e.shadow, e.denied, e.override = rec{}, rec{}, "", 0, 0, 0
 	e.exp = g.Expiry(s.opt.MaxAge)
 	a, ok := canonical(g.IP, m.abuf)
-	e.hi, e.lo = binary.BigEndian.Uint64(a[:8]), binary.BigEndian.Uint64(a[8:])
-	switch {
-	case !ok:
+	b := a.As16()
+	e.hi, e.lo = binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
+	if !ok {
 		e.refused = "not a canonical IP address"
-	case s.opt.Never != nil:
-		if why, ok := s.opt.Never.Refuse(g.IP); ok {
-			if why == "" {
-				why = "never granted"
-			}
-			e.refused = why
-		}
+	} else {
+		e.refused = m.refuse(g, a)
 	}
 	if e.refused != "" {
 		if s.opt.Logf != nil && e.exp.After(time.Now()) {
@@ -197,7 +194,7 @@ func (s *Set) classify(e *entry) {
 		s.count(e, 1)
 		return
 	}
-	fs, n, err := m.forms(g.IP)
+	fs, n, err := m.forms(a)
 	if err != nil {
 		// The index found a key it has no rule for: a bug. The grant
 		// gets no record rather than a wrong one.
@@ -211,20 +208,14 @@ func (s *Set) classify(e *entry) {
 			e.shadow++
 		case Denied:
 			e.denied++
-			key := g.IP
-			if j == 1 {
-				key = twinPrefix + key
-			}
 			if s.opt.Verbosef != nil {
-				s.opt.Verbosef("no relay for %s (user %q): %s denies it", key, g.User, where(f.rule))
+				s.opt.Verbosef("no relay for %s (user %q): %s denies it", m.kbuf[j], g.User, where(f.rule))
 			}
 		case Relay:
-			var key []byte
-			if j == 1 {
-				key = append([]byte(twinPrefix), g.IP...)
-			} else {
-				key = []byte(g.IP)
+			if m.decs[f.dec].override {
+				e.override++
 			}
+			key := slices.Clone(m.kbuf[j])
 			r := rec{key, m.recordValue(f.dec, g.User), cdb.Hash(key)}
 			if j == 0 {
 				e.prim = r
@@ -310,6 +301,7 @@ func (s *Set) Write(out interface {
 			} else {
 				sum.Shadow -= e.shadow
 				sum.Denied -= e.denied
+				sum.Override -= e.override
 			}
 			continue
 		}
