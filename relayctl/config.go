@@ -38,6 +38,7 @@ func (s *setting) IsBoolFlag() bool { return s.isBool }
 // config is the effective configuration of one run.
 type config struct {
 	spool, rules, cdb, maxAge, never, keepRBL, remoteInfo, mapped, verbose *setting
+	lockTimeout                                                            *setting
 
 	Spool      string
 	Rules      string // "" means no static rules
@@ -48,10 +49,12 @@ type config struct {
 	RemoteInfo bool
 	Mapped     bool
 	Verbose    bool
+	// LockTimeout bounds the wait for the CDB's lock.
+	LockTimeout time.Duration
 }
 
 func (c *config) all() []*setting {
-	return []*setting{c.spool, c.rules, c.cdb, c.maxAge, c.never, c.keepRBL, c.remoteInfo, c.mapped, c.verbose}
+	return []*setting{c.spool, c.rules, c.cdb, c.maxAge, c.never, c.keepRBL, c.remoteInfo, c.mapped, c.verbose, c.lockTimeout}
 }
 
 // Lock is the lock file that serializes writers of the CDB.
@@ -60,15 +63,16 @@ func (c *config) Lock() string { return c.CDB + ".lock" }
 // newConfig registers the common options on fset.
 func newConfig(fset *flag.FlagSet) *config {
 	c := &config{
-		spool:      &setting{name: "spool", env: "POPRELAY_SPOOL", def: grant.DefaultDir, help: "the grant spool directory"},
-		rules:      &setting{name: "rules", env: "POPRELAY_RULES", def: "/etc/tcp.smtp", help: `the static rules file (tcprules syntax); "" for none`},
-		cdb:        &setting{name: "cdb", env: "POPRELAY_CDB", def: "/etc/tcp.smtp.cdb", help: "the CDB tcpserver -x reads"},
-		maxAge:     &setting{name: "max-age", env: "POPRELAY_MAXAGE", def: "1h", help: "how long a login grants relaying (Go duration, or seconds)"},
-		never:      &setting{name: "never", env: "POPRELAY_NEVER", def: "", help: "a never-grant `FILE` read in addition to the built-in set and " + never.DefaultFile + " (if it exists)"},
-		keepRBL:    &setting{name: "keep-rbl", env: "POPRELAY_KEEPRBL", def: "false", isBool: true, help: `do not add RBLSMTPD="" to grant records`},
-		remoteInfo: &setting{name: "remoteinfo", env: "POPRELAY_REMOTEINFO", def: "false", isBool: true, help: "set TCPREMOTEINFO to the user in grant records"},
-		mapped:     &setting{name: "mapped", env: "POPRELAY_MAPPED", def: "false", isBool: true, help: "also key IPv4 grants as ::ffff:a.b.c.d, for Debian's IPv6 tcpserver run with -6"},
-		verbose:    &setting{name: "v", env: "POPRELAY_VERBOSE", def: "false", isBool: true, help: "say what was done"},
+		spool:       &setting{name: "spool", env: "POPRELAY_SPOOL", def: grant.DefaultDir, help: "the grant spool directory"},
+		rules:       &setting{name: "rules", env: "POPRELAY_RULES", def: "/etc/tcp.smtp", help: `the static rules file (tcprules syntax); "" for none`},
+		cdb:         &setting{name: "cdb", env: "POPRELAY_CDB", def: "/etc/tcp.smtp.cdb", help: "the CDB tcpserver -x reads"},
+		maxAge:      &setting{name: "max-age", env: "POPRELAY_MAXAGE", def: "1h", help: "how long a login grants relaying (Go duration, or seconds)"},
+		never:       &setting{name: "never", env: "POPRELAY_NEVER", def: "", help: "a never-grant `FILE` read in addition to the built-in set and " + never.DefaultFile + " (if it exists)"},
+		keepRBL:     &setting{name: "keep-rbl", env: "POPRELAY_KEEPRBL", def: "false", isBool: true, help: `do not add RBLSMTPD="" to grant records`},
+		remoteInfo:  &setting{name: "remoteinfo", env: "POPRELAY_REMOTEINFO", def: "false", isBool: true, help: "set TCPREMOTEINFO to the user in grant records"},
+		mapped:      &setting{name: "mapped", env: "POPRELAY_MAPPED", def: "false", isBool: true, help: "also key IPv4 grants as ::ffff:a.b.c.d, for Debian's IPv6 tcpserver run with -6"},
+		verbose:     &setting{name: "v", env: "POPRELAY_VERBOSE", def: "false", isBool: true, help: "say what was done"},
+		lockTimeout: &setting{name: "lock-timeout", env: "POPRELAY_LOCK_TIMEOUT", def: "30s", help: "give up (exit 111) when the CDB's lock is held longer than `DUR`"},
 	}
 	for _, s := range c.all() {
 		fset.Var(s, s.name, s.help)
@@ -104,6 +108,9 @@ func (c *config) resolve(lookup func(string) (string, bool)) error {
 		return usagef("bad max age %q (%s): %v", c.maxAge.value, c.maxAge.source, err)
 	}
 	c.MaxAge = d
+	if c.LockTimeout, err = parseDuration(c.lockTimeout.value); err != nil {
+		return usagef("bad lock timeout %q (%s): %v", c.lockTimeout.value, c.lockTimeout.source, err)
+	}
 	for _, b := range []struct {
 		s   *setting
 		dst *bool
@@ -217,6 +224,8 @@ the environment, or the default. The lock file is derived from --cdb.`,
 				switch s {
 				case c.maxAge:
 					v = c.MaxAge.String()
+				case c.lockTimeout:
+					v = c.LockTimeout.String()
 				case c.never:
 					v = c.neverNote()
 				case c.rules:

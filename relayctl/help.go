@@ -53,7 +53,7 @@ func argName(name string) string {
 	switch name {
 	case "spool":
 		return "DIR"
-	case "max-age":
+	case "max-age", "lock-timeout":
 		return "DUR"
 	}
 	return "FILE"

@@ -39,7 +39,8 @@
 // in its directory, fsync and rename (then an fsync of the directory), so
 // tcpserver always sees the old database or the new one; on any failure
 // the temp file is removed and the old CDB stays. Writers serialize on an
-// flock(2) of FILE.lock beside the CDB. The same rules and grants always
+// flock(2) of FILE.lock beside the CDB (mode 0600, no other user may open
+// it), waiting at most --lock-timeout. The same rules and grants always
 // give the same bytes.
 //
 // A missing rules file is an error (exit 111): a CDB without the admin's

@@ -45,7 +45,13 @@ CDB's directory, fsync, rename, then an fsync of the directory, so
 tcpserver sees the old database or the new one, never a part of one. On
 any failure the temp file is removed and the old CDB stays. Writers (rebuild,
 expire, allow, revoke, import) serialize on an flock(2) of FILE.lock beside
-the CDB. The same rules and grants always give the same bytes.`))
+the CDB, waiting for it at most --lock-timeout (then exit 111; the watcher
+logs it and retries). The lock file is mode 0600, or 0660 with the
+directory's group where that group may write the CDB's directory, so no
+other user can open it (flock works on a read-only descriptor: a readable
+lock file lets anyone freeze every writer); a wider one is repaired by root
+or its owner and refused otherwise, and a symlink, FIFO or directory there
+is refused. The same rules and grants always give the same bytes.`))
 	p(".SH COMMANDS")
 	for _, c := range commands {
 		p(".SS %s", roff(c.name+" "+c.usage))

@@ -62,11 +62,15 @@ warning and replaced.`,
 	},
 }
 
-// locked runs fn holding the CDB's lock.
+// locked runs fn holding the CDB's lock, waiting for it at most
+// --lock-timeout.
 func (e *env) locked(fn func() error) error {
-	l, err := lock.Lock(e.cfg.Lock())
+	l, err := lock.Lock(e.cfg.Lock(), e.cfg.LockTimeout)
 	if err != nil {
 		return unable("lock "+e.cfg.Lock(), err)
+	}
+	if l.Repaired != "" {
+		e.logf("warning: %s had %s: repaired", e.cfg.Lock(), l.Repaired)
 	}
 	defer l.Unlock()
 	return fn()

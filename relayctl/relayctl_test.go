@@ -302,7 +302,9 @@ func TestCDBUnwritable(t *testing.T) {
 	os.Mkdir(ro, 0o755)
 	rodb := filepath.Join(ro, "tcp.smtp.cdb")
 	os.WriteFile(rodb, old, 0o644)
-	os.WriteFile(rodb+".lock", nil, 0o666)
+	// A lock file the writer may use (its own, 0600): the failure must
+	// come from the directory.
+	os.WriteFile(rodb+".lock", nil, 0o600)
 	if os.Getuid() != 0 {
 		os.Chmod(ro, 0o555)
 		defer os.Chmod(ro, 0o755)
@@ -310,6 +312,7 @@ func TestCDBUnwritable(t *testing.T) {
 		f.fails(111, "relayctl: fatal: unable to write "+rodb, "rebuild")
 	} else {
 		// root writes anywhere: run the test binary as nobody.
+		os.Chown(rodb+".lock", 65534, 65534)
 		code, errs := runAsNobody(t, f, "rebuild", "--cdb", rodb)
 		if code != 111 || !strings.Contains(errs, "relayctl: fatal: unable to write "+rodb+": permission denied") {
 			t.Errorf("as nobody: exit %d, stderr %q", code, errs)
