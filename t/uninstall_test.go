@@ -124,6 +124,11 @@ func TestUninstallClosesRelays(t *testing.T) {
 				if _, err := os.Stat("/var/spool/poprelay"); err == nil || groupErr == nil {
 					t.Errorf("purge must remove the spool and the group")
 				}
+				for _, p := range []string{"/etc/tcp.smtp.cdb.state", "/etc/tcp.smtp.cdb.lock"} {
+					if _, err := os.Stat(p); err == nil {
+						t.Errorf("purge left %s", p)
+					}
+				}
 			}
 			if cronEdited {
 				if _, err := os.Stat("/etc/cron.d/poprelay"); err != nil {
