@@ -164,11 +164,17 @@ type Tcpserver struct {
 // e.g. "-x", "rules.cdb", "-R", "-H".
 func startTcpserver(t testing.TB, env []string, opts []string, prog ...string) *Tcpserver {
 	t.Helper()
-	tcpserver := need(t, "tcpserver")
+	return startTcpserverOn(t, need(t, "tcpserver"), "127.0.0.1", env, opts, prog...)
+}
+
+// startTcpserverOn runs "tcpserver -v [opts] HOST PORT prog..." with the
+// tcpserver binary at path.
+func startTcpserverOn(t testing.TB, tcpserver, host string, env []string, opts []string, prog ...string) *Tcpserver {
+	t.Helper()
 	for try := 0; try < 5; try++ {
 		port := freePort(t)
 		args := append([]string{"-v"}, opts...)
-		args = append(args, "127.0.0.1", fmt.Sprint(port))
+		args = append(args, host, fmt.Sprint(port))
 		args = append(args, prog...)
 		cmd, stderr := start(t, env, true, tcpserver, args...)
 		line, err := stderr.ReadString('\n')
@@ -187,12 +193,17 @@ func startTcpserver(t testing.TB, env []string, opts []string, prog ...string) *
 
 // connectFrom connects to 127.0.0.1:port from the source address src (any
 // 127.0.0.0/8 address works on Linux loopback), with 10 seconds to talk.
+// From an IPv6 src it connects to [::1]:port (see inNetns).
 func connectFrom(src string, port int) (net.Conn, error) {
 	d := net.Dialer{
 		LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)},
 		Timeout:   5 * time.Second,
 	}
-	c, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	dst := "127.0.0.1"
+	if strings.Contains(src, ":") {
+		dst = "::1"
+	}
+	c, err := d.Dial("tcp", hostPort(dst, port))
 	if err != nil {
 		return nil, err
 	}
