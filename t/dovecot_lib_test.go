@@ -262,6 +262,19 @@ func startDovecot(t *testing.T, d *dovecotDir, env []string, conf string) *dovec
 		Conf: filepath.Join(d.Dir, "dovecot.conf"),
 		Log:  filepath.Join(d.Dir, "dovecot.log"),
 	}
+	dv.launch(t, func(ports *strings.Replacer) string {
+		return d.expand(ports.Replace(dovecotCommon + conf))
+	}, env, dovecot, "-F", "-c", dv.Conf)
+	return dv
+}
+
+// launch picks ports, writes dv.Conf (config, given a replacer of @POP3@,
+// @IMAP@, @POP3S@ and @SPARE@), runs argv in its own process group
+// (killed by PID when the test ends) and returns once the POP3 and IMAP
+// ports greet; up to three tries, in case a port was taken meanwhile. The
+// log (dv.Log) is shown if the test fails.
+func (dv *dovecotServer) launch(t *testing.T, config func(ports *strings.Replacer) string, env []string, argv ...string) {
+	t.Helper()
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(dv.Log)
@@ -273,20 +286,19 @@ func startDovecot(t *testing.T, d *dovecotDir, env []string, conf string) *dovec
 		r := strings.NewReplacer("@POP3@", fmt.Sprint(dv.POP3),
 			"@IMAP@", fmt.Sprint(dv.IMAP), "@POP3S@", fmt.Sprint(dv.POP3S),
 			"@SPARE@", fmt.Sprint(dv.Spare))
-		dvWriteFile(t, dv.Conf, 0644, d.expand(r.Replace(dovecotCommon+conf)))
+		dvWriteFile(t, dv.Conf, 0644, config(r))
 		os.Remove(dv.Log)
-		cmd, _ := start(t, env, false, dovecot, "-F", "-c", dv.Conf)
+		cmd, _ := start(t, env, false, argv[0], argv[1:]...)
 		dv.Cmd = cmd
 		err := dv.waitReady(10 * time.Second)
 		if err == nil {
-			return dv
+			return
 		}
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		b, _ := os.ReadFile(dv.Log)
 		t.Logf("dovecot did not start (%v); log:\n%s", err, b)
 	}
 	t.Fatal("dovecot would not start")
-	return nil
 }
 
 // waitReady waits until the POP3 and IMAP listeners greet, or Dovecot

@@ -105,6 +105,11 @@ exec "$@"
 // wrapper exec'd script-login); wrong passwords record nothing.
 func TestDovecotPostLogin(t *testing.T) {
 	d := setupDovecot(t)
+	doc := strings.NewReplacer("/usr/local/bin/checkpassword-wrap", "@WRAP@", "/var/spool/poprelay", "@SPOOL@",
+		"extra_groups = poprelay", "extra_groups = @GROUP@").Replace(docSnippet(t, "dovecot-2.3-postlogin"))
+	if !strings.HasSuffix(postLoginConf, "\n"+doc) {
+		t.Errorf("docs/dovecot.md's 2.3 snippet is not the one this test runs:\n%s", doc)
+	}
 	dv := startDovecot(t, d, baseEnv(), postLoginConf)
 
 	// Wrong passwords first: by the time the right ones have been
