@@ -6,6 +6,7 @@ package etcdtest
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -43,6 +44,7 @@ type Node struct {
 	Cluster string   // --initial-cluster
 	Extra   []string // more flags (TLS)
 	Cmd     *exec.Cmd
+	TLS     *tls.Config // what WaitReady connects with (UseTLS sets it)
 
 	t   testing.TB
 	bin string
@@ -162,7 +164,7 @@ func (e *Node) Kill() {
 func (e *Node) WaitReady() {
 	t := e.t
 	t.Helper()
-	cli := Client(t, e.Client)
+	cli := ClientTLS(t, e.TLS, e.Client)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -206,7 +208,13 @@ func (e *Node) RSS() int {
 // Client is a plain etcd client for checks, closed when the test ends.
 func Client(t testing.TB, endpoints ...string) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	return ClientTLS(t, nil, endpoints...)
+}
+
+// ClientTLS is Client over TLS with tc (nil: plain).
+func ClientTLS(t testing.TB, tc *tls.Config, endpoints ...string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 2 * time.Second, TLS: tc, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}

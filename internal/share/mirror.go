@@ -116,7 +116,7 @@ func (m *Mirror) Run(ctx context.Context) error {
 				break
 			}
 			if !failing {
-				m.c.logf("warning: unable to read grants from etcd, keeping the last good copy: %v", err)
+				m.c.logf("warning: unable to read grants from etcd, keeping the last good copy: %v", m.c.explain(err))
 				failing = true
 			}
 			m.loadCache() // only before the first successful read

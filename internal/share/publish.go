@@ -320,7 +320,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 					p.requeue(r.j)
 				}
 				if !p.down {
-					p.c.logf("warning: etcd unreachable, keeping a backlog: %v", r.err)
+					if err := p.c.explain(r.err); errors.Is(err, ErrDenied) {
+						p.c.logf("warning: etcd refuses this host's writes, keeping a backlog: %v", err)
+					} else {
+						p.c.logf("warning: etcd unreachable, keeping a backlog: %v", err)
+					}
 					p.down = true
 				}
 				if !waiting {

@@ -69,6 +69,7 @@ const (
 	EnvCA        = "POPRELAY_ETCD_CA"        // CA bundle (PEM file)
 	EnvUser      = "POPRELAY_ETCD_USER"
 	EnvPassword  = "POPRELAY_ETCD_PASSWORD"
+	EnvPassFile  = "POPRELAY_ETCD_PASSWORD_FILE" // the password, in a file
 	EnvPrefix    = "POPRELAY_ETCD_PREFIX"
 	EnvTimeout   = "POPRELAY_ETCD_TIMEOUT" // Go duration ("5s") or seconds
 )
@@ -82,6 +83,10 @@ var (
 	// ErrNotReady reports a mirror that has not read etcd successfully
 	// yet. Once it has, it always answers from its last good data.
 	ErrNotReady = errors.New("share: no successful read from etcd yet")
+	// ErrDenied reports etcd refusing the credentials (a wrong password,
+	// an unknown user) or an operation their roles do not permit. No
+	// retry helps until an admin changes the credentials or the roles.
+	ErrDenied = errors.New("share: etcd denied access")
 	// ErrExpired reports a grant that expired before it could be shared.
 	ErrExpired = errors.New("share: grant already expired")
 	// errBusy reports a key that kept changing under a write.
@@ -95,15 +100,20 @@ type Config struct {
 	CA          string        // CA bundle file (PEM); empty: system roots
 	Username    string        // etcd user (needs etcd reachable at Open)
 	Password    string        // its password
+	PassFile    string        // the file Password was read from, if any
 	Prefix      string        // key prefix; default DefaultPrefix
 	DialTimeout time.Duration // connect and request timeout; default 5s
+
+	notes []string // warnings found while reading the configuration
 }
 
 // Enabled tells whether any endpoint is configured.
 func (c Config) Enabled() bool { return len(c.Endpoints) > 0 }
 
 // FromEnv reads the POPRELAY_ETCD_* variables through getenv (os.Getenv
-// in production). Unset variables leave the zero value.
+// in production). Unset variables leave the zero value. The password
+// comes from POPRELAY_ETCD_PASSWORD or is read from the file named by
+// POPRELAY_ETCD_PASSWORD_FILE (see ReadPasswordFile), not both.
 func FromEnv(getenv func(string) string) (Config, error) {
 	c := Config{
 		Endpoints: splitList(getenv(EnvEndpoints)),
@@ -112,7 +122,21 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		CA:        getenv(EnvCA),
 		Username:  getenv(EnvUser),
 		Password:  getenv(EnvPassword),
+		PassFile:  getenv(EnvPassFile),
 		Prefix:    getenv(EnvPrefix),
+	}
+	if c.PassFile != "" {
+		if c.Password != "" {
+			return c, fmt.Errorf("%w: %s and %s exclude each other", ErrConfig, EnvPassword, EnvPassFile)
+		}
+		pw, warn, err := ReadPasswordFile(c.PassFile)
+		if err != nil {
+			return c, err
+		}
+		c.Password = pw
+		if warn != "" {
+			c.notes = append(c.notes, warn)
+		}
 	}
 	if s := getenv(EnvTimeout); s != "" {
 		d, err := parseDuration(s)
@@ -146,7 +170,8 @@ var flagDefs = []struct{ name, env, help string }{
 	{"etcd-key", EnvKey, "etcd client key `FILE` (PEM)"},
 	{"etcd-ca", EnvCA, "etcd CA bundle `FILE` (PEM)"},
 	{"etcd-user", EnvUser, "etcd user `NAME`"},
-	{"etcd-password", EnvPassword, "etcd password (prefer the variable)"},
+	{"etcd-password", EnvPassword, "etcd `PASSWORD`: on the command line every local user sees it in ps; use --etcd-password-file"},
+	{"etcd-password-file", EnvPassFile, "read the etcd password from `FILE` (one line; keep it mode 0600 or 0640)"},
 	{"etcd-prefix", EnvPrefix, "etcd key prefix (default " + DefaultPrefix + ")"},
 	{"etcd-timeout", EnvTimeout, "etcd connect and request timeout, `DUR` (default 5s)"},
 }
@@ -184,7 +209,11 @@ func (f *Flags) Resolve(getenv func(string) string) (Config, error) {
 		}
 		f.set = append(f.set, st)
 	}
-	return FromEnv(func(k string) string { return env[k] })
+	c, err := FromEnv(func(k string) string { return env[k] })
+	if given["etcd-password"] && *f.vals["etcd-password"] != "" {
+		c.notes = append(c.notes, "--etcd-password on the command line is visible to every local user (ps, /proc): use --etcd-password-file or "+EnvPassFile)
+	}
+	return c, err
 }
 
 // Settings lists the effective settings of the last Resolve.
@@ -198,7 +227,7 @@ func (c Config) check() error {
 		return fmt.Errorf("%w: a client certificate needs both %s and %s", ErrConfig, EnvCert, EnvKey)
 	}
 	if (c.Username == "") != (c.Password == "") {
-		return fmt.Errorf("%w: %s and %s go together", ErrConfig, EnvUser, EnvPassword)
+		return fmt.Errorf("%w: %s goes with a password (%s or %s)", ErrConfig, EnvUser, EnvPassFile, EnvPassword)
 	}
 	if c.Prefix != "" && !strings.HasSuffix(c.Prefix, "/") {
 		return fmt.Errorf("%w: prefix %q must end in /", ErrConfig, c.Prefix)
@@ -207,8 +236,12 @@ func (c Config) check() error {
 		return fmt.Errorf("%w: negative timeout", ErrConfig)
 	}
 	for _, e := range c.Endpoints {
+		ep := parseEndpoint(e)
 		if strings.ContainsAny(e, " \t\n") || e == "" {
-			return fmt.Errorf("%w: endpoint %q", ErrConfig, e)
+			return fmt.Errorf("%w: endpoint %q", ErrConfig, ep.String())
+		}
+		if ep.userinfo {
+			return fmt.Errorf("%w: endpoint %s holds credentials, which are not used there: give %s and %s", ErrConfig, ep.String(), EnvUser, EnvPassFile)
 		}
 	}
 	return nil
@@ -296,8 +329,10 @@ type Cluster struct {
 	cli     *clientv3.Client
 	cfg     Config
 	opt     Options
-	grants  string // prefix + "grants/"
-	revoked string // prefix + "revoked/"
+	tls     *tls.Config // nil: plain
+	certCN  string      // the client certificate's common name
+	grants  string      // prefix + "grants/"
+	revoked string      // prefix + "revoked/"
 	leases  leaseCache
 }
 
@@ -358,17 +393,29 @@ func Open(cfg Config, opt Options) (*Cluster, error) {
 			MinConnectTimeout: cfg.DialTimeout,
 		})},
 	})
-	if err != nil {
-		return nil, fmt.Errorf("share: unable to reach etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err)
-	}
-	return &Cluster{
+	c := &Cluster{
 		cli:     cli,
 		cfg:     cfg,
 		opt:     opt,
+		tls:     tc,
 		grants:  cfg.Prefix + "grants/",
 		revoked: cfg.Prefix + "revoked/",
 		leases:  leaseCache{byEnd: map[int64]clientv3.LeaseID{}},
-	}, nil
+	}
+	if tc != nil && len(tc.Certificates) > 0 && tc.Certificates[0].Leaf != nil {
+		c.certCN = tc.Certificates[0].Leaf.Subject.CommonName
+	}
+	if err != nil {
+		var eps []string
+		for _, e := range cfg.Endpoints {
+			eps = append(eps, parseEndpoint(e).String())
+		}
+		if err = c.explain(err); errors.Is(err, ErrDenied) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("share: unable to reach etcd at %s: %w", strings.Join(eps, ","), err)
+	}
+	return c, nil
 }
 
 // Close closes the connection. Publishers and mirrors must be stopped
@@ -554,13 +601,18 @@ func (c *Cluster) Allow(ctx context.Context, g grant.Grant) error {
 	}
 	g.IP = ip
 	_, err = c.share(ctx, g, c.opt.Host)
-	return err
+	return c.explain(err)
 }
 
 // Revoke deletes ip's grant cluster-wide and leaves a marker, so that no
 // grant with a login time up to now comes back. by says who revoked it
 // (default: this host). It reports whether a grant was there.
 func (c *Cluster) Revoke(ctx context.Context, ip, by string) (bool, error) {
+	ok, err := c.revoke(ctx, ip, by)
+	return ok, c.explain(err)
+}
+
+func (c *Cluster) revoke(ctx context.Context, ip, by string) (bool, error) {
 	ip, err := grant.CanonicalIP(ip)
 	if err != nil {
 		return false, err
@@ -624,7 +676,7 @@ type Shared struct {
 func (c *Cluster) List(ctx context.Context) ([]grant.Grant, error) {
 	all, _, err := c.read(ctx)
 	if err != nil {
-		return nil, err
+		return nil, c.explain(err)
 	}
 	now := c.opt.Now()
 	out := make([]grant.Grant, 0, len(all))
@@ -641,7 +693,7 @@ func (c *Cluster) List(ctx context.Context) ([]grant.Grant, error) {
 func (c *Cluster) ListShared(ctx context.Context) ([]Shared, error) {
 	all, _, err := c.read(ctx)
 	if err != nil {
-		return nil, err
+		return nil, c.explain(err)
 	}
 	now := c.opt.Now()
 	out := make([]Shared, 0, len(all))

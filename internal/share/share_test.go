@@ -55,7 +55,7 @@ func TestFromEnv(t *testing.T) {
 	if c, err := f.Resolve(func(string) string { return "" }); err != nil || c.Enabled() {
 		t.Fatalf("empty: %+v, %v", c, err)
 	}
-	if st := f.Settings(); st[6].Name != "etcd-prefix" || st[6].Value != DefaultPrefix || st[7].Value != "5s" {
+	if st := f.Settings(); st[7].Name != "etcd-prefix" || st[7].Value != DefaultPrefix || st[8].Value != "5s" {
 		t.Fatalf("defaults: %+v", st)
 	}
 	for _, bad := range []map[string]string{

@@ -2,17 +2,11 @@ package share
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
-	"os"
+	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,72 +16,33 @@ import (
 	"github.com/poprelay/poprelay/internal/grant"
 )
 
-// writeCert makes a key and a certificate signed by parent (self-signed
-// if nil) and writes them as PEM files in dir.
-func writeCert(t *testing.T, dir, name string, tmpl *x509.Certificate, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	os.WriteFile(filepath.Join(dir, name+".pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(filepath.Join(dir, name+"-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
-	cert, _ := x509.ParseCertificate(der)
-	return cert, key
-}
-
 // TestTLS: etcd demanding client certificates; the configuration comes
-// from the environment, as in relayctl.
+// from the environment, as in relayctl. A CA that does not match, a
+// certificate of another CA and no certificate each fail with what went
+// wrong, not just a timeout.
 func TestTLS(t *testing.T) {
 	dir := t.TempDir()
-	now := time.Now()
-	ca, caKey := writeCert(t, dir, "ca", &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}, nil, nil)
-	writeCert(t, dir, "server", &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "etcd"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-	}, ca, caKey)
-	writeCert(t, dir, "client", &x509.Certificate{
-		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "poprelay"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-	}, ca, caKey)
-
+	ca := etcdtest.NewCA(t, dir, "ca")
+	other := etcdtest.NewCA(t, dir, "other")
 	e := etcdtest.New(t, "tls", filepath.Join(dir, "data"))
-	e.Client = strings.Replace(e.Client, "http:", "https:", 1)
-	e.Extra = []string{
-		"--cert-file", filepath.Join(dir, "server.pem"),
-		"--key-file", filepath.Join(dir, "server-key.pem"),
-		"--trusted-ca-file", filepath.Join(dir, "ca.pem"),
-		"--client-cert-auth",
-	}
+	e.UseTLS(ca, true)
 	e.Start()
+	e.WaitReady()
 
+	client := ca.Client("poprelay")
 	env := map[string]string{
 		EnvEndpoints: e.Client,
-		EnvCert:      filepath.Join(dir, "client.pem"),
-		EnvKey:       filepath.Join(dir, "client-key.pem"),
-		EnvCA:        filepath.Join(dir, "ca.pem"),
-		EnvTimeout:   "2s",
+		EnvCert:      client.Cert,
+		EnvKey:       client.Key,
+		EnvCA:        ca.Cert,
+		EnvTimeout:   "1s",
 	}
 	cfg, err := FromEnv(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
+	}
+	if sec := cfg.Security(); sec.TLS != "yes" || sec.ClientCert != client.Cert || len(sec.Warnings) != 0 {
+		t.Errorf("Security: %+v", sec)
 	}
 	c, err := Open(cfg, Options{Host: "pop1", Logf: t.Logf})
 	if err != nil {
@@ -95,28 +50,43 @@ func TestTLS(t *testing.T) {
 	}
 	defer c.Close()
 	g := grant.Grant{IP: "192.0.2.44", User: "dave", Service: "pop3", Time: time.Now()}
-	etcdtest.Eventually(t, 20*time.Second, "a write over TLS", func() bool { return c.Allow(context.Background(), g) == nil })
+	if err := c.Allow(context.Background(), g); err != nil {
+		t.Fatal(err)
+	}
 	gs, err := c.List(context.Background())
 	if err != nil || len(gs) != 1 || gs[0].User != "dave" {
 		t.Fatalf("List over TLS: %v %v", gs, err)
 	}
 
-	// Without a client certificate, etcd says no.
-	delete(env, EnvCert)
-	delete(env, EnvKey)
-	cfg, _ = FromEnv(func(k string) string { return env[k] })
-	c2, err := Open(cfg, Options{Host: "pop2"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
-	if _, err := c2.List(context.Background()); err == nil {
-		t.Fatal("List without a client certificate succeeded")
+	wrongCA := other.Client("poprelay")
+	for _, tc := range []struct {
+		name          string
+		cert, key, ca string
+		want1, want2  string // either in the error
+	}{
+		{"server not trusted (wrong CA)", client.Cert, client.Key, other.Cert, "certificate signed by unknown authority", ""},
+		{"client certificate of another CA", wrongCA.Cert, wrongCA.Key, ca.Cert, "bad certificate", "unknown certificate authority"},
+		{"no client certificate", "", "", ca.Cert, "certificate required", "bad certificate"},
+	} {
+		cfg := Config{Endpoints: []string{e.Client}, Cert: tc.cert, Key: tc.key, CA: tc.ca, DialTimeout: time.Second}
+		c, err := Open(cfg, Options{Host: "pop2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.List(context.Background())
+		c.Close()
+		if err == nil || !strings.Contains(err.Error(), "etcd at "+e.Client) ||
+			!(strings.Contains(err.Error(), tc.want1) || tc.want2 != "" && strings.Contains(err.Error(), tc.want2)) {
+			t.Errorf("%s: List: %v; want the endpoint and %q", tc.name, err, tc.want1)
+		} else {
+			t.Logf("%s: %v", tc.name, err)
+		}
 	}
 }
 
 // TestAuth: etcd with authentication on; a poprelay user with a role on
-// the prefix only.
+// the prefix only. A wrong password and a role that does not permit a
+// write are ErrDenied, naming the user.
 func TestAuth(t *testing.T) {
 	e := etcdtest.Start(t)
 	ctx := context.Background()
@@ -131,6 +101,13 @@ func TestAuth(t *testing.T) {
 		},
 		func() error { _, err := root.UserAdd(ctx, "poprelay", "s3cret"); return err },
 		func() error { _, err := root.UserGrantRole(ctx, "poprelay", "poprelay"); return err },
+		func() error { _, err := root.RoleAdd(ctx, "reader"); return err },
+		func() error {
+			_, err := root.RoleGrantPermission(ctx, "reader", DefaultPrefix+"grants/", clientv3.GetPrefixRangeEnd(DefaultPrefix+"grants/"), clientv3.PermissionType(clientv3.PermRead))
+			return err
+		},
+		func() error { _, err := root.UserAdd(ctx, "smtp1", "s3cret2"); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "smtp1", "reader"); return err },
 		func() error { _, err := root.AuthEnable(ctx); return err },
 	} {
 		if err := step(); err != nil {
@@ -149,7 +126,48 @@ func TestAuth(t *testing.T) {
 	if ok, err := c.Revoke(ctx, g.IP, ""); err != nil || !ok {
 		t.Fatalf("Revoke: %v %v", ok, err)
 	}
-	if _, err := Open(Config{Endpoints: []string{e.Client}, Username: "poprelay", Password: "wrong", DialTimeout: 2 * time.Second}, Options{}); err == nil {
-		t.Fatal("Open with a wrong password succeeded")
+	_, err = Open(Config{Endpoints: []string{e.Client}, Username: "poprelay", Password: "wrong", DialTimeout: 2 * time.Second}, Options{})
+	if !errors.Is(err, ErrDenied) || !strings.Contains(err.Error(), `etcd user "poprelay"`) || !strings.Contains(err.Error(), "authentication failed") {
+		t.Fatalf("Open with a wrong password: %v; want ErrDenied naming the user", err)
+	}
+
+	// A user whose role does not cover the key is denied, and told so.
+	var logMu sync.Mutex
+	var logged []string
+	logf := func(format string, args ...any) {
+		logMu.Lock()
+		logged = append(logged, fmt.Sprintf(format, args...))
+		logMu.Unlock()
+	}
+	r, err := Open(Config{Endpoints: []string{e.Client}, Username: "smtp1", Password: "s3cret2", DialTimeout: 2 * time.Second}, Options{Host: "smtp1", Logf: logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.List(ctx); err != nil {
+		t.Fatalf("List with read access: %v", err)
+	}
+	if err := r.Allow(ctx, g); !errors.Is(err, ErrDenied) || !strings.Contains(err.Error(), `etcd user "smtp1" may not`) {
+		t.Errorf("Allow without write access: %v; want ErrDenied naming the user", err)
+	}
+	if _, err := r.Revoke(ctx, g.IP, ""); !errors.Is(err, ErrDenied) {
+		t.Errorf("Revoke without write access: %v; want ErrDenied", err)
+	}
+	// A publisher whose writes are refused says so (not "unreachable")
+	// and keeps its backlog.
+	p := runPublisher(t, r, PublisherOptions{Resync: -1})
+	p.Put(grant.Grant{IP: "192.0.2.46", User: "frank", Time: time.Now()})
+	etcdtest.Eventually(t, 10*time.Second, "the publisher's warning", func() bool {
+		logMu.Lock()
+		defer logMu.Unlock()
+		for _, l := range logged {
+			if strings.Contains(l, "etcd refuses this host's writes, keeping a backlog: share: etcd denied access: etcd user \"smtp1\" may not") {
+				return true
+			}
+		}
+		return false
+	})
+	if n := p.Pending(); n != 1 {
+		t.Errorf("backlog: %d changes, want 1", n)
 	}
 }
