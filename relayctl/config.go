@@ -207,15 +207,19 @@ var configCmd = &command{
 	short: "every effective setting and where it came from",
 	usage: "[options]",
 	help: `Print every effective setting, its value and where it came from: a flag,
-the environment, or the default. The lock file is derived from --cdb.`,
+the environment, or the default. The lock file is derived from --cdb. The
+etcd rows end with the effective security of the connection to etcd: TLS,
+client certificate, etcd user, and a warning for each way the
+configuration lets others open the relay. A password is never shown.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		etcdFlags := share.RegisterFlags(fs)
 		return func(e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("no arguments expected")
 			}
-			if _, err := etcdFlags.Resolve(e.getenv); err != nil {
-				return usagef("%v", err)
+			ecfg, err := etcdFlags.Resolve(e.getenv)
+			if err != nil {
+				return perm("%v", err)
 			}
 			c := e.cfg
 			rows := [][3]string{}
@@ -243,6 +247,7 @@ the environment, or the default. The lock file is derived from --cdb.`,
 			for _, st := range etcdFlags.Settings() {
 				rows = append(rows, [3]string{st.Name, st.Value, st.Source})
 			}
+			rows = append(rows, etcdSecurity(ecfg)...)
 			w := newTable(e.stdout)
 			fmt.Fprintln(w, "SETTING\tVALUE\tSOURCE")
 			for _, r := range rows {
@@ -251,4 +256,34 @@ the environment, or the default. The lock file is derived from --cdb.`,
 			return w.Flush()
 		}
 	},
+}
+
+// etcdSecurity is config's rows on the security of the connection to etcd.
+func etcdSecurity(cfg share.Config) [][3]string {
+	if !cfg.Enabled() {
+		return nil
+	}
+	sec := cfg.Security()
+	cert, user := "no", "none"
+	if sec.ClientCert != "" {
+		cert = "yes: " + sec.ClientCert
+	}
+	switch {
+	case sec.User != "":
+		user = sec.User
+		if cfg.PassFile != "" {
+			user += ", password from " + cfg.PassFile
+		}
+	case sec.ClientCert != "":
+		user = "the client certificate (etcd takes its CN as the user)"
+	}
+	rows := [][3]string{
+		{"etcd-tls", sec.TLS, "derived from etcd-endpoints, etcd-ca, etcd-cert"},
+		{"etcd-client-cert", cert, "derived from etcd-cert"},
+		{"etcd-auth", user, "derived from etcd-user"},
+	}
+	for _, w := range sec.Warnings {
+		rows = append(rows, [3]string{"etcd-warning", w, "derived"})
+	}
+	return rows
 }

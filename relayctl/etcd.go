@@ -14,14 +14,19 @@ import (
 func (e *env) getenv(k string) string { v, _ := e.lookup(k); return v }
 
 // cluster opens etcd as configured by the --etcd-* flags and the
-// POPRELAY_ETCD_* variables; nil if no endpoint is configured.
+// POPRELAY_ETCD_* variables; nil if no endpoint is configured. It warns,
+// once, about a configuration that lets others open the relay (see
+// share.Config.Security).
 func (e *env) cluster(f *share.Flags) (*share.Cluster, error) {
 	cfg, err := f.Resolve(e.getenv)
 	if err != nil {
-		return nil, usagef("%v", err)
+		return nil, perm("%v", err)
 	}
 	if !cfg.Enabled() {
 		return nil, nil
+	}
+	for _, w := range cfg.Security().Warnings {
+		e.logf("warning: %s", w)
 	}
 	c, err := share.Open(cfg, share.Options{
 		MaxAge: e.cfg.MaxAge,
@@ -32,9 +37,18 @@ func (e *env) cluster(f *share.Flags) (*share.Cluster, error) {
 		return nil, perm("%v", err)
 	}
 	if err != nil {
-		return nil, unable("reach etcd", err)
+		return nil, etcdErr("log in to etcd", err)
 	}
 	return c, nil
+}
+
+// etcdErr is the failure of an etcd operation: permanent if etcd denied
+// it (credentials, roles), else temporary.
+func etcdErr(what string, err error) error {
+	if errors.Is(err, share.ErrDenied) {
+		return perm("unable to %s: %s; the roles poprelay needs are in docs/etcd.md", what, err)
+	}
+	return unable(what, err)
 }
 
 // needCluster is cluster for a command that was asked to use etcd.

@@ -95,7 +95,11 @@ array of objects for scripts, times in RFC 3339 and durations in seconds.`,
 			defer c.Close()
 			ctx, cancel := requestCtx()
 			defer cancel()
-			return e.list(lister(func() ([]grant.Grant, error) { return c.List(ctx) }), "etcd", *asJSON)
+			gs, err := c.List(ctx)
+			if err != nil {
+				return etcdErr("list grants in etcd", err)
+			}
+			return e.list(lister(func() ([]grant.Grant, error) { return gs, nil }), "etcd", *asJSON)
 		}
 	},
 }
@@ -266,6 +270,12 @@ tcpserver would also match as a prefix), is refused (exit 100).`,
 					if errors.Is(err, grant.ErrBadField) {
 						return perm("unable to grant %s: %v", ip, err)
 					}
+					if errors.Is(err, share.ErrDenied) {
+						// Nothing is granted: a publishing watcher
+						// with these credentials could not share it
+						// either.
+						return perm("unable to grant %s: %v; nothing was granted (cluster-wide allow needs an etcd user with the admin role, see docs/etcd.md)", ip, err)
+					}
 					// A publishing watcher shares the local grant
 					// when etcd is back.
 					cerr = unable("share the grant for "+ip+" through etcd", err)
@@ -341,14 +351,14 @@ such grant is an error (exit 100).`,
 					ips, err := c.RevokeUser(ctx, *user, by)
 					gone = append(gone, ips...)
 					if err != nil {
-						cerr = unable("revoke the grants of "+*user+" through etcd", err)
+						cerr = etcdErr("revoke the grants of "+*user+" through etcd", err)
 					}
 				} else {
 					// The marker is left even without a grant, so a
 					// late replay cannot bring one back.
 					ok, err := c.Revoke(ctx, ip, by)
 					if err != nil {
-						cerr = unable("revoke "+ip+" through etcd", err)
+						cerr = etcdErr("revoke "+ip+" through etcd", err)
 					}
 					if ok {
 						gone = append(gone, ip)

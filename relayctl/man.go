@@ -80,6 +80,18 @@ empty); durations are Go durations (90m, 2h) or a number of seconds.`))
 		p(".I %s", roff(f[0]))
 		p("%s", roff(f[1]))
 	}
+	p(".SH SECURITY")
+	p("%s", roffText(`With etcd (the --etcd-* options of watch, list, allow and revoke),
+whoever can write the grant keys opens the relay on every SMTP host.
+Every SMTP host checks each key and value it reads (canonical address,
+field limits) and applies its own never-grant set and static rules to it,
+but only etcd's access control stops a forged grant: use https://
+endpoints with client certificates and etcd's roles (docs/etcd.md).
+These commands warn at start about a plain http:// endpoint on an
+address other than loopback without authentication, and config shows
+the effective security. A password given with --etcd-password is visible
+to every local user in ps(1); give it with --etcd-password-file or
+POPRELAY_ETCD_PASSWORD_FILE. No password is ever printed.`))
 	p(".SH DIAGNOSTICS")
 	p("%s", roffText(`relayctl is silent on success unless -v. Errors are one line on standard
 error: "relayctl: fatal: unable to WHAT: WHY", a rule error as

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,6 +21,7 @@ type env struct {
 	stdout, stderr io.Writer
 	lookup         func(string) (string, bool)
 	now            func() time.Time
+	ctx            context.Context // nil: background; watch stops when it is done
 	cfg            *config
 	built          *built          // set by rebuild
 	snap           *grant.Snapshot // the spool as last scanned in this run

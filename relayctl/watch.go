@@ -106,7 +106,11 @@ POPRELAY_SETTLE.`,
 			if opt.metrics == "" {
 				opt.metrics, _ = e.lookup("POPRELAY_METRICS")
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			parent := e.ctx
+			if parent == nil {
+				parent = context.Background()
+			}
+			ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			return e.watch(ctx, opt)
 		}
