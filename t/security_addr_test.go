@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/poprelay/poprelay/internal/addr"
+	"github.com/poprelay/poprelay/internal/etcdtest"
 )
 
 // TestSecurityIPv6Keys: grant records are keyed by exactly the text the
@@ -286,4 +287,71 @@ func TestSecurityCatchAllDeny(t *testing.T) {
 	if out := s.relayctl(t, "check", "127.0.0.23"); !strings.Contains(out, "it overrides the catch-all deny "+s.rules+":3") {
 		t.Errorf("check:\n%s", out)
 	}
+}
+
+// TestSecurityPrefixKeyEtcd: a grant for an address whose key would end in
+// ':' that reaches etcd anyway (planted in a POP host's spool, as an older
+// wrapper would have left it) is refused by the SMTP host's mirror, with a
+// log line, while the grant published beside it is written.
+func TestSecurityPrefixKeyEtcd(t *testing.T) {
+	e := etcdtest.Start(t)
+	a := newRelayctlSite(t, ":allow\n")
+	b := newRelayctlSite(t, ":allow\n")
+	for _, s := range []*relayctlSite{a, b} {
+		s.env = append(s.env, "POPRELAY_ETCD_ENDPOINTS="+e.Client, "POPRELAY_ETCD_TIMEOUT=1s")
+	}
+	a.startWatch(t, "--publish", "etcd")
+	wb := b.startWatch(t, "--source", "etcd")
+	recordAt(t, a.spool, "2001:db8:aaaa::", "mallory")
+	recordAt(t, a.spool, "2001:db8:bbbb::1", "alice")
+	wb.waitLine(t, `refused grant for 2001:db8:aaaa:: (user "mallory"): would open a range`, 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for !relays(t, b.cdb, "2001:db8:bbbb::1") {
+		if time.Now().After(deadline) {
+			t.Fatal("the grant published beside it never reached B's CDB")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ks, err := keys(b.cdb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ks["2001:db8:aaaa::"] || relays(t, b.cdb, "2001:db8:aaaa::5") {
+		t.Errorf("B's CDB opens 2001:db8:aaaa::/48: %v", ks)
+	}
+}
+
+// TestAddrDifferential: addr.Key against the real IPv6 tcpserver's
+// TCPREMOTEIP for random addresses in 2001::/16 whose groups are zero
+// half of the time (every pattern of zero runs, ties included), and
+// fd00::/8 ones.
+func TestAddrDifferential(t *testing.T) {
+	tools := ipv6Tools(t)
+	if !inNetns(t, "POPRELAY_UCSPI_IPV6="+tools) {
+		return
+	}
+	ts := startTcpserver6(t, tools, "0", baseEnv(), []string{"-R", "-H"}, "/usr/bin/env")
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 5))
+	n := sized(300, 5000)
+	for i := range n {
+		a := [16]byte{0x20, 0x01}
+		if i%5 == 4 {
+			a[0], a[1] = 0xfd, byte(rng.IntN(256))
+		}
+		for j := 2; j < 16; j += 2 {
+			switch rng.IntN(4) {
+			case 0, 1:
+			case 2:
+				a[j+1] = byte(1 + rng.IntN(255))
+			default:
+				a[j], a[j+1] = byte(rng.IntN(256)), byte(rng.IntN(256))
+			}
+		}
+		src := netip.AddrFrom16(a)
+		got := envFrom(dialFrom(t, src.String(), ts.Port, ""))["TCPREMOTEIP"]
+		if want := addr.Key(src); got != want {
+			t.Errorf("%s: tcpserver says %q, addr.Key %q", src, got, want)
+		}
+	}
+	t.Logf("%d addresses: addr.Key agrees with tcpserver", n)
 }
