@@ -17,12 +17,15 @@ import (
 
 var expireCmd = &command{
 	name:  "expire",
-	short: "remove expired grants, rebuild if any went (for cron)",
+	short: "remove expired grants; rebuild if any went or a login is unpublished (for cron)",
 	usage: "[options]",
 	help: `Remove the grants older than the max age (or past their own expiry, from
 allow --for) from the spool, remove temp files a crash left there, and
-rebuild the CDB if any grant went. Silent when there is nothing to do, for
-cron ("*/5 * * * * root relayctl expire").`,
+rebuild the CDB if any grant went, or if a live grant is not in the CDB
+yet (a login since the last rebuild: expire compares each grant's
+records with the CDB's). So cron alone publishes a login within its
+period; without relayctl watch, run it every minute
+("* * * * * root relayctl expire"). Silent when there is nothing to do.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		return func(e *env, args []string) error {
 			if len(args) > 0 {
@@ -43,6 +46,11 @@ cron ("*/5 * * * * root relayctl expire").`,
 				var rerr error
 				if len(gone) > 0 {
 					rerr = e.rebuildAfter(fmt.Sprintf("expired %d grants", len(gone)))
+				} else if ip, uerr := e.unpublished(snap.Grants); uerr != nil {
+					rerr = uerr
+				} else if ip != "" {
+					e.vlogf("the grant for %s is not in %s yet: rebuilding", ip, e.cfg.CDB)
+					rerr = e.rebuildAfter("a grant for " + ip + " not yet published")
 				}
 				if err != nil {
 					if rerr != nil {

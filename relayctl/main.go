@@ -11,7 +11,8 @@
 //
 //	rebuild                  write the CDB from the rules file and the grants
 //	watch                    daemon: rebuild within milliseconds of a change
-//	expire                   remove expired grants; rebuild if any (for cron)
+//	expire                   remove expired grants; rebuild if any went or a
+//	                         login is not published yet (for cron)
 //	list [--json]            show the grants in the spool
 //	allow IP [--for DUR] [--user NAME]
 //	                         grant IP by hand, then rebuild

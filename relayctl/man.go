@@ -74,7 +74,7 @@ empty); durations are Go durations (90m, 2h) or a number of seconds.`))
 		{"/etc/tcp.smtp.cdb.lock", "the lock writers take"},
 		{"/var/spool/poprelay", "the grants, one file per address"},
 		{"/etc/poprelay/never", "addresses never granted, added to the built-in set"},
-		{"/etc/cron.d/poprelay", "runs relayctl expire every 5 minutes"},
+		{"/etc/cron.d/poprelay", "runs relayctl expire every minute: it expires grants and publishes logins when no watcher runs"},
 	} {
 		p(".TP")
 		p(".I %s", roff(f[0]))

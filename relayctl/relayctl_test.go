@@ -419,6 +419,47 @@ func TestExpire(t *testing.T) {
 	}
 }
 
+// TestExpirePublishes: a login (a grant written to the spool, as the
+// wrapper does) is published by the next expire, though no grant expired;
+// an expire with everything published does not rewrite the CDB; a CDB
+// rewritten without the grants (tcprules by hand) is repaired.
+func TestExpirePublishes(t *testing.T) {
+	f := newFixture(t)
+	f.ok("rebuild")
+	if err := grant.New(f.spool).Record(grant.Grant{IP: "192.0.2.9", User: "alice", Service: "pop3"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.decide("192.0.2.9"); strings.Contains(got, "RELAYCLIENT=") {
+		t.Fatalf("relays before any rebuild: %s", got)
+	}
+	f.ok("expire")
+	if got := f.decide("192.0.2.9"); !strings.Contains(got, "RELAYCLIENT=") {
+		t.Errorf("expire did not publish the login: %s", got)
+	}
+	st0, _ := os.Stat(f.db)
+	f.ok("expire")
+	st1, _ := os.Stat(f.db)
+	if !os.SameFile(st0, st1) {
+		t.Error("expire rewrote the CDB with every grant published")
+	}
+	// A record that differs from the grant's (here: the static rules'
+	// CDB alone, as tcprules would write it) is rebuilt too.
+	withGrants := f.cdbBytes()
+	static := filepath.Join(t.TempDir(), "static.cdb")
+	f.env["POPRELAY_SPOOL"], f.env["POPRELAY_CDB"] = t.TempDir(), static
+	f.ok("rebuild")
+	f.env["POPRELAY_SPOOL"], f.env["POPRELAY_CDB"] = f.spool, f.db
+	b, _ := os.ReadFile(static)
+	f.write(f.db, string(b))
+	if got := f.decide("192.0.2.9"); strings.Contains(got, "RELAYCLIENT=") {
+		t.Fatalf("the static CDB relays: %s", got)
+	}
+	f.ok("expire")
+	if !bytes.Equal(f.cdbBytes(), withGrants) {
+		t.Error("expire did not put the grant back into a CDB built without it")
+	}
+}
+
 func TestList(t *testing.T) {
 	f := newFixture(t)
 	f.write(filepath.Join(f.dir, "never"), "203.0.113.5\n")

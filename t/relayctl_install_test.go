@@ -117,7 +117,7 @@ func TestRelayctlInstallScript(t *testing.T) {
 		}
 	}
 	cron, _ := os.ReadFile(filepath.Join(dest, "etc", "cron.d", "poprelay"))
-	if !strings.Contains(string(cron), "*/5 * * * * root relayctl expire") {
+	if !strings.Contains(string(cron), "\n* * * * * root command -v relayctl >/dev/null && relayctl expire\n") {
 		t.Errorf("cron file:\n%s", cron)
 	}
 

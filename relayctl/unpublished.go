@@ -1,0 +1,54 @@
+package main
+
+import (
+	"bytes"
+
+	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/merge"
+	"github.com/poprelay/poprelay/internal/rules"
+)
+
+// unpublished tells whether the CDB lacks what a rebuild would write for
+// one of the live grants gs: for each key a grant relays under, the CDB's
+// first record for that key must be the grant's record. It returns the
+// first grant that is not published ("" when all are). This is how cron
+// alone publishes a login: expire compares the CDB with the spool, so no
+// clock, time stamp or extra file is trusted. A CDB that is missing or
+// cannot be read counts as not published; a rules file that cannot be
+// read is an error (a rebuild would fail on it too).
+func (e *env) unpublished(gs []grant.Grant) (string, error) {
+	if len(gs) == 0 {
+		return "", nil
+	}
+	rs, err := e.readRules()
+	if err != nil {
+		return "", err
+	}
+	opt, err := e.mergeOptions()
+	if err != nil {
+		return "", err
+	}
+	ix := rules.NewIndex(rs)
+	db, err := cdb.Open(e.cfg.CDB)
+	if err != nil {
+		return gs[0].IP, nil
+	}
+	defer db.Close()
+	for _, g := range gs {
+		en, err := merge.Classify(ix, g, opt)
+		if err != nil {
+			return g.IP, nil
+		}
+		for _, k := range en.Keys {
+			if k.Status != merge.Relay {
+				continue
+			}
+			v, ok, err := db.Find([]byte(k.Key))
+			if err != nil || !ok || !bytes.Equal(v, k.Value) {
+				return g.IP, nil
+			}
+		}
+	}
+	return "", nil
+}
