@@ -3,7 +3,7 @@
 //
 // Usage:
 //
-//	checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] [--rebuild] program [arg ...]
+//	checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] program [arg ...]
 //
 // It sits in a checkpassword chain after the password check, for example
 //
@@ -38,6 +38,12 @@
 // addition to /etc/poprelay/never, which is always read if it exists),
 // POPRELAY_LOG (plain or dovecot; default plain).
 //
+// --rebuild, which once started "relayctl rebuild" after each login, is
+// still accepted so that existing run scripts keep working, but does
+// nothing: as the mail user the wrapper cannot write the CDB. Each login
+// given it writes one warning line; relayctl watch or cron's relayctl
+// expire publishes the grant.
+//
 // Installed setgid to the group that owns the spool, it drops that
 // privilege before running the program. Unless the caller is root or a
 // member of that group, it records only when standard input is a TCP
@@ -50,7 +56,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 )
 
@@ -62,14 +67,9 @@ func main() {
 	os.Exit(execNext(res, os.Environ(), res.stderr))
 }
 
-// execNext starts the rebuild if asked, drops the setgid privilege and
-// execs the next program. It returns only on failure, with exit code 111.
+// execNext drops the setgid privilege and execs the next program. It
+// returns only on failure, with exit code 111.
 func execNext(res result, env []string, stderr io.Writer) int {
-	if res.rebuild {
-		if err := startRebuild(res.trusted, env); err != nil {
-			fmt.Fprintf(stderr, "%s: warning: unable to start relayctl rebuild: %v\n", prog, err)
-		}
-	}
 	if err := dropPrivilege(); err != nil {
 		fmt.Fprintf(stderr, "%s: fatal: unable to drop the setgid privilege: %v\n", prog, err)
 		return 111
@@ -108,40 +108,4 @@ func dropPrivilege() error {
 		return fmt.Errorf("effective gid is still %d", syscall.Getegid())
 	}
 	return nil
-}
-
-// startRebuild runs "relayctl rebuild" in the background, in its own
-// session, with standard input and output on /dev/null. It keeps the
-// setgid privilege (it must read the spool), so for an untrusted caller
-// relayctl must be the one installed next to this program, and it gets
-// only a fixed PATH, never the caller's environment.
-func startRebuild(trusted bool, env []string) error {
-	var path string
-	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), "relayctl")
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			path = p
-		}
-	}
-	if path == "" {
-		if !trusted {
-			return fmt.Errorf("no relayctl next to %s (PATH is not searched for an untrusted caller)", prog)
-		}
-		p, err := exec.LookPath("relayctl")
-		if err != nil {
-			return err
-		}
-		path = p
-	}
-	if !trusted {
-		env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
-	}
-	cmd := &exec.Cmd{
-		Path:        path,
-		Args:        []string{"relayctl", "rebuild"},
-		Env:         env,
-		Stderr:      os.Stderr,
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
-	}
-	return cmd.Start()
 }

@@ -243,8 +243,8 @@ func TestRunNeverFileTrouble(t *testing.T) {
 		{bad, "never-grant file: " + bad + ":2: not an IP address or prefix"},
 	} {
 		var stderr strings.Builder
-		res := run([]string{"--spool", dir, "--never", tc.never, "--rebuild", "/bin/true"}, []string{"TCPREMOTEIP=198.51.100.7", "USER=alice"}, &stderr, sys)
-		if res.argv == nil || res.rebuild || !strings.Contains(stderr.String(), tc.want) {
+		res := run([]string{"--spool", dir, "--never", tc.never, "/bin/true"}, []string{"TCPREMOTEIP=198.51.100.7", "USER=alice"}, &stderr, sys)
+		if res.argv == nil || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("%s: %+v, stderr %q", tc.never, res, stderr.String())
 		}
 		if _, ok, _ := grant.New(dir).Get("198.51.100.7"); ok {
@@ -254,8 +254,8 @@ func TestRunNeverFileTrouble(t *testing.T) {
 	// A missing default file is fine.
 	sys.neverFile = filepath.Join(dir, "no-default")
 	var stderr strings.Builder
-	res := run([]string{"--spool", dir, "--rebuild", "/bin/true"}, []string{"TCPREMOTEIP=198.51.100.7", "USER=alice"}, &stderr, sys)
-	if !res.rebuild || !strings.HasPrefix(stderr.String(), "checkpassword-wrap: ip=198.51.100.7 ") {
+	res := run([]string{"--spool", dir, "/bin/true"}, []string{"TCPREMOTEIP=198.51.100.7", "USER=alice"}, &stderr, sys)
+	if res.argv == nil || !strings.HasPrefix(stderr.String(), "checkpassword-wrap: ip=198.51.100.7 ") {
 		t.Errorf("%+v, stderr %q", res, stderr.String())
 	}
 }
@@ -273,6 +273,25 @@ func TestParseArgsStopsAtProgram(t *testing.T) {
 		if _, err := parseArgs(args, map[string]string{}); err == nil {
 			t.Errorf("parseArgs(%q) accepted", args)
 		}
+	}
+}
+
+// TestRebuildFlagIgnored: --rebuild, which older run scripts pass, is
+// accepted and does nothing but say so in one line; the grant is recorded
+// and the next program runs.
+func TestRebuildFlagIgnored(t *testing.T) {
+	sys := system{peer: func() (string, bool) { return "", false }, trusted: func() (bool, string) { return true, "" }}
+	dir := t.TempDir()
+	sys.neverFile = filepath.Join(dir, "no-default")
+	var stderr strings.Builder
+	res := run([]string{"--rebuild", "--spool", dir, "/bin/true"}, []string{"TCPREMOTEIP=198.51.100.7", "USER=alice"}, &stderr, sys)
+	want := "checkpassword-wrap: warning: --rebuild does nothing now (the mail user cannot write the CDB): relayctl watch, or cron's relayctl expire, publishes the grant; drop the flag\n" +
+		"checkpassword-wrap: ip=198.51.100.7 user=alice service=pop3\n"
+	if !slices.Equal(res.argv, []string{"/bin/true"}) || stderr.String() != want {
+		t.Errorf("%+v, stderr %q", res, stderr.String())
+	}
+	if _, ok, _ := grant.New(dir).Get("198.51.100.7"); !ok {
+		t.Error("not recorded")
 	}
 }
 

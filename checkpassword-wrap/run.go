@@ -17,19 +17,17 @@ import (
 
 const prog = "checkpassword-wrap"
 
-const usage = `usage: checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] [--rebuild] program [arg ...]
+const usage = `usage: checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] program [arg ...]
   --spool DIR     grant spool (env POPRELAY_SPOOL; default /var/spool/poprelay)
   --service NAME  service recorded with the grant (env POPRELAY_SERVICE, else SERVICE, else pop3)
   --never FILE    never-grant file read in addition to /etc/poprelay/never (env POPRELAY_NEVER)
   --log dovecot   write stderr in Dovecot's log protocol: the audit line as info (env POPRELAY_LOG; default plain)
-  --rebuild       run "relayctl rebuild" in the background after recording
 `
 
 // result is what run decided: exec argv (if not nil), else exit with code.
 type result struct {
 	argv    []string
 	code    int
-	rebuild bool // start "relayctl rebuild" before the exec
 	trusted bool // the caller is root or in the spool's group
 	stderr  io.Writer
 }
@@ -120,7 +118,7 @@ func callerTrusted() (bool, string) {
 type config struct {
 	spool, service, never string
 	log                   string // "plain" or "dovecot"
-	rebuild               bool
+	rebuild               bool   // --rebuild: accepted, does nothing
 	argv                  []string
 }
 
@@ -242,9 +240,10 @@ func run(args, environ []string, stderr io.Writer, sys system) result {
 	}
 	trusted, who := sys.trusted()
 	res := result{argv: c.argv, trusted: trusted, stderr: stderr}
-	if record(c, env, stderr, sys, trusted, who) {
-		res.rebuild = c.rebuild
+	if c.rebuild {
+		fmt.Fprintf(stderr, "%s: warning: --rebuild does nothing now (the mail user cannot write the CDB): relayctl watch, or cron's relayctl expire, publishes the grant; drop the flag\n", prog)
 	}
+	record(c, env, stderr, sys, trusted, who)
 	return res
 }
 

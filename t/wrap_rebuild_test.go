@@ -5,103 +5,93 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
-	"time"
 )
 
-// TestWrapRebuild: --rebuild runs "relayctl rebuild" (the one next to the
-// wrapper) after recording, detached in its own session with /dev/null on
-// stdin and stdout, without delaying the next program; nothing is rebuilt
-// when nothing was recorded. A fake relayctl stands in and reports what it
-// saw after a delay.
-func TestWrapRebuild(t *testing.T) {
-	dir := t.TempDir()
-	spool := filepath.Join(dir, "spool")
-	os.Mkdir(spool, 0o755)
-	wrap := filepath.Join(dir, "checkpassword-wrap")
+// TestCronPublishesLogin: the route without a daemon, as installed. A
+// real tcpserver runs the POP chain as an unprivileged mail user (uid and
+// gid 65534, outside the spool's group), with a wrapper installed setgid
+// to the spool's group and given --rebuild, as run scripts written for
+// older versions do. The login goes on and is recorded; the wrapper says
+// in one line that --rebuild does nothing now, and starts nothing (a
+// relayctl beside it would leave a mark). No watcher runs: "relayctl
+// expire", cron's job, publishes the login, and the real tcpserver -x of
+// qmail-smtpd then gives that client RELAYCLIENT, and no other.
+func TestCronPublishesLogin(t *testing.T) {
+	needRoot(t, "the chain runs as another user and the wrapper is setgid")
+	need(t, "setpriv")
+	d := wrSetup(t)
+	const gid = 2147480000 // a group no one is in: the spool's
+	wrap := filepath.Join(d.Dir, "checkpassword-wrap")
 	b, err := os.ReadFile(bin("checkpassword-wrap"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	os.WriteFile(wrap, b, 0o755)
-	report := filepath.Join(dir, "report")
-	os.WriteFile(filepath.Join(dir, "relayctl"), []byte(`#!/bin/sh
-stdio="stdin=$(readlink /proc/$$/fd/0) stdout=$(readlink /proc/$$/fd/1)"
-sleep 1
-{
-	echo "args=$*"
-	echo "sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$"
-	echo "$stdio"
-	ls "$POPRELAY_SPOOL"
-} > "`+report+`.tmp"
-mv "`+report+`.tmp" "`+report+`"
-`), 0o755)
+	os.Chown(wrap, 0, gid)
+	os.Chmod(wrap, 0o755|os.ModeSetgid)
+	os.Chown(d.Spool, 0, gid)
+	os.Chmod(d.Spool, 0o770|os.ModeSetgid)
+	mark := filepath.Join(d.Dir, "relayctl-ran")
+	os.WriteFile(filepath.Join(d.Dir, "relayctl"), []byte("#!/bin/sh\ntouch "+mark+"\n"), 0o755)
 
-	run := func(env ...string) (time.Duration, string) {
-		cmd := exec.Command(wrap, "--rebuild", "/bin/echo", "next ran")
-		cmd.Env = baseEnv(append([]string{"POPRELAY_SPOOL=" + spool}, env...)...)
-		// A file, not a pipe: the rebuild keeps stderr open after the
-		// wrapper's exec, and Output would wait for a pipe to close.
-		ef, err := os.CreateTemp(dir, "stderr")
-		if err != nil {
-			t.Fatal(err)
+	rules := filepath.Join(d.Dir, "tcp.smtp")
+	cdbPath := filepath.Join(d.Dir, "tcp.smtp.cdb")
+	os.WriteFile(rules, []byte("127.0.0.1:allow,RELAYCLIENT=\"\"\n:allow\n"), 0o644)
+	env := baseEnv("POPRELAY_SPOOL="+d.Spool, "POPRELAY_RULES="+rules, "POPRELAY_CDB="+cdbPath, "POPRELAY_NEVER=")
+	relayctl := func(args ...string) {
+		t.Helper()
+		c := exec.Command(bin("relayctl"), args...)
+		c.Env = env
+		if out, err := c.CombinedOutput(); err != nil || len(out) > 0 {
+			t.Fatalf("relayctl %q: %v %s", args, err, out)
 		}
-		defer ef.Close()
-		cmd.Stderr = ef
-		start := time.Now()
-		out, err := cmd.Output()
-		d := time.Since(start)
-		stderr, _ := os.ReadFile(ef.Name())
-		if err != nil || string(out) != "next ran\n" {
-			t.Fatalf("wrapper: %v, stdout %q, stderr %q", err, out, stderr)
-		}
-		return d, string(stderr)
+	}
+	relayctl("rebuild")
+	smtp := startTcpserver(t, baseEnv(), []string{"-x", cdbPath}, "/usr/bin/env")
+	relays := func(src string) bool {
+		t.Helper()
+		_, ok := envFrom(dialFrom(t, src, smtp.Port, ""))["RELAYCLIENT"]
+		return ok
 	}
 
-	// Nothing recorded: no rebuild.
-	run("TCPREMOTEIP=127.0.0.1", "USER=alice")
-	time.Sleep(1500 * time.Millisecond)
-	if _, err := os.Stat(report); err == nil {
-		t.Fatal("rebuilt although nothing was recorded")
+	pop := d.serve(t, []string{"AS_USER=65534:65534"}, wrap, "--rebuild", "--spool", d.Spool)
+	out := dialFrom(t, "127.0.0.31", pop.Port, "alice secret\n")
+	if v := envFrom(out); v["USER"] != "alice" || v["TCPREMOTEIP"] != "127.0.0.31" {
+		t.Fatalf("the login did not go on to the next program: %q\nstderr: %s", out, d.stderr(t))
+	}
+	stderr := d.stderr(t)
+	for _, want := range []string{
+		"checkpassword-wrap: warning: --rebuild does nothing now",
+		"checkpassword-wrap: ip=127.0.0.31 user=alice service=pop3\n",
+	} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("the chain's stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+	if strings.Count(stderr, "\n") != 2 {
+		t.Errorf("want two lines on stderr:\n%s", stderr)
+	}
+	fi, err := os.Stat(filepath.Join(d.Spool, "127.0.0.31"))
+	if err != nil {
+		t.Fatalf("the login was not recorded: %v", err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 65534 || st.Gid != gid {
+		t.Errorf("the grant file is %d:%d, want 65534:%d", st.Uid, st.Gid, gid)
+	}
+	if relays("127.0.0.31") {
+		t.Fatal("relaying before any rebuild (the test cannot tell what published it)")
 	}
 
-	d, stderr := run("TCPREMOTEIP=127.0.0.60", "USER=alice")
-	if d > 700*time.Millisecond {
-		t.Errorf("the next program waited %v for the rebuild", d)
+	relayctl("expire") // what cron runs every minute
+	if !relays("127.0.0.31") {
+		t.Errorf("after relayctl expire, tcpserver gives 127.0.0.31 no RELAYCLIENT")
 	}
-	if stderr != "checkpassword-wrap: ip=127.0.0.60 user=alice service=pop3\n" {
-		t.Errorf("stderr %q", stderr)
+	if relays("127.0.0.32") {
+		t.Errorf("127.0.0.32 relays")
 	}
-	var got string
-	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if b, err := os.ReadFile(report); err == nil {
-			got = string(b)
-			break
-		}
-	}
-	if got == "" {
-		t.Fatal("relayctl rebuild never ran")
-	}
-	lines := strings.Split(got, "\n")
-	if lines[0] != "args=rebuild" {
-		t.Errorf("relayctl ran with %q", lines[0])
-	}
-	var sid, pid string
-	for _, f := range strings.Fields(lines[1]) {
-		if v, ok := strings.CutPrefix(f, "sid="); ok {
-			sid = v
-		}
-		if v, ok := strings.CutPrefix(f, "pid="); ok {
-			pid = v
-		}
-	}
-	if sid == "" || sid != pid {
-		t.Errorf("relayctl is not a session leader: %q", lines[1])
-	}
-	if lines[2] != "stdin=/dev/null stdout=/dev/null" {
-		t.Errorf("relayctl's stdio: %q", lines[2])
-	}
-	if !strings.Contains(got, "\n127.0.0.60\n") {
-		t.Errorf("relayctl did not see the grant (the environment is passed on for a trusted caller): %q", got)
+	if _, err := os.Stat(mark); err == nil {
+		t.Errorf("the wrapper started relayctl")
 	}
 }
