@@ -47,7 +47,9 @@
 // Installed setgid to the group that owns the spool, it drops that
 // privilege before running the program. Unless the caller is root or a
 // member of that group, it records only when standard input is a TCP
-// socket from the client address: a local user cannot forge a grant.
+// connection from the client address that a service accepted (its local
+// port privileged, or listed in /etc/poprelay/ports): a local user cannot
+// forge a grant, not even by connecting out to the address.
 package main
 
 import (

@@ -44,6 +44,7 @@ func TestRun(t *testing.T) {
 		env       []string
 		peer      string // fd 0 is a TCP socket from this address
 		untrusted bool
+		opened    string // fd 0 is a socket no service accepted: why
 		code      int    // usage errors: exit code, no exec
 		ip        string // the grant recorded, if any
 		user      string
@@ -106,6 +107,11 @@ func TestRun(t *testing.T) {
 			stderr: "standard input is a TCP connection from 203.0.113.5"},
 		{name: "untrusted, socket from the client", env: []string{"TCPREMOTEIP=198.51.100.36", "USER=alice"}, untrusted: true, peer: "198.51.100.36",
 			ip: "198.51.100.36", user: "alice", service: "pop3", stderr: "ip=198.51.100.36 user=alice"},
+		{name: "untrusted, socket to the client", env: []string{"TCPREMOTEIP=198.51.100.37", "USER=mallory"}, untrusted: true, peer: "198.51.100.37",
+			opened: "standard input is a connection to local port 40000, which is neither privileged nor listed",
+			stderr: "checkpassword-wrap: warning: not recording ip=198.51.100.37 user=mallory service=pop3: standard input is a connection to local port 40000, which is neither privileged nor listed, and uid 1000 is neither root nor in group 999\n"},
+		{name: "trusted, socket to the client", env: []string{"TCPREMOTEIP=198.51.100.39", "USER=alice"}, peer: "198.51.100.39", opened: "not accepted",
+			ip: "198.51.100.39", user: "alice", service: "pop3", stderr: "ip=198.51.100.39 user=alice"},
 
 		// Flags.
 		{name: "-- ends flags", args: []string{"--"}, env: []string{"TCPREMOTEIP=198.51.100.40", "USER=a"}, ip: "198.51.100.40", user: "a", service: "pop3", stderr: "ip="},
@@ -152,6 +158,7 @@ func TestRun(t *testing.T) {
 			sys := system{
 				peer:      func() (string, bool) { return tc.peer, tc.peer != "" },
 				trusted:   func() (bool, string) { return !tc.untrusted, "uid 1000 is neither root nor in group 999" },
+				accepted:  func() (bool, string) { return tc.opened == "", tc.opened },
 				neverFile: defaultNever,
 			}
 			env := append([]string{"POPRELAY_SPOOL=" + spool, "POPRELAY_NEVER=" + neverFile}, tc.env...)

@@ -41,6 +41,11 @@ type system struct {
 	// (root, not setgid, or a member of the effective group), and a word
 	// about who the caller is for the log.
 	trusted func() (bool, string)
+	// accepted tells, for an untrusted caller whose standard input is a
+	// TCP socket from the client, whether a service accepted it (its
+	// local port privileged or the admin's), and if not why: nil means
+	// never.
+	accepted func() (bool, string)
 	// neverFile is the never-grant file always read if it exists.
 	neverFile string
 	// openAsCaller opens a file the caller named with the caller's own
@@ -49,7 +54,13 @@ type system struct {
 }
 
 func realSystem() system {
-	return system{peer: stdinPeer, trusted: callerTrusted, neverFile: never.DefaultFile, openAsCaller: openAsCaller}
+	return system{
+		peer:         stdinPeer,
+		trusted:      callerTrusted,
+		accepted:     func() (bool, string) { return stdinAccepted(PortsFile) },
+		neverFile:    never.DefaultFile,
+		openAsCaller: openAsCaller,
+	}
 }
 
 // openAsCaller opens path with the effective group set to the real one for
@@ -317,6 +328,18 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 	} else if !trusted {
 		say("warning: not recording %s: standard input is not a TCP socket and %s", what, who)
 		return false
+	}
+	// Any user can connect to any host: the socket must be one a service
+	// accepted from the client, not one the caller opened to it.
+	if !trusted {
+		ok, why := false, "no way to tell whether a service accepted standard input"
+		if sys.accepted != nil {
+			ok, why = sys.accepted()
+		}
+		if !ok {
+			say("warning: not recording %s: %s, and %s", what, why, who)
+			return false
+		}
 	}
 
 	open := never.Open

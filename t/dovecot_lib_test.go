@@ -282,7 +282,10 @@ func (dv *dovecotServer) launch(t *testing.T, config func(ports *strings.Replace
 		}
 	})
 	for try := 0; try < 3; try++ {
-		dv.POP3, dv.IMAP, dv.POP3S, dv.Spare = freePort(t), freePort(t), freePort(t), freePort(t)
+		// POP3 and IMAP on privileged ports, as 110 and 143 are: an
+		// untrusted wrapper records only a connection accepted there.
+		priv := freePrivPorts(t, 2)
+		dv.POP3, dv.IMAP, dv.POP3S, dv.Spare = priv[0], priv[1], freePort(t), freePort(t)
 		r := strings.NewReplacer("@POP3@", fmt.Sprint(dv.POP3),
 			"@IMAP@", fmt.Sprint(dv.IMAP), "@POP3S@", fmt.Sprint(dv.POP3S),
 			"@SPARE@", fmt.Sprint(dv.Spare))

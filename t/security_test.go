@@ -142,12 +142,11 @@ func TestSecurityInstallPrivileges(t *testing.T) {
 	}
 
 	// A TCP socket as stdin: the peer is the truth.
+	// A connection accepted on a privileged port (a service's, as the
+	// wrapper demands of an untrusted caller).
 	sock := func(src string) *os.File {
 		t.Helper()
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := lowListener(t, "tcp4", "127.0.0.1")
 		defer ln.Close()
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
 		c, err := d.Dial("tcp", ln.Addr().String())

@@ -466,7 +466,9 @@ func TestWrapPrivilege(t *testing.T) {
 	// only the group may read: it is opened with the caller's own rights.
 	os.WriteFile(filepath.Join(d.Spool, "203.0.113.9"), []byte("user=secretuser\nservice=pop3\ntime=1\n"), 0o640)
 	os.Chown(filepath.Join(d.Spool, "203.0.113.9"), 0, gid)
-	ts0 := startTcpserver(t, baseEnv("ERRLOG="+d.ErrLog, fmt.Sprintf("AS_USER=%d:%d", uid, ugid)), []string{"-R", "-H"},
+	// A privileged port: only a connection a service accepted there
+	// counts for an untrusted caller.
+	ts0 := startTcpserverPriv(t, baseEnv("ERRLOG="+d.ErrLog, fmt.Sprintf("AS_USER=%d:%d", uid, ugid)), "127.0.0.1", []string{"-R", "-H"},
 		d.Popup, d.Checkpw, wrap, "--spool", d.Spool, "--never", filepath.Join(d.Spool, "203.0.113.9"), "/bin/true")
 	dialFrom(t, "127.0.0.21", ts0.Port, "alice secret\n")
 	if got := d.stderr(t); strings.Contains(got, "secretuser") || !strings.Contains(got, "unable to read never-grant file") || !strings.Contains(got, "permission denied") {
@@ -480,7 +482,7 @@ func TestWrapPrivilege(t *testing.T) {
 	// A real login through tcpserver, with checkpw switching to the user
 	// as a real checkpassword does: recorded, file owned by the user and
 	// the spool's group, privilege dropped for the next program.
-	ts := startTcpserver(t, baseEnv("ERRLOG="+d.ErrLog, fmt.Sprintf("AS_USER=%d:%d", uid, ugid)), []string{"-R", "-H"},
+	ts := startTcpserverPriv(t, baseEnv("ERRLOG="+d.ErrLog, fmt.Sprintf("AS_USER=%d:%d", uid, ugid)), "127.0.0.1", []string{"-R", "-H"},
 		d.Popup, d.Checkpw, wrap, "--spool", d.Spool, "/bin/cat", "/proc/self/status")
 	status := dialFrom(t, "127.0.0.20", ts.Port, "alice secret\n")
 	if g := wrStatusGid(status); g != fmt.Sprintf("%d\t%d\t%d\t%d", ugid, ugid, ugid, ugid) {
@@ -499,7 +501,7 @@ func TestWrapPrivilege(t *testing.T) {
 	}
 	// Another user's login from the same address refreshes it (2770, no
 	// sticky bit: a rename over another user's file is allowed).
-	ts2 := startTcpserver(t, baseEnv("ERRLOG="+d.ErrLog, "AS_USER=65534:65534"), []string{"-R", "-H"},
+	ts2 := startTcpserverPriv(t, baseEnv("ERRLOG="+d.ErrLog, "AS_USER=65534:65534"), "127.0.0.1", []string{"-R", "-H"},
 		d.Popup, d.Checkpw, wrap, "--spool", d.Spool, "/bin/true")
 	dialFrom(t, "127.0.0.20", ts2.Port, "alice secret\n")
 	if got := d.stderr(t); got != "checkpassword-wrap: ip=127.0.0.20 user=alice service=pop3\n" {
