@@ -297,21 +297,16 @@ func TestSecurityPrefixKeyEtcd(t *testing.T) {
 	e := etcdtest.Start(t)
 	a := newRelayctlSite(t, ":allow\n")
 	b := newRelayctlSite(t, ":allow\n")
-	for _, s := range []*relayctlSite{a, b} {
-		s.env = append(s.env, "POPRELAY_ETCD_ENDPOINTS="+e.Client, "POPRELAY_ETCD_TIMEOUT=1s")
-	}
+	a.etcdEnv(e.Client)
+	b.etcdEnv(e.Client)
 	a.startWatch(t, "--publish", "etcd")
 	wb := b.startWatch(t, "--source", "etcd")
 	recordAt(t, a.spool, "2001:db8:aaaa::", "mallory")
 	recordAt(t, a.spool, "2001:db8:bbbb::1", "alice")
 	wb.waitLine(t, `refused grant for 2001:db8:aaaa:: (user "mallory"): would open a range`, 10*time.Second)
-	deadline := time.Now().Add(10 * time.Second)
-	for !relays(t, b.cdb, "2001:db8:bbbb::1") {
-		if time.Now().After(deadline) {
-			t.Fatal("the grant published beside it never reached B's CDB")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	etcdtest.Eventually(t, 10*time.Second, "the grant published beside it in B's CDB", func() bool {
+		return relays(t, b.cdb, "2001:db8:bbbb::1")
+	})
 	ks, err := keys(b.cdb)
 	if err != nil {
 		t.Fatal(err)
