@@ -382,7 +382,8 @@ func runAsNobody(t *testing.T, f *fixture, args ...string) (int, string) {
 
 func TestExpire(t *testing.T) {
 	f := newFixture(t)
-	f.ok("allow", "192.0.2.7", "--for", "1s")
+	// Grant files hold whole seconds: 1s could be over at once.
+	f.ok("allow", "192.0.2.7", "--for", "5s")
 	f.ok("allow", "192.0.2.8")
 	if got := f.decide("192.0.2.7"); !strings.Contains(got, "RELAYCLIENT=") {
 		t.Fatalf("before: %s", got)
@@ -396,7 +397,7 @@ func TestExpire(t *testing.T) {
 	if !os.SameFile(st0, st1) {
 		t.Error("expire rewrote the CDB with nothing to do")
 	}
-	f.now = time.Now().Add(3 * time.Second)
+	f.now = time.Now().Add(7 * time.Second)
 	if out := f.ok("expire"); out != "" {
 		t.Errorf("expire printed %q", out)
 	}

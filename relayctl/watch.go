@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -14,8 +15,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/poprelay/poprelay/internal/atomic"
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/metrics"
+	"github.com/poprelay/poprelay/internal/never"
 	"github.com/poprelay/poprelay/internal/rules"
 	"github.com/poprelay/poprelay/internal/share"
 	"github.com/poprelay/poprelay/internal/watch"
@@ -155,6 +159,36 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 			return err
 		})
 	}
+	// The incremental merge: the watcher keeps every grant's records and
+	// writes them with the static ones. The never-grant set is read
+	// again before each publish; the same set as before is handed back
+	// as the very same one, so the merge classifies nothing again.
+	var lastNever *never.Set
+	options := func() (merge.Options, error) {
+		o, err := e.mergeOptions()
+		if err != nil {
+			return o, err
+		}
+		if set, ok := o.Never.(*never.Set); ok {
+			if set.Equal(lastNever) {
+				o.Never = lastNever
+			} else {
+				lastNever = set
+			}
+		}
+		o.Logf = once
+		return o, nil
+	}
+	write := func(fill func(f io.WriteSeeker) error) error {
+		return e.locked(func() error {
+			e.cleanDebris()
+			err := atomic.WriteFile(e.cfg.CDB, 0o644, func(f *os.File) error { return fill(cdbOutput(f)) })
+			if err != nil {
+				return unable("write "+e.cfg.CDB, err)
+			}
+			return nil
+		})
+	}
 	var src watch.Source = spoolSource{e}
 	var mirror *share.Mirror
 	var w *watch.Watcher
@@ -164,6 +198,8 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		mirror.UseCache(e.cfg.CDB + ".etcd") // for a cold start while etcd is down
 		src = mirror
 	case opt.publish == "etcd":
+		// The publisher takes every live grant at each publish: this
+		// host merges them in full (Publish, not Write).
 		pub := opt.cluster.Publisher(share.PublisherOptions{})
 		go pub.Run(ctx)
 		go opt.cluster.Revocations(ctx, e.dropRevoked)
@@ -172,6 +208,7 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 			pub.Sync(grants, now) // never blocks
 			return local(static, grants, now)
 		}
+		write = nil
 	}
 	w = watch.New(watch.Config{
 		Spool:    e.cfg.Spool,
@@ -184,6 +221,8 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		CDB:      e.cfg.CDB,
 		Source:   src,
 		Publish:  publish,
+		Write:    write,
+		Options:  options,
 		LoadRules: func() ([]rules.Rule, error) {
 			rs, err := e.readRules()
 			var ee *exitError

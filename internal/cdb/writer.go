@@ -109,20 +109,28 @@ func (cw *Writer) AddHashed(key, value []byte, h uint32) error {
 		cw.err = ErrTooBig
 		return cw.err
 	}
-	hdr := cw.hdr[:]
-	binary.LittleEndian.PutUint32(hdr[0:], uint32(len(key)))
-	binary.LittleEndian.PutUint32(hdr[4:], uint32(len(value)))
-	if _, err := cw.buf.Write(hdr); err != nil {
-		cw.err = err
-		return err
+	// One write per record: header, key and value appended straight
+	// into bufio's free space when they fit.
+	b := cw.buf.AvailableBuffer()
+	if int(n) > cap(b) {
+		b = cw.hdr[:0]
 	}
-	if _, err := cw.buf.Write(key); err != nil {
-		cw.err = err
-		return err
-	}
-	if _, err := cw.buf.Write(value); err != nil {
-		cw.err = err
-		return err
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(key)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(value)))
+	if len(b) == 8 && &b[0] == &cw.hdr[0] {
+		// Too big for the buffer's free space: three writes.
+		for _, p := range [][]byte{b, key, value} {
+			if _, err := cw.buf.Write(p); err != nil {
+				cw.err = err
+				return err
+			}
+		}
+	} else {
+		b = append(append(b, key...), value...)
+		if _, err := cw.buf.Write(b); err != nil {
+			cw.err = err
+			return err
+		}
 	}
 	cw.tables[h&255].add(slot{h, uint32(cw.pos)})
 	cw.n++

@@ -145,7 +145,8 @@ func (s *Set) Delete(ip string) {
 	delete(s.byIP, ip)
 	e := &s.ents[i]
 	s.count(e, -1)
-	*e = entry{dead: true}
+	// The address stays, for sortOrder to find the entry in order.
+	*e = entry{dead: true, hi: e.hi, lo: e.lo}
 	s.dead = append(s.dead, i) // in order or in added: skipped, then dropped
 }
 
@@ -247,6 +248,39 @@ func (s *Set) sortOrder() {
 		return cmp.Compare(a.lo, b.lo)
 	}
 	slices.SortFunc(add, byAddr)
+	if len(add)+len(s.dead) <= 64 {
+		// A few changes (a storm's publish): find each by binary
+		// search and move the rest of order along, no comparison of
+		// every entry.
+		find := func(i int32) int {
+			e := &s.ents[i]
+			p, _ := slices.BinarySearchFunc(s.order, e, func(j int32, e *entry) int {
+				f := &s.ents[j]
+				if c := cmp.Compare(f.hi, e.hi); c != 0 {
+					return c
+				}
+				return cmp.Compare(f.lo, e.lo)
+			})
+			return p
+		}
+		for _, i := range s.dead {
+			// Of the entries in order at its address, the dead one
+			// (a new grant for the address may sit beside it).
+			for p := find(i); p < len(s.order) && s.ents[s.order[p]].hi == s.ents[i].hi && s.ents[s.order[p]].lo == s.ents[i].lo; p++ {
+				if s.order[p] == i {
+					s.order = slices.Delete(s.order, p, p+1)
+					break
+				}
+			}
+		}
+		for _, i := range add {
+			s.order = slices.Insert(s.order, find(i), i)
+		}
+		s.added = s.added[:0]
+		s.free = append(s.free, s.dead...)
+		s.dead = s.dead[:0]
+		return
+	}
 	out := s.buf[:0]
 	j := 0
 	for _, i := range s.order {

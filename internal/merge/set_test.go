@@ -83,7 +83,11 @@ func TestSetMatchesWrite(t *testing.T) {
 		have := map[string]grant.Grant{}
 		var f cdbtest.File
 		for step := range 600 {
-			for range rng.IntN(8) {
+			n := rng.IntN(8)
+			if rng.IntN(30) == 0 {
+				n = 150 // a rescan's worth: the full merge of order
+			}
+			for range n {
 				g := randomGrant(rng, clock)
 				if rng.IntN(4) == 0 {
 					set.Delete(g.IP)
@@ -186,4 +190,25 @@ func dump(t *testing.T, b []byte) []byte {
 		t.Fatal(err)
 	}
 	return cdbtest.Dump(t, r)
+}
+
+// BenchmarkSetPublish: one changed grant, then a publish, with 100,000
+// standing grants (the watcher's work per publish under a storm, without
+// the file system).
+func BenchmarkSetPublish(b *testing.B) {
+	rs, _ := rules.Parse(strings.NewReader(setStatic), "tcp.smtp")
+	set := NewSet(rs, Options{MaxAge: time.Hour})
+	for i := range 100_000 {
+		set.Put(grant.Grant{IP: fmt.Sprintf("172.%d.%d.%d", 16+i>>16, i>>8&255, i&255), User: "u", Service: "pop3", Time: now})
+	}
+	var f cdbtest.File
+	set.Write(&f, now)
+	b.ResetTimer()
+	for i := range b.N {
+		set.Put(grant.Grant{IP: fmt.Sprintf("192.168.%d.%d", i>>8&255, i&255), User: "u", Service: "imap", Time: now})
+		f.Reset()
+		if _, _, err := set.Write(&f, now); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

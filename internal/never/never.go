@@ -39,6 +39,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -312,4 +313,13 @@ func (s *Set) Refuse(ip string) (reason string, refused bool) {
 		return addr.Check(string(key)).Error(), true
 	}
 	return "", false
+}
+
+// Equal tells whether s and o refuse exactly the same addresses for the
+// same reasons (they hold the same entries).
+func (s *Set) Equal(o *Set) bool {
+	if s == nil || o == nil {
+		return s == o
+	}
+	return reflect.DeepEqual(s, o)
 }

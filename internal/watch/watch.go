@@ -20,7 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,6 +31,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/regular"
 	"github.com/poprelay/poprelay/internal/rules"
 )
@@ -75,6 +76,16 @@ type Config struct {
 	// Publish writes the CDB for the static rules and the live grants
 	// (already without the expired ones). It must be atomic.
 	Publish func(static []rules.Rule, grants []grant.Grant, now time.Time) error
+	// Write, if set, is used instead of Publish: the watcher keeps the
+	// merge current (a merge.Set: each grant's records computed once per
+	// change of it, all of them once per change of the rules or
+	// Options), and Write must publish the CDB atomically, its content
+	// written by fill (which calls Finish) to a file at offset 0.
+	Write func(fill func(f io.WriteSeeker) error) error
+	// Options returns the merge settings for Write, before each publish.
+	// While they have not changed it must return the same Never set
+	// (by identity), or every grant is classified again.
+	Options func() (merge.Options, error)
 	// LoadRules reads the static rules file; nil parses Rules as is.
 	LoadRules func() ([]rules.Rule, error)
 	// Logf logs one line; nil discards.
@@ -104,8 +115,7 @@ type Watcher struct {
 
 	static      []rules.Rule
 	haveRules   bool
-	grants      map[string]grant.Grant
-	order       order                // the grants in address order
+	set         *merge.Set           // the grants, in address order, with their records
 	changed     map[string]time.Time // IPs seen changing since the last publish
 	fullScan    bool
 	scanFailing bool // the last full scan failed; read again on the next timer
@@ -169,7 +179,7 @@ func New(cfg Config) *Watcher {
 		cfg:     cfg,
 		reload:  make(chan struct{}, 1),
 		poke:    make(chan struct{}, 1),
-		grants:  map[string]grant.Grant{},
+		set:     merge.NewSet(nil, merge.Options{MaxAge: cfg.MaxAge}),
 		changed: map[string]time.Time{},
 		held:    -1,
 	}
@@ -284,13 +294,22 @@ func (w *Watcher) scan() error {
 	if err != nil {
 		return err
 	}
-	grant.SortByAddr(gs)
-	m := make(map[string]grant.Grant, len(gs))
+	// Only the grants that differ from what the set holds are
+	// classified again.
+	seen := make(map[string]bool, len(gs))
 	for _, g := range gs {
-		m[g.IP] = g
+		seen[g.IP] = true
+		w.set.Put(g)
 	}
-	w.grants = m
-	w.order.reset(gs)
+	var gone []string
+	w.set.Each(func(g grant.Grant) {
+		if !seen[g.IP] {
+			gone = append(gone, g.IP)
+		}
+	})
+	for _, ip := range gone {
+		w.set.Delete(ip)
+	}
 	w.fullScan = false
 	return nil
 }
@@ -303,9 +322,9 @@ func (w *Watcher) refresh() {
 		case err != nil:
 			w.fail("spool", "unable to read grant "+ip, err)
 		case ok:
-			w.grants[ip] = g
+			w.set.Put(g)
 		default:
-			delete(w.grants, ip)
+			w.set.Delete(ip)
 		}
 	}
 }
@@ -338,30 +357,45 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 		w.refresh()
 	}
 	now := w.cfg.Now()
-	w.order.update(w.grants, w.changed)
-	live := make([]grant.Grant, 0, len(w.order.gs))
-	for _, g := range w.order.gs {
-		exp := g.Expiry(w.cfg.MaxAge)
-		if !exp.After(now) {
-			continue
+	opt := merge.Options{MaxAge: w.cfg.MaxAge}
+	if w.cfg.Write != nil && w.cfg.Options != nil {
+		if opt, err = w.cfg.Options(); err != nil {
+			return time.Time{}, err
 		}
-		live = append(live, g)
-		if next.IsZero() || exp.Before(next) {
-			next = exp
-		}
+	}
+	w.set.Configure(w.static, opt)
+	live := 0
+	if w.cfg.Write != nil {
+		err = w.cfg.Write(func(f io.WriteSeeker) error {
+			sum, nx, err := w.set.Write(f, now)
+			live, next = sum.Grants-sum.Expired, nx
+			return err
+		})
+	} else {
+		var gs []grant.Grant
+		w.set.Each(func(g grant.Grant) {
+			exp := g.Expiry(w.cfg.MaxAge)
+			if !exp.After(now) {
+				return
+			}
+			gs = append(gs, g)
+			if next.IsZero() || exp.Before(next) {
+				next = exp
+			}
+		})
+		live = len(gs)
+		err = w.cfg.Publish(w.static, gs, now)
+	}
+	if err != nil {
+		return time.Time{}, err
 	}
 	if scanFailed {
 		if retry := now.Add(w.cfg.Retry); next.IsZero() || retry.Before(next) {
 			next = retry
 		}
 	}
-	// live is in address order (IPv4 first), which is the merge's own
-	// record order but for a few IPv6 addresses: its sort has little to do.
-	if err := w.cfg.Publish(w.static, live, now); err != nil {
-		return time.Time{}, err
-	}
 	done := time.Now()
-	st := Stats{Grants: len(live), Duration: done.Sub(start), Reason: reason}
+	st := Stats{Grants: live, Duration: done.Sub(start), Reason: reason}
 	for _, seen := range w.changed {
 		st.Latency = append(st.Latency, done.Sub(seen))
 	}
@@ -595,63 +629,4 @@ func (w *Watcher) Run(ctx context.Context) error {
 			run("reload")
 		}
 	}
-}
-
-// order keeps the grants sorted by address (grant.SortByAddr's order), so
-// a rebuild under a login storm costs a linear merge of the few changed
-// grants into the rest, not a sort of them all.
-type order struct {
-	addrs []netip.Addr  // addrs[i] is gs[i]'s address
-	gs    []grant.Grant // in address order
-
-	spareAddrs []netip.Addr // the previous addrs and gs, reused
-	spareGs    []grant.Grant
-}
-
-// reset makes gs, sorted by address, the whole order.
-func (o *order) reset(gs []grant.Grant) {
-	o.gs = gs
-	o.addrs = o.addrs[:0]
-	for _, g := range gs {
-		a, _ := netip.ParseAddr(g.IP)
-		o.addrs = append(o.addrs, a)
-	}
-}
-
-// update brings the order up to date with grants, of which only the IPs
-// in changed may differ from what the order holds.
-func (o *order) update(grants map[string]grant.Grant, changed map[string]time.Time) {
-	if len(changed) == 0 {
-		return
-	}
-	// The changed grants that still exist, sorted.
-	var adds []grant.Grant
-	for ip := range changed {
-		if g, ok := grants[ip]; ok {
-			adds = append(adds, g)
-		}
-	}
-	grant.SortByAddr(adds)
-	addAddrs := make([]netip.Addr, len(adds))
-	for i, g := range adds {
-		addAddrs[i], _ = netip.ParseAddr(g.IP)
-	}
-	// Merge them with the unchanged ones, into the spare buffers (no
-	// 10 MB of garbage per rebuild at 100k grants).
-	addrs, gs := o.spareAddrs[:0], o.spareGs[:0]
-	j := 0
-	for i, g := range o.gs {
-		if _, ok := changed[g.IP]; ok {
-			continue
-		}
-		for j < len(adds) && addAddrs[j].Less(o.addrs[i]) {
-			addrs, gs = append(addrs, addAddrs[j]), append(gs, adds[j])
-			j++
-		}
-		addrs, gs = append(addrs, o.addrs[i]), append(gs, g)
-	}
-	addrs, gs = append(addrs, addAddrs[j:]...), append(gs, adds[j:]...)
-	o.spareAddrs, o.spareGs = o.addrs, o.gs
-	clear(o.spareGs) // drop references to old grants' strings
-	o.addrs, o.gs = addrs, gs
 }
