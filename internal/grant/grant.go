@@ -39,7 +39,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"math/rand/v2"
 	"net/netip"
@@ -257,20 +256,23 @@ func encode(g Grant) []byte {
 
 var tempSeq atomic.Uint64
 
-// createTemp creates a new dot-named temp file in the spool.
-func (s *Store) createTemp() (*os.File, string, error) {
+// createTemp creates a new dot-named temp file in the spool and returns
+// its descriptor. A raw descriptor, not an *os.File: an os.File would set
+// up the runtime's poller (epoll, eventfd) in every login's wrapper, for
+// one small write.
+func (s *Store) createTemp() (int, string, error) {
 	if s.Dir == "" {
-		return nil, "", ErrNoDir
+		return -1, "", ErrNoDir
 	}
 	for try := 0; ; try++ {
 		name := fmt.Sprintf("%s%d-%d-%x", tempPrefix, os.Getpid(), tempSeq.Add(1), rand.Uint32())
 		p := filepath.Join(s.Dir, name)
-		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, fileMode)
+		fd, err := syscall.Open(p, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, fileMode)
 		if err == nil {
-			return f, p, nil
+			return fd, p, nil
 		}
-		if !errors.Is(err, fs.ErrExist) || try == 10 {
-			return nil, "", err
+		if err != syscall.EEXIST || try == 10 {
+			return -1, "", &os.PathError{Op: "open", Path: p, Err: err}
 		}
 	}
 }
@@ -284,36 +286,49 @@ func (s *Store) write(g Grant) error {
 // writeFile publishes g by temp file, fsync (if sync) and rename, and
 // returns the inode number of the file.
 func (s *Store) writeFile(g Grant, sync bool) (ino uint64, err error) {
-	f, tmp, err := s.createTemp()
+	fd, tmp, err := s.createTemp()
 	if err != nil {
 		return 0, fmt.Errorf("unable to create a temp file: %w", err)
 	}
+	open := true
 	defer func() {
+		if open {
+			syscall.Close(fd)
+		}
 		if err != nil {
-			f.Close()
 			os.Remove(tmp)
 		}
 	}()
-	if _, err := f.Write(encode(g)); err != nil {
-		return 0, fmt.Errorf("unable to write %s: %w", tmp, err)
+	b := encode(g)
+	for len(b) > 0 {
+		n, err := syscall.Write(fd, b)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("unable to write %s: %w", tmp, err)
+		}
+		b = b[n:]
 	}
 	// The umask may have taken the group's read bit; relayctl needs it.
-	if err := f.Chmod(fileMode); err != nil {
+	if err := syscall.Fchmod(fd, fileMode); err != nil {
 		return 0, fmt.Errorf("unable to chmod %s: %w", tmp, err)
 	}
 	// The mtime shows the login time to ls; the content is authoritative,
 	// so a failure here (no /proc) is not worth failing the grant.
 	tv := syscall.NsecToTimeval(g.Time.UnixNano())
-	syscall.Futimes(int(f.Fd()), []syscall.Timeval{tv, tv})
+	syscall.Futimes(fd, []syscall.Timeval{tv, tv})
 	var st syscall.Stat_t
-	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+	if err := syscall.Fstat(fd, &st); err != nil {
 		return 0, fmt.Errorf("unable to stat %s: %w", tmp, err)
 	}
-	if !sync {
-	} else if err := f.Sync(); err != nil {
-		return 0, fmt.Errorf("unable to fsync %s: %w", tmp, err)
+	if sync {
+		if err := syscall.Fsync(fd); err != nil {
+			return 0, fmt.Errorf("unable to fsync %s: %w", tmp, err)
+		}
 	}
-	if err := f.Close(); err != nil {
+	open = false
+	if err := syscall.Close(fd); err != nil {
 		return 0, fmt.Errorf("unable to write %s: %w", tmp, err)
 	}
 	dst := filepath.Join(s.Dir, g.IP)
@@ -393,35 +408,71 @@ func (s *Store) readFile(name string, ino *uint64) (Grant, error) {
 	if s.Dir == "" {
 		return Grant{}, ErrNoDir
 	}
-	f, err := os.OpenFile(filepath.Join(s.Dir, name), os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	// Raw system calls, as in createTemp: no poller for a small read.
+	p := filepath.Join(s.Dir, name)
+	fd, err := syscall.Open(p, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
+		if err == syscall.ELOOP {
 			return Grant{}, fmt.Errorf("%w: a symlink", ErrDamaged)
 		}
-		return Grant{}, err
+		return Grant{}, &os.PathError{Op: "open", Path: p, Err: err}
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return Grant{}, err
+	defer syscall.Close(fd)
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return Grant{}, &os.PathError{Op: "stat", Path: p, Err: err}
 	}
-	if !st.Mode().IsRegular() {
-		return Grant{}, fmt.Errorf("%w: not a regular file (%v)", ErrDamaged, st.Mode().Type())
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return Grant{}, fmt.Errorf("%w: not a regular file (%v)", ErrDamaged, typeOf(st.Mode))
 	}
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok && ino != nil {
-		*ino = sys.Ino
+	if ino != nil {
+		*ino = st.Ino
 	}
-	if st.Size() > maxFile {
-		return Grant{}, fmt.Errorf("%w: %d bytes long", ErrDamaged, st.Size())
+	if st.Size > maxFile {
+		return Grant{}, fmt.Errorf("%w: %d bytes long", ErrDamaged, st.Size)
 	}
-	b, err := io.ReadAll(io.LimitReader(f, maxFile+1))
-	if err != nil {
-		return Grant{}, err
+	// One byte more than the file holds: a full buffer means it grew
+	// (grant files are replaced by rename, never written in place).
+	buf := make([]byte, st.Size+1)
+	n := 0
+	for n < len(buf) {
+		m, err := syscall.Read(fd, buf[n:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return Grant{}, &os.PathError{Op: "read", Path: p, Err: err}
+		}
+		if m == 0 {
+			break
+		}
+		n += m
 	}
-	if len(b) > maxFile {
-		return Grant{}, fmt.Errorf("%w: longer than %d bytes", ErrDamaged, maxFile)
+	if n == len(buf) {
+		return Grant{}, fmt.Errorf("%w: written while read", ErrDamaged)
 	}
+	b := buf[:n]
 	return decode(name, b)
+}
+
+// typeOf is the type bits of a stat mode as an fs.FileMode, as os.Stat
+// would give them.
+func typeOf(mode uint32) fs.FileMode {
+	switch mode & syscall.S_IFMT {
+	case syscall.S_IFDIR:
+		return fs.ModeDir
+	case syscall.S_IFLNK:
+		return fs.ModeSymlink
+	case syscall.S_IFIFO:
+		return fs.ModeNamedPipe
+	case syscall.S_IFSOCK:
+		return fs.ModeSocket
+	case syscall.S_IFCHR:
+		return fs.ModeDevice | fs.ModeCharDevice
+	case syscall.S_IFBLK:
+		return fs.ModeDevice
+	}
+	return fs.ModeIrregular
 }
 
 // capAt caps a login time in the future beyond Skew to now. An expiry of

