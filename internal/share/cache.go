@@ -100,7 +100,6 @@ func (m *Mirror) loadCache() {
 	}
 	m.grants, m.loaded, m.fromCache = gs, true, true
 	m.mu.Unlock()
-	close(m.ready)
 	m.c.logf("etcd does not answer: serving %d grants from the cache written %s", len(gs), cf.Written.Format(time.RFC3339))
 	if m.onChange != nil && len(gs) > 0 {
 		ips := make([]string, 0, len(gs))
@@ -109,4 +108,5 @@ func (m *Mirror) loadCache() {
 		}
 		m.onChange(ips)
 	}
+	close(m.ready) // after onChange: see Mirror
 }

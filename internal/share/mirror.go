@@ -43,6 +43,14 @@ type Mirror struct {
 // with Get and debounces a rebuild. It must not block for long. Grants
 // reaching their exp cause no call: consumers schedule that themselves
 // from Expires.
+//
+// The order callers may rely on, for the first grants the mirror serves
+// (from the first full read of etcd, or from the cache while etcd does
+// not answer): first List and Get answer with them, then onChange is
+// called with their IPs and returns, then Ready is closed. A caller that
+// waits for Ready has been told of every grant the mirror holds at that
+// moment, and reads them with List. List and Get may answer (ErrNotReady
+// no more) a little before Ready is closed, never after.
 func (c *Cluster) Mirror(onChange func(ips []string)) *Mirror {
 	return &Mirror{
 		c:        c,
@@ -52,7 +60,9 @@ func (c *Cluster) Mirror(onChange func(ips []string)) *Mirror {
 	}
 }
 
-// Ready is closed after the first successful full read.
+// Ready is closed once the mirror serves grants (after the first
+// successful full read, or after loading the cache while etcd does not
+// answer), and only after onChange has been told of them.
 func (m *Mirror) Ready() <-chan struct{} { return m.ready }
 
 // Revision is the etcd revision the mirror is current to.
@@ -178,11 +188,11 @@ func (m *Mirror) load(ctx context.Context) error {
 	first := !m.loaded
 	m.loaded = true
 	m.mu.Unlock()
-	if first {
-		close(m.ready)
-	}
 	if len(changed) > 0 && m.onChange != nil {
 		m.onChange(changed)
+	}
+	if first {
+		close(m.ready) // after onChange: see Mirror
 	}
 	return nil
 }

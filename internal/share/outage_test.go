@@ -3,6 +3,7 @@ package share
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // logs collects log lines for checks.
@@ -48,64 +50,103 @@ func ips(gs []grant.Grant) map[string]bool {
 
 // TestOutage: etcd killed → the publisher keeps a backlog, the mirror
 // keeps its copy and still expires on time; etcd restarted from the same
-// data → the backlog is replayed and the mirror catches up.
+// data → the backlog is replayed and the mirror catches up. (That Sync
+// never waits for etcd is TestSyncNeverBlocks.)
 func TestOutage(t *testing.T) {
 	e := etcdtest.Start(t)
 	pl := &logs{t: t}
 	ml := &logs{t: t}
-	pop := open(t, Options{Host: "pop1", Logf: pl.logf}, e.Client)
-	smtp := open(t, Options{Host: "smtp1", Logf: ml.logf}, e.Client)
+	clk := newClock() // the SMTP host's
+	pop := openQuick(t, Options{Host: "pop1", Logf: pl.logf}, e.Client)
+	smtp := open(t, Options{Host: "smtp1", Logf: ml.logf, Now: clk.Now}, e.Client)
 	m := runMirror(t, smtp)
 	<-m.Ready()
 	p := runPublisher(t, pop, PublisherOptions{})
+	// The publisher's first resync, done: running late, it would queue
+	// the two grants below a second time, and the backlog would hold
+	// more than the 10 changes made while etcd is down.
+	wait.For(t, "the first resync", func() bool { return p.Stats().Resyncs == 1 })
 
 	now := time.Now()
-	short := grant.Grant{IP: "192.0.2.1", User: "short", Service: "pop3", Time: now, Expires: now.Add(4 * time.Second)}
+	short := grant.Grant{IP: "192.0.2.1", User: "short", Service: "pop3", Time: now, Expires: now.Add(10 * time.Minute)}
 	long := grant.Grant{IP: "192.0.2.2", User: "long", Service: "pop3", Time: now}
 	live := []grant.Grant{short, long}
 	p.Sync(live, now)
-	etcdtest.Eventually(t, 5*time.Second, "both grants in the mirror", func() bool { return has(m, short.IP) && has(m, long.IP) })
+	wait.For(t, "both grants in the mirror", func() bool { return has(m, short.IP) && has(m, long.IP) })
+	wait.For(t, "the publisher to settle", func() bool { return p.Pending() == 0 })
 
 	e.Kill()
-	down := time.Now()
 	for i := 0; i < 10; i++ {
 		live = append(live, grant.Grant{IP: fmt.Sprintf("198.51.100.%d", i+1), User: "late", Service: "imap", Time: time.Now()})
 	}
-	p.Sync(live, time.Now()) // returns at once
-	if d := time.Since(down); d > 50*time.Millisecond {
-		t.Errorf("Sync took %v with etcd down", d)
-	}
+	p.Sync(live, time.Now())
 	// The mirror keeps what it had ...
 	gs, err := m.List()
 	if err != nil || len(gs) != 2 {
 		t.Fatalf("mirror while down: %v, %v", gs, err)
 	}
-	etcdtest.Eventually(t, 10*time.Second, "the publisher to notice", func() bool { return p.Stats().Down })
+	wait.For(t, "the publisher to notice", func() bool { return p.Stats().Down })
 	if st := p.Stats(); st.Backlog != 10 {
 		t.Errorf("backlog %d, want 10", st.Backlog)
 	}
 	if gs, err := m.List(); err != nil || len(gs) != 2 {
 		t.Fatalf("mirror while down: %v, %v", gs, err)
 	}
-	// ... and expires on time by itself.
-	etcdtest.Eventually(t, 5*time.Second, "the short grant to expire", func() bool { return !has(m, short.IP) })
-	if late := time.Since(short.Expires); late > 200*time.Millisecond {
-		t.Errorf("expired %v late", late)
+	// ... and expires on time by itself: there until exp, gone at exp.
+	clk.Set(short.Expires.Add(-time.Nanosecond))
+	if !has(m, short.IP) {
+		t.Fatal("short grant gone before its exp")
 	}
+	clk.Set(short.Expires)
 	if gs, err := m.List(); err != nil || len(gs) != 1 || gs[0].IP != long.IP {
-		t.Fatalf("mirror after expiry: %v, %v", gs, err)
+		t.Fatalf("mirror at the short grant's exp: %v, %v", gs, err)
 	}
 
 	e.Start()
 	up := time.Now()
-	etcdtest.Eventually(t, 15*time.Second, "the backlog to reach the mirror", func() bool {
+	wait.For(t, "the backlog to reach the mirror", func() bool {
 		gs, _ := m.List()
 		return len(gs) == 11
 	})
 	t.Logf("caught up %v after the restart", time.Since(up).Round(time.Millisecond))
-	etcdtest.Eventually(t, 5*time.Second, "the backlog to drain", func() bool { return p.Pending() == 0 })
+	wait.For(t, "the backlog to drain", func() bool { return p.Pending() == 0 })
 	if !pl.has("etcd unreachable") || !pl.has("etcd is back") {
 		t.Errorf("publisher logs: %q", pl.lines)
+	}
+}
+
+// TestSyncNeverBlocks: Sync, Put and Remove return while every write to
+// etcd hangs (an endpoint that accepts connections and never answers,
+// and an hour's timeout): a login never waits for etcd.
+func TestSyncNeverBlocks(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c := openTimeout(t, Options{Host: "pop1"}, time.Hour, "http://"+ln.Addr().String())
+	p := runPublisher(t, c, PublisherOptions{Workers: 2})
+	returned := make(chan struct{})
+	go func() {
+		defer close(returned)
+		var live []grant.Grant
+		now := time.Now()
+		for i := 0; i < 10; i++ {
+			g := grant.Grant{IP: fmt.Sprintf("198.51.100.%d", i+1), User: "u", Service: "pop3", Time: now}
+			live = append(live, g)
+			p.Sync(live, now)
+			p.Put(g)
+		}
+		p.Remove(live[0].IP)
+		p.Sync(live[5:], now)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(wait.Patience):
+		t.Fatal("Sync blocked on an etcd that never answers")
+	}
+	if p.Pending() == 0 {
+		t.Fatal("nothing pending with etcd unreachable")
 	}
 }
 
@@ -114,9 +155,9 @@ func TestOutage(t *testing.T) {
 func TestBacklogOverflow(t *testing.T) {
 	e := etcdtest.Start(t)
 	pl := &logs{t: t}
-	pop := open(t, Options{Host: "pop1", Logf: pl.logf}, e.Client)
+	pop := openQuick(t, Options{Host: "pop1", Logf: pl.logf}, e.Client)
 	p := runPublisher(t, pop, PublisherOptions{Backlog: 5})
-	etcdtest.Eventually(t, 5*time.Second, "the first resync", func() bool { return p.Stats().Resyncs == 1 })
+	wait.For(t, "the first resync", func() bool { return p.Stats().Resyncs == 1 })
 	e.Kill()
 	// Up to Workers changes may be in flight (stuck on the dead etcd)
 	// besides the 5 queued: 20 changes overflow the backlog whatever the
@@ -127,7 +168,7 @@ func TestBacklogOverflow(t *testing.T) {
 		live = append(live, grant.Grant{IP: fmt.Sprintf("203.0.113.%d", i+1), User: "u", Service: "pop3", Time: time.Now()})
 		p.Sync(live, time.Now())
 	}
-	etcdtest.Eventually(t, 10*time.Second, "the publisher to notice", func() bool { return p.Stats().Down })
+	wait.For(t, "the publisher to notice", func() bool { return p.Stats().Down })
 	st := p.Stats()
 	if st.Dropped < n-5-workers || st.Backlog > 5+workers {
 		t.Fatalf("stats %+v: want at least %d dropped, backlog at most %d", st, n-5-workers, 5+workers)
@@ -136,7 +177,7 @@ func TestBacklogOverflow(t *testing.T) {
 		t.Error("no log line for the dropped changes")
 	}
 	e.Start()
-	etcdtest.Eventually(t, 15*time.Second, "all the grants in etcd", func() bool {
+	wait.For(t, "all the grants in etcd", func() bool {
 		gs, err := pop.List(context.Background())
 		return err == nil && len(gs) == n
 	})
@@ -184,8 +225,8 @@ func TestCompaction(t *testing.T) {
 	done := make(chan struct{})
 	go func() { m.Run(rctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	etcdtest.Eventually(t, 10*time.Second, "a second full read", func() bool { return m.Reloads() >= 2 })
-	etcdtest.Eventually(t, 5*time.Second, "the changes", func() bool {
+	wait.For(t, "a second full read", func() bool { return m.Reloads() >= 2 })
+	wait.For(t, "the changes", func() bool {
 		gs, _ := m.List()
 		s := ips(gs)
 		return len(gs) == 3 && !s[mk(1).IP] && s[mk(4).IP]
@@ -197,7 +238,7 @@ func TestCompaction(t *testing.T) {
 	if err := c.Allow(ctx, mk(5)); err != nil {
 		t.Fatal(err)
 	}
-	etcdtest.Eventually(t, 5*time.Second, "a change after the re-read", func() bool { return has(m, mk(5).IP) })
+	wait.For(t, "a change after the re-read", func() bool { return has(m, mk(5).IP) })
 }
 
 // TestMirrorCache: an SMTP host restarted while etcd is down serves the
@@ -211,7 +252,7 @@ func TestMirrorCache(t *testing.T) {
 	cache := t.TempDir() + "/grants.json"
 	ctx := context.Background()
 	now := time.Now()
-	short := grant.Grant{IP: "192.0.2.61", User: "s", Service: "pop3", Time: now, Expires: now.Add(4 * time.Second)}
+	short := grant.Grant{IP: "192.0.2.61", User: "s", Service: "pop3", Time: now, Expires: now.Add(10 * time.Minute)}
 	long := grant.Grant{IP: "192.0.2.62", User: "l", Service: "pop3", Time: now}
 	for _, g := range []grant.Grant{short, long} {
 		if err := c.Allow(ctx, g); err != nil {
@@ -229,10 +270,23 @@ func TestMirrorCache(t *testing.T) {
 
 	e.Kill()
 	ml := &logs{t: t}
-	c2 := open(t, Options{Host: "smtp1", Logf: ml.logf}, e.Client)
+	clk := newClock()
+	// Quick: its first read must fail for it to fall back on the cache.
+	c2 := openQuick(t, Options{Host: "smtp1", Logf: ml.logf, Now: clk.Now}, e.Client)
+	var m2 *Mirror
 	var mu sync.Mutex
 	var told []string
-	m2 := c2.Mirror(func(ips []string) { mu.Lock(); told = append(told, ips...); mu.Unlock() })
+	var early bool // Ready closed before onChange ran
+	m2 = c2.Mirror(func(ips []string) {
+		mu.Lock()
+		defer mu.Unlock()
+		select {
+		case <-m2.Ready():
+			early = true
+		default:
+		}
+		told = append(told, ips...)
+	})
 	m2.UseCache(cache)
 	if _, err := m2.List(); err != ErrNotReady {
 		t.Fatalf("List before anything: %v", err)
@@ -243,28 +297,33 @@ func TestMirrorCache(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	select {
 	case <-m2.Ready():
-	case <-time.After(10 * time.Second):
+	case <-time.After(wait.Patience):
 		t.Fatal("not ready from the cache")
 	}
 	if gs, err := m2.List(); err != nil || len(gs) != 2 {
 		t.Fatalf("from the cache: %v %v", gs, err)
 	}
 	mu.Lock()
-	if len(told) != 2 {
-		t.Errorf("callback told %v", told)
+	if len(told) != 2 || early {
+		t.Errorf("at Ready, onChange had been told %v (and ran after Ready: %v)", told, early)
 	}
 	mu.Unlock()
-	etcdtest.Eventually(t, 6*time.Second, "the short grant to expire", func() bool { return !has(m2, short.IP) })
-	if late := time.Since(short.Expires); late > 200*time.Millisecond || late < 0 {
-		t.Errorf("expired %v late", late)
+	if !ml.has("from the cache") {
+		t.Errorf("no log of the cache: %q", ml.lines)
 	}
-	if !has(m2, long.IP) || !ml.has("from the cache") {
-		t.Fatalf("long grant lost, or no log: %q", ml.lines)
+	clk.Set(short.Expires.Add(-time.Nanosecond))
+	if !has(m2, short.IP) || !has(m2, long.IP) {
+		t.Fatal("a cached grant gone before its exp")
 	}
-	// etcd returns: the mirror takes etcd's data.
+	clk.Set(short.Expires)
+	if has(m2, short.IP) || !has(m2, long.IP) {
+		t.Fatal("the short grant still there at its exp, or the long one gone")
+	}
+	// etcd returns: the mirror takes etcd's data. c's requests wait
+	// for etcd to be back (up to their timeout), not m2's quick ones.
 	e.Start()
-	if err := c2.Allow(ctx, grant.Grant{IP: "192.0.2.63", User: "n", Time: time.Now()}); err != nil {
+	if err := c.Allow(ctx, grant.Grant{IP: "192.0.2.63", User: "n", Time: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	etcdtest.Eventually(t, 15*time.Second, "etcd's data", func() bool { return has(m2, "192.0.2.63") })
+	wait.For(t, "etcd's data", func() bool { return has(m2, "192.0.2.63") })
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // TestTLS: etcd demanding client certificates; the configuration comes
@@ -35,7 +36,7 @@ func TestTLS(t *testing.T) {
 		EnvCert:      client.Cert,
 		EnvKey:       client.Key,
 		EnvCA:        ca.Cert,
-		EnvTimeout:   "1s",
+		EnvTimeout:   "30s", // a request that should succeed must not time out on a busy machine
 	}
 	cfg, err := FromEnv(func(k string) string { return env[k] })
 	if err != nil {
@@ -68,7 +69,10 @@ func TestTLS(t *testing.T) {
 		{"client certificate of another CA", wrongCA.Cert, wrongCA.Key, ca.Cert, "bad certificate", "unknown certificate authority"},
 		{"no client certificate", "", "", ca.Cert, "certificate required", "bad certificate"},
 	} {
-		cfg := Config{Endpoints: []string{e.Client}, Cert: tc.cert, Key: tc.key, CA: tc.ca, DialTimeout: time.Second}
+		// A refused handshake shows only when the request's time is up
+		// (gRPC keeps trying): 5s, not 30s, so the three cases take 15s;
+		// time enough for a busy machine to try the handshake once.
+		cfg := Config{Endpoints: []string{e.Client}, Cert: tc.cert, Key: tc.key, CA: tc.ca, DialTimeout: 5 * time.Second}
 		c, err := Open(cfg, Options{Host: "pop2"})
 		if err != nil {
 			t.Fatal(err)
@@ -114,7 +118,7 @@ func TestAuth(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c, err := Open(Config{Endpoints: []string{e.Client}, Username: "poprelay", Password: "s3cret", DialTimeout: 2 * time.Second}, Options{Host: "pop1"})
+	c, err := Open(Config{Endpoints: []string{e.Client}, Username: "poprelay", Password: "s3cret", DialTimeout: 30 * time.Second}, Options{Host: "pop1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +130,7 @@ func TestAuth(t *testing.T) {
 	if ok, err := c.Revoke(ctx, g.IP, ""); err != nil || !ok {
 		t.Fatalf("Revoke: %v %v", ok, err)
 	}
-	_, err = Open(Config{Endpoints: []string{e.Client}, Username: "poprelay", Password: "wrong", DialTimeout: 2 * time.Second}, Options{})
+	_, err = Open(Config{Endpoints: []string{e.Client}, Username: "poprelay", Password: "wrong", DialTimeout: 30 * time.Second}, Options{})
 	if !errors.Is(err, ErrDenied) || !strings.Contains(err.Error(), `etcd user "poprelay"`) || !strings.Contains(err.Error(), "authentication failed") {
 		t.Fatalf("Open with a wrong password: %v; want ErrDenied naming the user", err)
 	}
@@ -139,7 +143,7 @@ func TestAuth(t *testing.T) {
 		logged = append(logged, fmt.Sprintf(format, args...))
 		logMu.Unlock()
 	}
-	r, err := Open(Config{Endpoints: []string{e.Client}, Username: "smtp1", Password: "s3cret2", DialTimeout: 2 * time.Second}, Options{Host: "smtp1", Logf: logf})
+	r, err := Open(Config{Endpoints: []string{e.Client}, Username: "smtp1", Password: "s3cret2", DialTimeout: 30 * time.Second}, Options{Host: "smtp1", Logf: logf})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +161,7 @@ func TestAuth(t *testing.T) {
 	// and keeps its backlog.
 	p := runPublisher(t, r, PublisherOptions{Resync: -1})
 	p.Put(grant.Grant{IP: "192.0.2.46", User: "frank", Time: time.Now()})
-	etcdtest.Eventually(t, 10*time.Second, "the publisher's warning", func() bool {
+	wait.For(t, "the publisher's warning", func() bool {
 		logMu.Lock()
 		defer logMu.Unlock()
 		for _, l := range logged {
