@@ -16,6 +16,7 @@ import (
 	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/share"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // TestEtcdLatency measures publish → mirror latency against a real etcd
@@ -59,7 +60,7 @@ func TestEtcdLatency(t *testing.T) {
 		p.Put(g)
 	}
 	tick.Stop()
-	etcdtest.Eventually(t, 30*time.Second, "every login in the mirror", func() bool {
+	wait.For(t, "every login in the mirror", func() bool {
 		gs, _ := m.List()
 		return len(gs) == preload+logins
 	})

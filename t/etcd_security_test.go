@@ -15,6 +15,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/etcdtest"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // setupBlock returns the shell block of docs/etcd.md that follows the
@@ -79,9 +80,9 @@ func (s *relayctlSite) etcdEnv(endpoint string, extra ...string) {
 }
 
 // fileGone waits until path no longer exists.
-func fileGone(t *testing.T, path string, limit time.Duration) {
+func fileGone(t *testing.T, path string) {
 	t.Helper()
-	etcdtest.Eventually(t, limit, path+" removed", func() bool {
+	wait.For(t, path+" removed", func() bool {
 		_, err := os.Stat(path)
 		return os.IsNotExist(err)
 	})
@@ -149,7 +150,7 @@ func TestEtcdAuthRoles(t *testing.T) {
 	// grant from its own spool (it reads revoked/).
 	admin.relayctl(t, "revoke", "127.0.0.71")
 	relayClient(t, ts, "127.0.0.71", false, 5*time.Second)
-	fileGone(t, filepath.Join(a.spool, "127.0.0.71"), 5*time.Second)
+	fileGone(t, filepath.Join(a.spool, "127.0.0.71"))
 	admin.relayctl(t, "allow", "127.0.0.73", "--for", "1h")
 	relayClient(t, ts, "127.0.0.73", true, 5*time.Second)
 

@@ -19,6 +19,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // Bin finds the etcd server, failing in CI (where .ci/run installs it)
@@ -136,8 +138,10 @@ func (e *Node) Start() {
 		"--initial-cluster", e.Cluster,
 		"--initial-cluster-state", "new",
 		"--initial-cluster-token", "poprelay-test",
-		"--heartbeat-interval", "50",
-		"--election-timeout", "500",
+		// etcd's defaults: shorter ones make a member on a busy
+		// machine call elections while its leader is alive.
+		"--heartbeat-interval", "100",
+		"--election-timeout", "1000",
 		"--logger", "zap",
 		"--log-level", "warn",
 	}, e.Extra...)...)
@@ -165,19 +169,13 @@ func (e *Node) WaitReady() {
 	t := e.t
 	t.Helper()
 	cli := ClientTLS(t, e.TLS, e.Client)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	wait.Succeeds(t, "etcd "+e.Name+" to answer", func() error {
+		// Each try may take long: a busy machine is no failure.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
 		_, err := cli.Get(ctx, "ready")
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd %s not ready: %v", e.Name, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err
+	})
 }
 
 // IsLeader tells whether this member leads its cluster now.
@@ -220,17 +218,4 @@ func ClientTLS(t testing.TB, tc *tls.Config, endpoints ...string) *clientv3.Clie
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
-}
-
-// Eventually polls cond until it holds or d passes: what a client writes
-// reaches the others asynchronously.
-func Eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
