@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // The Dovecot tests run a real Dovecot 2.3 (Debian's dovecot-core,
@@ -293,7 +295,7 @@ func (dv *dovecotServer) launch(t *testing.T, config func(ports *strings.Replace
 		os.Remove(dv.Log)
 		cmd, _ := start(t, env, false, argv[0], argv[1:]...)
 		dv.Cmd = cmd
-		err := dv.waitReady(10 * time.Second)
+		err := dv.waitReady(t)
 		if err == nil {
 			return
 		}
@@ -305,21 +307,17 @@ func (dv *dovecotServer) launch(t *testing.T, config func(ports *strings.Replace
 }
 
 // waitReady waits until the POP3 and IMAP listeners greet, or Dovecot
-// logs a fatal error.
-func (dv *dovecotServer) waitReady(limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for {
+// logs a fatal error (returned: the caller tries other ports).
+func (dv *dovecotServer) waitReady(t testing.TB) error {
+	var err error
+	wait.For(t, "Dovecot to greet on POP3 and IMAP", func() bool {
 		if b, _ := os.ReadFile(dv.Log); strings.Contains(string(b), "Fatal:") {
-			return fmt.Errorf("fatal error in log")
+			err = fmt.Errorf("fatal error in log")
+			return true
 		}
-		if dvGreets(dv.POP3, "+OK") && dvGreets(dv.IMAP, "* OK") {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no greeting after %v", limit)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return dvGreets(dv.POP3, "+OK") && dvGreets(dv.IMAP, "* OK")
+	})
+	return err
 }
 
 // dvGreets reports whether 127.0.0.1:port answers with a line starting
@@ -597,7 +595,7 @@ func dvCopyFile(t *testing.T, from, to string, mode os.FileMode) {
 func dvDoveadmUser(t *testing.T, dv *dovecotServer, args ...string) string {
 	t.Helper()
 	doveadm := need(t, "doveadm")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), wait.Patience) // a hang detector
 	defer cancel()
 	cmd := exec.CommandContext(ctx, doveadm, append([]string{"-c", dv.Conf, "user"}, args...)...)
 	cmd.Env = baseEnv()

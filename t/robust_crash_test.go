@@ -4,12 +4,14 @@ import (
 	"io"
 	"math/rand/v2"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // spawn starts a command in its own process group with stdin on
@@ -99,7 +101,7 @@ func TestRobustCrashRebuild(t *testing.T) {
 		recordAt(t, s.spool, ip, "new")
 		recorded++
 		cmd := spawn(t, s.env, bin("relayctl"), "rebuild")
-		time.Sleep(rand.N(took * 3 / 2))
+		time.Sleep(rand.N(took * 3 / 2)) // pacing: the kill lands at a random point of the run
 		if kill9(cmd) {
 			finished++
 		}
@@ -159,7 +161,7 @@ func TestRobustCrashWatch(t *testing.T) {
 		for time.Now().Before(deadline) {
 			recordAt(t, s.spool, ip4(6, n), "new")
 			n++
-			time.Sleep(rand.N(20 * time.Millisecond))
+			time.Sleep(rand.N(20 * time.Millisecond)) // pacing: logins arrive at random times
 		}
 		kill9(cmd)
 		if len(s.debris(t)) > 0 {
@@ -181,23 +183,23 @@ func TestRobustCrashWatch(t *testing.T) {
 	for j := range n {
 		all[ip4(6, j)] = true
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ks, err := keys(s.cdb)
-		missing := 0
+	var missing int
+	var err error
+	wait.For(t, "the restarted watch to publish every grant", func() bool {
+		var ks map[string]bool
+		ks, err = keys(s.cdb)
+		missing = 0
 		for ip := range all {
 			if !ks[ip] {
 				missing++
 			}
 		}
 		if err == nil && missing == 0 {
-			break
+			return true
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the restarted watch has not published %d of %d grants (%v)", missing, len(all), err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		t.Logf("the restarted watch has not published %d of %d grants yet (%v)", missing, len(all), err)
+		return false
+	})
 	checkWhole(t, s, static, all, "after the restart")
 	if d := s.debris(t); len(d) != 0 {
 		t.Errorf("the restarted watch left the temp files of the killed one: %q", d)
@@ -223,7 +225,7 @@ func TestRobustCrashWrap(t *testing.T) {
 	s := newRelayctlSite(t, tornTail)
 	// How long a login takes here.
 	start := time.Now()
-	r := runCmd(t, append(s.env[:len(s.env):len(s.env)], "TCPREMOTEIP="+ip4(7, 0), "USER=first"), "", 10*time.Second, bin("checkpassword-wrap"), "/bin/true")
+	r := runCmd(t, append(s.env[:len(s.env):len(s.env)], "TCPREMOTEIP="+ip4(7, 0), "USER=first"), "", wait.Patience, bin("checkpassword-wrap"), "/bin/true")
 	if r.code != 0 {
 		t.Fatalf("wrapper: %d %s", r.code, r.stderr)
 	}
@@ -234,7 +236,7 @@ func TestRobustCrashWrap(t *testing.T) {
 		ip := ip4(7, i)
 		env := append(s.env[:len(s.env):len(s.env)], "TCPREMOTEIP="+ip, "USER=u"+ip)
 		cmd := spawn(t, env, bin("checkpassword-wrap"), "/bin/true")
-		time.Sleep(rand.N(took * 3 / 2))
+		time.Sleep(rand.N(took * 3 / 2)) // pacing: the kill lands at a random point of the login
 		if kill9(cmd) {
 			finished++
 		}
@@ -272,8 +274,19 @@ func TestRobustCrashWrap(t *testing.T) {
 	t.Logf("%d logins killed at random within %v (one takes %v): %d had finished, %d grants recorded, %d temp files left",
 		runs, took*3/2, took.Round(time.Microsecond), finished, len(recorded), len(debris))
 	if stress() && len(debris) > 0 {
-		t.Logf("waiting a minute for the temp files to go stale")
-		time.Sleep(61 * time.Second)
+		// The real thing: once the temp files are a minute old (by
+		// their inode change time, which no one can set back), the
+		// next rebuild removes them.
+		t.Logf("waiting for the temp files to go stale (a minute)")
+		wait.For(t, "the temp files to be a minute old", func() bool {
+			for _, name := range debris {
+				var st syscall.Stat_t
+				if err := syscall.Stat(filepath.Join(s.spool, name), &st); err == nil && time.Since(time.Unix(st.Ctim.Unix())) <= time.Minute+time.Second {
+					return false
+				}
+			}
+			return true
+		})
 		if r := s.run(t, "rebuild"); r.code != 0 {
 			t.Fatalf("rebuild: %d %s", r.code, r.stderr)
 		}

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // noCrash fails if a command hung or died like a Go program that panicked.
@@ -63,7 +65,7 @@ func TestRobustBadRules(t *testing.T) {
 	for _, line := range badRuleLines {
 		text := "# the admin's rules\n127.0.0.1:allow,RELAYCLIENT=\"\"\n" + line + "\n:allow\n"
 		os.WriteFile(s.rules, []byte(text), 0o644)
-		tr := runCmd(t, baseEnv(), text, 10*time.Second, tcprules, filepath.Join(s.dir, "x.cdb"), filepath.Join(s.dir, "x.tmp"))
+		tr := runCmd(t, baseEnv(), text, wait.Patience, tcprules, filepath.Join(s.dir, "x.cdb"), filepath.Join(s.dir, "x.tmp"))
 		if tr.code != 100 {
 			t.Errorf("%q: tcprules exits %d: not a line tcprules rejects", line, tr.code)
 		}
@@ -124,13 +126,9 @@ func TestRobustJunkRules(t *testing.T) {
 	accepted := 0
 	for _, in := range inputs {
 		os.WriteFile(s.rules, in.text, 0o644)
-		tr := runCmd(t, baseEnv(), string(in.text), 30*time.Second, tcprules, filepath.Join(s.dir, "x.cdb"), filepath.Join(s.dir, "x.tmp"))
-		start := time.Now()
+		tr := runCmd(t, baseEnv(), string(in.text), wait.Patience, tcprules, filepath.Join(s.dir, "x.cdb"), filepath.Join(s.dir, "x.tmp"))
 		r := s.run(t, "rebuild")
 		noCrash(t, in.name, r)
-		if took := time.Since(start); took > 10*time.Second {
-			t.Errorf("%s: rebuild took %v", in.name, took)
-		}
 		if r.code != tr.code {
 			t.Errorf("%s: relayctl rebuild exits %d (%.200s), tcprules %d (%.200s)", in.name, r.code, r.stderr, tr.code, tr.stderr)
 		}
@@ -205,13 +203,13 @@ func TestRobustJunkRules(t *testing.T) {
 			}
 		}
 	}()
-	w.waitLine(t, "not a regular file", 5*time.Second)
+	w.waitLine(t, "not a regular file")
 	if _, err := os.Stat(s.cdb); err == nil {
 		t.Error("watch wrote a CDB without usable rules")
 	}
 	os.Remove(s.rules)
 	os.WriteFile(s.rules, []byte(tornTail), 0o644)
-	w.waitLine(t, "rebuilt: change", 5*time.Second)
+	w.waitLine(t, "rebuilt: change")
 	if !relays(t, s.cdb, "127.0.9.1") {
 		t.Error("watch: no relay for the grant once the rules file is good")
 	}
@@ -267,7 +265,7 @@ func TestRobustCorruptCDB(t *testing.T) {
 		if must && r.code == 0 {
 			t.Errorf("%s: relayctl check accepted it:\n%s", name, r.stdout)
 		}
-		r = runCmd(t, baseEnv(), "", 10*time.Second, bin("cdbbuild"), "-d", x)
+		r = runCmd(t, baseEnv(), "", wait.Patience, bin("cdbbuild"), "-d", x)
 		noCrash(t, name+": cdbbuild -d", r)
 		if r.code != 0 && (r.code != 100 && r.code != 111 || !strings.HasPrefix(r.stderr, "cdbbuild: fatal: ") || !strings.Contains(r.stderr, x)) {
 			t.Errorf("%s: cdbbuild -d: exit %d, %q", name, r.code, r.stderr)
@@ -355,7 +353,7 @@ func TestRobustHostileWrapEnv(t *testing.T) {
 	for _, c := range cases {
 		// exec.Cmd keeps the last of duplicate names: the case's win.
 		env := append(slices.Clone(base), c.env...)
-		r := runCmd(t, env, "", 10*time.Second, bin("checkpassword-wrap"), "/bin/echo", "ran")
+		r := runCmd(t, env, "", wait.Patience, bin("checkpassword-wrap"), "/bin/echo", "ran")
 		noCrash(t, c.name, r)
 		if r.code != 0 || r.stdout != "ran\n" {
 			t.Errorf("%s: exit %d, stdout %q: the next program did not run cleanly", c.name, r.code, r.stdout)
@@ -439,7 +437,7 @@ func TestRobustHostileSpool(t *testing.T) {
 			env[i] = "POPRELAY_CDB=" + filepath.Join(s.dir, "clean.cdb")
 		}
 	}
-	if r := runCmd(t, env, "", 10*time.Second, bin("relayctl"), "rebuild", "--spool", clean); r.code != 0 {
+	if r := runCmd(t, env, "", wait.Patience, bin("relayctl"), "rebuild", "--spool", clean); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
 	want, _ := os.ReadFile(filepath.Join(s.dir, "clean.cdb"))
@@ -456,20 +454,24 @@ func TestRobustHostileSpool(t *testing.T) {
 	if _, err := os.Lstat(sp("127.0.9.61")); err == nil {
 		t.Error("revoke left the symlink")
 	}
-	time.Sleep(1100 * time.Millisecond)
-	if r := s.run(t, "expire", "--max-age", "1s"); r.code != 0 {
-		t.Errorf("expire: %d %s", r.code, r.stderr)
-	}
-	for _, n := range []string{"127.0.9.60", "2001:db8::60"} {
-		if _, err := os.Lstat(sp(n)); err == nil {
-			t.Errorf("expire kept %s", n)
+	// Each expire runs among the foreign entries until the two grants
+	// are a second old and gone.
+	wait.For(t, "expire --max-age 1s to remove the grants", func() bool {
+		if r := s.run(t, "expire", "--max-age", "1s"); r.code != 0 {
+			t.Errorf("expire: %d %s", r.code, r.stderr)
 		}
-	}
-	for _, n := range []string{"127.0.9.62", "127.0.9.63", "127.0.9.64", "127.0.9.65", "README"} {
-		if _, err := os.Lstat(sp(n)); err != nil {
-			t.Errorf("expire removed the foreign %s", n)
+		for _, n := range []string{"127.0.9.62", "127.0.9.63", "127.0.9.64", "127.0.9.65", "README"} {
+			if _, err := os.Lstat(sp(n)); err != nil {
+				t.Fatalf("expire removed the foreign %s", n)
+			}
 		}
-	}
+		for _, n := range []string{"127.0.9.60", "2001:db8::60"} {
+			if _, err := os.Lstat(sp(n)); err == nil {
+				return false
+			}
+		}
+		return true
+	})
 	if after := tree(t, outside); after != before {
 		t.Errorf("changed through a symlink:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
@@ -502,22 +504,27 @@ func TestRobustClockJump(t *testing.T) {
 	if !strings.Contains(r.stderr, "is in the future; taken as now") {
 		t.Errorf("list does not say so: %q", r.stderr)
 	}
-	if r := s.run(t, "expire", "--max-age", "4s"); r.code != 0 {
-		t.Fatal(r.stderr)
-	}
+	// rebuild takes them as made at its own now: they relay, whatever
+	// time the command took to start.
 	if r := s.run(t, "rebuild", "--max-age", "4s"); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
 	if !relays(t, s.cdb, "127.0.9.80") || !relays(t, s.cdb, "127.0.9.81") {
 		t.Error("the capped grants do not relay")
 	}
-	time.Sleep(5100 * time.Millisecond)
+	// expire rewrites them as made now; from then on they last their 4
+	// and 5 seconds, not a year: expire removes them some seconds later
+	// (the test waits for it, whenever it comes).
 	if r := s.run(t, "expire", "--max-age", "4s"); r.code != 0 {
 		t.Fatal(r.stderr)
 	}
-	if gs, _ := spoolEntries(t, s.spool); len(gs) != 0 {
-		t.Errorf("grants dated a year ahead survive their length: %v", gs)
-	}
+	wait.For(t, "the grants dated a year ahead to expire after their length", func() bool {
+		if r := s.run(t, "expire", "--max-age", "4s"); r.code != 0 {
+			t.Fatal(r.stderr)
+		}
+		gs, _ := spoolEntries(t, s.spool)
+		return len(gs) == 0
+	})
 	if relays(t, s.cdb, "127.0.9.80") || relays(t, s.cdb, "127.0.9.81") {
 		t.Error("the CDB still relays for them")
 	}

@@ -8,7 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // mountTmpfs mounts a tmpfs of size bytes on dir (root only) and unmounts
@@ -72,9 +73,9 @@ func TestRobustDiskFull(t *testing.T) {
 	t.Logf("CDB of %d bytes", len(old))
 
 	// A file size limit below the CDB's size.
-	r := runCmd(t, s.env, "", 30*time.Second, prlimit, "--fsize=65536", "--", bin("relayctl"), "rebuild")
+	r := runCmd(t, s.env, "", wait.Patience, prlimit, "--fsize=65536", "--", bin("relayctl"), "rebuild")
 	failedWrite(t, s, "prlimit --fsize rebuild", r, old, "file too large")
-	r = runCmd(t, s.env, "", 30*time.Second, prlimit, "--fsize=65536", "--", bin("relayctl"), "allow", "127.0.10.2")
+	r = runCmd(t, s.env, "", wait.Patience, prlimit, "--fsize=65536", "--", bin("relayctl"), "allow", "127.0.10.2")
 	failedWrite(t, s, "prlimit --fsize allow", r, old, "(granted 127.0.10.2 in the spool; the CDB is unchanged)")
 	if r := s.run(t, "rebuild"); r.code != 0 || !relays(t, s.cdb, "127.0.10.2") {
 		t.Errorf("the grant recorded while the CDB could not be written does not relay after a rebuild: %d %s", r.code, r.stderr)
@@ -120,14 +121,14 @@ func TestRobustDiskFull(t *testing.T) {
 		return
 	}
 	env := append(append([]string{}, s.env...), "POPRELAY_SPOOL="+full, "TCPREMOTEIP=127.0.10.4", "USER=dave")
-	r = runCmd(t, env, "", 10*time.Second, bin("checkpassword-wrap"), "/bin/echo", "ran")
+	r = runCmd(t, env, "", wait.Patience, bin("checkpassword-wrap"), "/bin/echo", "ran")
 	if r.code != 0 || r.stdout != "ran\n" {
 		t.Errorf("full spool: the next program did not run: exit %d, stdout %q", r.code, r.stdout)
 	}
 	if want := "checkpassword-wrap: warning: unable to record ip=127.0.10.4 user=dave service=pop3: "; !strings.HasPrefix(r.stderr, want) || !strings.Contains(r.stderr, "no space left on device") {
 		t.Errorf("full spool: wrapper stderr %q", r.stderr)
 	}
-	r = runCmd(t, env, "", 10*time.Second, bin("relayctl"), "allow", "127.0.10.4")
+	r = runCmd(t, env, "", wait.Patience, bin("relayctl"), "allow", "127.0.10.4")
 	if r.code != 111 || !strings.Contains(r.stderr, "relayctl: fatal: unable to record grant for 127.0.10.4 in "+full+": ") || !strings.Contains(r.stderr, "no space left on device") {
 		t.Errorf("full spool: relayctl allow: exit %d, stderr %q", r.code, r.stderr)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/rules"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // stress reports whether the long versions run (POPRELAY_STRESS set).
@@ -46,7 +47,7 @@ type result struct {
 
 // runCmd runs a command with env and stdin, killing it (and its process
 // group) after limit: a hang is a failure the caller sees, never a hung
-// test.
+// test. limit detects hangs, it measures nothing: pass wait.Patience.
 func runCmd(t testing.TB, env []string, stdin string, limit time.Duration, name string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
@@ -77,7 +78,7 @@ func runCmd(t testing.TB, env []string, stdin string, limit time.Duration, name 
 // run runs relayctl in the site with extra arguments, with a time limit.
 func (s *relayctlSite) run(t testing.TB, args ...string) result {
 	t.Helper()
-	return runCmd(t, s.env, "", 30*time.Second, bin("relayctl"), args...)
+	return runCmd(t, s.env, "", wait.Patience, bin("relayctl"), args...)
 }
 
 // mustCDB returns the bytes of the site's CDB.
@@ -236,13 +237,7 @@ func procsWith(kv string) []int {
 }
 
 // waitGone waits until no process has kv in its environment.
-func waitGone(t testing.TB, kv string, limit time.Duration) {
+func waitGone(t testing.TB, kv string) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for len(procsWith(kv)) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("processes with %s still running after %v: %v", kv, limit, procsWith(kv))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, "no process left with "+kv, func() bool { return len(procsWith(kv)) == 0 })
 }

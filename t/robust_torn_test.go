@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // prober looks the CDB up over and over, in the file (as rules.Lookup on a
@@ -102,7 +104,7 @@ func (p *prober) tcp(port int) {
 			default:
 				p.bad("connection from %s: %s is neither %s nor %s", p.probes[k], got, projectView(p.want[0][k]), projectView(p.want[1][k]))
 			}
-			time.Sleep(2 * time.Millisecond) // spare the TIME_WAIT table
+			time.Sleep(2 * time.Millisecond) // pacing of the probes: spare the TIME_WAIT table
 		}
 	})
 }
@@ -264,7 +266,7 @@ func TestRobustTornReadsDetector(t *testing.T) {
 	ruleText := func(b []byte) string {
 		x := filepath.Join(s.dir, "x.cdb")
 		os.WriteFile(x, b, 0o644)
-		r := runCmd(t, baseEnv(), "", 30*time.Second, bin("cdbbuild"), "-d", x)
+		r := runCmd(t, baseEnv(), "", wait.Patience, bin("cdbbuild"), "-d", x)
 		if r.code != 0 {
 			t.Fatalf("cdbbuild -d: %d %s", r.code, r.stderr)
 		}
@@ -275,7 +277,7 @@ func TestRobustTornReadsDetector(t *testing.T) {
 	p.file(s.cdb)
 	i := 0
 	for ; i < 500; i++ {
-		r := runCmd(t, baseEnv(), texts[i%2], 30*time.Second, bin("cdbbuild"), s.cdb, s.cdb)
+		r := runCmd(t, baseEnv(), texts[i%2], wait.Patience, bin("cdbbuild"), s.cdb, s.cdb)
 		if r.code != 0 {
 			t.Fatalf("cdbbuild: %d %s", r.code, r.stderr)
 		}
