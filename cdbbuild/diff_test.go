@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/poprelay/poprelay/internal/cdbtest"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // gen writes random rules files in the whole tcprules syntax.
@@ -180,7 +181,7 @@ func reference(t *testing.T, tool, dir string, input []byte) (int, string, []byt
 	t.Helper()
 	out := filepath.Join(dir, "ref.cdb")
 	os.Remove(out)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), wait.Patience) // a hang detector
 	defer cancel()
 	cmd := exec.CommandContext(ctx, tool, out, filepath.Join(dir, "ref.tmp"))
 	cmd.Stdin = bytes.NewReader(input)
@@ -188,7 +189,7 @@ func reference(t *testing.T, tool, dir string, input []byte) (int, string, []byt
 	cmd.Stderr = &stderr
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		t.Fatalf("%s did not return within 5s on:\n%q", tool, input)
+		t.Fatalf("%s did not return within %v on:\n%q", tool, wait.Patience, input)
 	}
 	code := 0
 	var ee *exec.ExitError

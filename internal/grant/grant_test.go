@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // A test binary run with GRANT_HELPER=dir records the addresses given as
@@ -271,7 +273,7 @@ func TestListSkipsWhatIsNotAGrant(t *testing.T) {
 	go func() { gs, err = s.List(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
+	case <-time.After(wait.Patience):
 		t.Fatal("List blocked (on the FIFO?)")
 	}
 	if err != nil {

@@ -27,7 +27,7 @@ func TestExcludes(t *testing.T) {
 				if inside.Add(1) != 1 {
 					t.Error("two holders")
 				}
-				time.Sleep(100 * time.Microsecond)
+				time.Sleep(100 * time.Microsecond) // pacing: hold the lock a while, so the others contend
 				inside.Add(-1)
 				l.Unlock()
 			}

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // TestOpen: a FIFO (with no writer: a plain open would block forever), a
@@ -34,7 +36,7 @@ func TestOpen(t *testing.T) {
 			if !errors.Is(err, ErrNotRegular) || !errors.As(err, &pe) || pe.Path != p {
 				t.Errorf("Open(%s) = %v, want ErrNotRegular in a PathError", p, err)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(wait.Patience):
 			t.Fatalf("Open(%s) blocks", p)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/rules"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 func cpuTime() time.Duration {
@@ -97,16 +98,11 @@ func BenchmarkLoginStorm(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	// Wait for the first full build.
-	for {
+	wait.For(b, "the first full build", func() bool {
 		mu.Lock()
-		n := rebuilds
-		mu.Unlock()
-		if n > 0 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		defer mu.Unlock()
+		return rebuilds > 0
+	})
 	mu.Lock()
 	rebuilds = 0
 	mu.Unlock()
@@ -126,15 +122,19 @@ func BenchmarkLoginStorm(b *testing.B) {
 		mu.Unlock()
 	}
 	tick.Stop()
-	// Let the last logins land.
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+	// Let the last logins land (polled every 5ms, not wait.For's up to
+	// 50ms: the wall time below includes this).
+	for deadline := wait.Deadline(b); ; {
 		mu.Lock()
 		n := len(pending)
 		mu.Unlock()
 		if n == 0 {
 			break
 		}
-		time.Sleep(5 * time.Millisecond)
+		if time.Now().After(deadline) {
+			b.Fatalf("%d logins never reached the CDB", n)
+		}
+		time.Sleep(5 * time.Millisecond) // pacing of the benchmark's poller
 	}
 	wall, cpu := time.Since(wall0), cpuTime()-cpu0
 	b.StopTimer()

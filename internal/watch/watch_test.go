@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/rules"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // rig is a watcher on a temp spool and rules file, publishing a real CDB
@@ -118,20 +120,17 @@ func (r *rig) lookup(t *testing.T, ip string) string {
 	return b.String()
 }
 
-// waitFor polls until ip's decision satisfies ok, or fails after limit.
-func (r *rig) waitFor(t *testing.T, ip string, limit time.Duration, ok func(string) bool) string {
+// waitFor polls until ip's decision satisfies ok.
+func (r *rig) waitFor(t *testing.T, ip string, ok func(string) bool) string {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		got := r.lookup(t, ip)
-		if ok(got) {
-			return got
+	var got string
+	wait.Succeeds(t, ip+"'s decision", func() error {
+		if got = r.lookup(t, ip); !ok(got) {
+			return fmt.Errorf("decision is %q", got)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: after %v decision is %q", ip, limit, got)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return nil
+	})
+	return got
 }
 
 func relays(s string) bool    { return strings.Contains(s, "RELAYCLIENT=") }
@@ -139,43 +138,42 @@ func notRelays(s string) bool { return s != "" && !relays(s) }
 
 func TestLoginOpensAndExpiryCloses(t *testing.T) {
 	r := newRig(t, "127.0.0.:allow,QMAILQUEUE=\"/q\"\n:allow\n", time.Hour)
-	r.waitFor(t, "127.0.0.5", time.Second, notRelays)
+	r.waitFor(t, "127.0.0.5", notRelays)
 
 	// A login: the wrapper's write. Relaying opens within the debounce.
-	// The store keeps whole seconds: expire at the start of a second.
+	// The store keeps whole seconds: expire at the start of a second,
+	// far enough ahead for any machine to publish the grant first.
 	now := time.Now()
-	exp := now.Truncate(time.Second).Add(2 * time.Second)
+	exp := now.Truncate(time.Second).Add(10 * time.Second)
 	if err := r.store.Record(grant.Grant{IP: "127.0.0.5", User: "alice", Service: "pop3", Time: now, Expires: exp}); err != nil {
 		t.Fatal(err)
 	}
-	got := r.waitFor(t, "127.0.0.5", time.Second, relays)
+	got := r.waitFor(t, "127.0.0.5", relays)
 	if !strings.Contains(got, "QMAILQUEUE=/q") {
 		t.Errorf("static env lost: %q", got)
 	}
 	opened := time.Since(now)
-	// No event at all: the expiry timer alone closes it, on time.
-	r.waitFor(t, "127.0.0.5", 3*time.Second, notRelays)
+	// No event at all: the expiry timer alone closes it, never before
+	// its expiry. (How soon after is a measurement: logged only.)
+	r.waitFor(t, "127.0.0.5", notRelays)
 	late := time.Since(exp)
 	if late < 0 {
 		t.Errorf("grant closed %v before its expiry", -late)
-	}
-	if late > 200*time.Millisecond {
-		t.Errorf("grant closed %v after its expiry", late)
 	}
 	t.Logf("opened %v after the login, closed %v after the expiry", opened, late)
 
 	// A revoke (the file removed) closes at once.
 	r.store.Record(grant.Grant{IP: "127.0.0.6", User: "bob", Service: "imap", Time: time.Now()})
-	r.waitFor(t, "127.0.0.6", time.Second, relays)
+	r.waitFor(t, "127.0.0.6", relays)
 	if _, err := r.store.Remove("127.0.0.6"); err != nil {
 		t.Fatal(err)
 	}
-	r.waitFor(t, "127.0.0.6", time.Second, notRelays)
+	r.waitFor(t, "127.0.0.6", notRelays)
 }
 
 func TestBadRulesKeepLastGood(t *testing.T) {
 	r := newRig(t, ":allow,WHO=\"good\"\n", time.Hour)
-	r.waitFor(t, "127.0.0.9", time.Second, func(s string) bool { return strings.Contains(s, "WHO=good") })
+	r.waitFor(t, "127.0.0.9", func(s string) bool { return strings.Contains(s, "WHO=good") })
 
 	// An editor saves a broken file by rename.
 	tmp := r.rules + ".new"
@@ -183,19 +181,11 @@ func TestBadRulesKeepLastGood(t *testing.T) {
 	if err := os.Rename(tmp, r.rules); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(2 * time.Second)
-	for {
+	wait.For(t, "the bad rules edit to be reported", func() bool {
 		r.mu.Lock()
-		n := len(r.errs)
-		r.mu.Unlock()
-		if n > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("bad rules edit not reported")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		defer r.mu.Unlock()
+		return len(r.errs) > 0
+	})
 	r.mu.Lock()
 	if !strings.Contains(strings.Join(r.errs, "\n"), "tcp.smtp:1") {
 		t.Errorf("error does not name file:line: %q", r.errs)
@@ -203,44 +193,44 @@ func TestBadRulesKeepLastGood(t *testing.T) {
 	r.mu.Unlock()
 	// Grants still publish, with the last good static rules.
 	r.store.Record(grant.Grant{IP: "127.0.0.9", User: "carol", Service: "pop3", Time: time.Now()})
-	got := r.waitFor(t, "127.0.0.9", time.Second, relays)
+	got := r.waitFor(t, "127.0.0.9", relays)
 	if !strings.Contains(got, "WHO=good") {
 		t.Errorf("last good rules not kept: %q", got)
 	}
 	// A fixed file is picked up.
 	os.WriteFile(r.rules, []byte(":allow,WHO=\"fixed\"\n"), 0o644)
-	r.waitFor(t, "127.0.0.9", time.Second, func(s string) bool { return strings.Contains(s, "WHO=fixed") && relays(s) })
+	r.waitFor(t, "127.0.0.9", func(s string) bool { return strings.Contains(s, "WHO=fixed") && relays(s) })
 }
 
 func TestSpoolDeletedAndRecreated(t *testing.T) {
 	r := newRig(t, ":allow\n", time.Hour)
 	r.store.Record(grant.Grant{IP: "127.0.0.20", User: "dave", Service: "pop3", Time: time.Now()})
-	r.waitFor(t, "127.0.0.20", time.Second, relays)
+	r.waitFor(t, "127.0.0.20", relays)
 
 	if err := os.RemoveAll(r.spool); err != nil {
 		t.Fatal(err)
 	}
-	r.waitFor(t, "127.0.0.20", time.Second, notRelays)
+	r.waitFor(t, "127.0.0.20", notRelays)
 	if err := os.Mkdir(r.spool, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// Give the watcher a moment to re-add the spool's watch, as a
-	// recreated spool would be in real life before the next login.
-	time.Sleep(50 * time.Millisecond)
+	// A login at once: the watcher adds the new spool's watch and scans
+	// it when it learns of the spool, so a grant written before or after
+	// that moment is seen.
 	r.store.Record(grant.Grant{IP: "127.0.0.21", User: "erin", Service: "pop3", Time: time.Now()})
-	r.waitFor(t, "127.0.0.21", time.Second, relays)
+	r.waitFor(t, "127.0.0.21", relays)
 }
 
 func TestStormIsCoalesced(t *testing.T) {
 	r := newRig(t, ":allow\n", time.Hour)
-	r.waitFor(t, "127.0.1.1", time.Second, notRelays)
+	r.waitFor(t, "127.0.1.1", notRelays)
 	r.mu.Lock()
 	before := len(r.stats)
 	r.mu.Unlock()
 	for i := 1; i <= 200; i++ {
 		r.store.Record(grant.Grant{IP: "127.0.1." + strconv.Itoa(i), User: "u", Service: "pop3", Time: time.Now()})
 	}
-	r.waitFor(t, "127.0.1.200", time.Second, relays)
+	r.waitFor(t, "127.0.1.200", relays)
 	for i := 1; i <= 200; i++ {
 		if got := r.lookup(t, "127.0.1."+strconv.Itoa(i)); !relays(got) {
 			t.Fatalf("127.0.1.%d: %q", i, got)
