@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // asNobody runs a command as uid/gid 65534 (nobody/nogroup, present on
@@ -70,7 +72,7 @@ func TestSecurityLockFile(t *testing.T) {
 		t.Errorf("lock file: mode %v uid %d, want 0600 root", fi.Mode(), fi.Sys().(*syscall.Stat_t).Uid)
 	}
 	// What issue 16 did: flock -s as a local user, holding it for a day.
-	if r := asNobody(t, 10*time.Second, flock, "-n", "-s", lockPath, "true"); r.code == 0 || r.timedOut {
+	if r := asNobody(t, wait.Patience, flock, "-n", "-s", lockPath, "true"); r.code == 0 || r.timedOut {
 		t.Errorf("nobody could flock %s (exit %d)", lockPath, r.code)
 	} else if !strings.Contains(r.stderr, "Permission denied") {
 		t.Errorf("nobody's flock: exit %d, %q", r.code, r.stderr)
@@ -151,9 +153,9 @@ func TestSecurityLockFile(t *testing.T) {
 			}
 		}
 	}()
-	w.waitLine(t, "unable to lock "+lockPath+": held by another process for 1s", 10*time.Second)
+	w.waitLine(t, "unable to lock "+lockPath+": held by another process for 1s")
 	holder.Close()
-	w.waitLine(t, "rebuilt: retry", 10*time.Second)
+	w.waitLine(t, "rebuilt: retry")
 	if !relays(t, s.cdb, "127.0.0.51") {
 		t.Error("the watcher did not publish once the lock was free")
 	}

@@ -1,12 +1,15 @@
 package t
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // TestSecurityRulesMidWrite: "relayctl watch" never publishes a rules file
@@ -20,17 +23,13 @@ func TestSecurityRulesMidWrite(t *testing.T) {
 	w := s.startWatch(t)
 	want := func(ip, decision string) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		wait.Succeeds(t, ip+"'s decision "+strconv.Quote(decision), func() error {
 			v, err := view(s.cdb, []string{ip})
-			if err == nil && v[0] == decision {
-				return
+			if err == nil && v[0] != decision {
+				err = fmt.Errorf("decision %q", v)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: decision %q (%v); want %q", ip, v, err, decision)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return err
+		})
 	}
 	login := func(ip string) {
 		t.Helper()
@@ -52,7 +51,7 @@ func TestSecurityRulesMidWrite(t *testing.T) {
 	want("127.0.0.1", "allow RELAYCLIENT=")
 
 	truncate()
-	w.waitLine(t, "has 0 rules where the CDB was built from 3", 5*time.Second)
+	w.waitLine(t, "has 0 rules where the CDB was built from 3")
 	login("127.0.0.41")
 	want("127.0.0.41", "allow RBLSMTPD= RELAYCLIENT=")
 	want("10.0.0.1", "deny")
@@ -60,7 +59,7 @@ func TestSecurityRulesMidWrite(t *testing.T) {
 
 	// SIGHUP confirms it.
 	w.cmd.Process.Signal(syscall.SIGHUP)
-	w.waitLine(t, "0 rules, confirmed", 5*time.Second)
+	w.waitLine(t, "0 rules, confirmed")
 	want("10.0.0.1", "allow")
 	want("127.0.0.1", "allow")
 	want("127.0.0.41", "allow RBLSMTPD= RELAYCLIENT=")
@@ -73,7 +72,7 @@ func TestSecurityRulesMidWrite(t *testing.T) {
 	truncate()
 	waitCount(t, w, "has 0 rules where the CDB was built from 3", 2)
 	s.relayctl(t, "rebuild")
-	w.waitLine(t, "was rebuilt by another writer", 5*time.Second)
+	w.waitLine(t, "was rebuilt by another writer")
 	login("127.0.0.42")
 	want("127.0.0.42", "allow RBLSMTPD= RELAYCLIENT=")
 	want("10.0.0.1", "allow")
@@ -89,20 +88,13 @@ func (w *watcher) snapshot() []string {
 // waitCount waits until n stderr lines of the watcher contain s.
 func waitCount(t *testing.T, w *watcher, s string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	wait.For(t, fmt.Sprintf("watch to say %q %d times", s, n), func() bool {
 		c := 0
 		for _, l := range w.snapshot() {
 			if strings.Contains(l, s) {
 				c++
 			}
 		}
-		if c >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("watch said %q %d times; want %d", s, c, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return c >= n
+	})
 }

@@ -251,28 +251,20 @@ func TestStormIsCoalesced(t *testing.T) {
 // seen empty at all.
 func TestShrunkRulesHeldBack(t *testing.T) {
 	r := newRig(t, "10.:deny\n127.0.0.1:allow,RELAYCLIENT=\"\"\n:allow\n", time.Hour)
-	r.waitFor(t, "10.0.0.1", time.Second, func(s string) bool { return s == "deny" })
+	r.waitFor(t, "10.0.0.1", func(s string) bool { return s == "deny" })
 	if err := os.Truncate(r.rules, 0); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	wait.For(t, "a warning about the emptied rules file", func() bool {
 		r.mu.Lock()
-		errs := strings.Join(r.errs, "\n")
-		r.mu.Unlock()
-		if strings.Contains(errs, "has 0 rules where the CDB was built from 3") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no warning about the emptied rules file: %q", errs)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		defer r.mu.Unlock()
+		return strings.Contains(strings.Join(r.errs, "\n"), "has 0 rules where the CDB was built from 3")
+	})
 	r.store.Record(grant.Grant{IP: "127.0.0.9", User: "carol", Service: "pop3", Time: time.Now()})
-	r.waitFor(t, "127.0.0.9", time.Second, relays)
+	r.waitFor(t, "127.0.0.9", relays)
 	if got := r.lookup(t, "10.0.0.1"); got != "deny" {
 		t.Errorf("static deny lost while the empty file is held back: %q", got)
 	}
 	r.w.Reload()
-	r.waitFor(t, "10.0.0.1", 5*time.Second, func(s string) bool { return s == "allow" })
+	r.waitFor(t, "10.0.0.1", func(s string) bool { return s == "allow" })
 }
