@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // syncBuffer is a bytes.Buffer safe for a watcher's goroutines.
@@ -42,17 +44,18 @@ func (f *fixture) watchBriefly(args ...string) (int, string) {
 		lookup: func(k string) (string, bool) { v, ok := f.env[k]; return v, ok }}
 	done := make(chan int)
 	go func() { done <- e.run(append([]string{"watch"}, args...)) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(errb.String(), "relayctl: watching ") {
+	code, ended := 0, false
+	wait.For(f.t, "watch to start (or end)", func() bool {
 		select {
-		case code := <-done:
-			return code, errb.String()
+		case code = <-done:
+			ended = true
+			return true
 		default:
 		}
-		if time.Now().After(deadline) {
-			f.t.Fatalf("watch never started: %s", errb.String())
-		}
-		time.Sleep(10 * time.Millisecond)
+		return strings.Contains(errb.String(), "relayctl: watching ")
+	})
+	if ended {
+		return code, errb.String()
 	}
 	cancel()
 	return <-done, errb.String()

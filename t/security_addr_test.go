@@ -13,6 +13,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/addr"
 	"github.com/poprelay/poprelay/internal/etcdtest"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // TestSecurityIPv6Keys: grant records are keyed by exactly the text the
@@ -134,7 +135,7 @@ func TestSecurityPrefixKey(t *testing.T) {
 	if env := envFrom(dialFrom(t, bad, login.Port, "")); env["TCPREMOTEIP"] != bad || env["USER"] != "mallory" {
 		t.Errorf("the login did not go on: %v", env)
 	}
-	r := runCmd(t, append(s.env, "TCPREMOTEIP="+bad, "USER=mallory"), "", 30*time.Second, bin("checkpassword-wrap"), "/bin/true")
+	r := runCmd(t, append(s.env, "TCPREMOTEIP="+bad, "USER=mallory"), "", wait.Patience, bin("checkpassword-wrap"), "/bin/true")
 	if r.code != 0 || !strings.Contains(r.stderr, "not recording ip="+bad+" user=mallory service=pop3: never granted: "+why) {
 		t.Errorf("wrapper: exit %d, stderr %q", r.code, r.stderr)
 	}
@@ -204,7 +205,7 @@ func TestSecurityNeverRanges(t *testing.T) {
 		if want := fmt.Sprintf("never granted: never-grant entry %s (%s:%d)", []string{"", "", "2001:db8:0:0:", "fd00:0:"}[line], never, line); r.code != 100 || !strings.Contains(r.stderr, want) {
 			t.Errorf("allow %s: exit %d, stderr %q; want %q", ip, r.code, r.stderr, want)
 		}
-		w := runCmd(t, append(s.env, "TCPREMOTEIP="+ip, "USER=alice"), "", 30*time.Second, bin("checkpassword-wrap"), "--never", never, "/bin/true")
+		w := runCmd(t, append(s.env, "TCPREMOTEIP="+ip, "USER=alice"), "", wait.Patience, bin("checkpassword-wrap"), "--never", never, "/bin/true")
 		if w.code != 0 || !strings.Contains(w.stderr, "never granted: never-grant entry") {
 			t.Errorf("login from %s: exit %d, stderr %q", ip, w.code, w.stderr)
 		}
@@ -248,7 +249,7 @@ func TestSecurityHostRules(t *testing.T) {
 		t.Errorf("check: %s\nstderr %q", r.stdout, r.stderr)
 	}
 	for ip, want := range map[string]string{"127.0.0.23": "allow", "127.0.0.24": "deny"} {
-		r := runCmd(t, baseEnv("TCPREMOTEIP="+ip, "TCPREMOTEHOST=pool-7.dialup.example.net"), "", 30*time.Second, check, s.cdb)
+		r := runCmd(t, baseEnv("TCPREMOTEIP="+ip, "TCPREMOTEHOST=pool-7.dialup.example.net"), "", wait.Patience, check, s.cdb)
 		if !strings.Contains(r.stdout, want+" connection") {
 			t.Errorf("tcprulescheck %s: %q; want %s", ip, r.stdout, want)
 		}
@@ -303,10 +304,8 @@ func TestSecurityPrefixKeyEtcd(t *testing.T) {
 	wb := b.startWatch(t, "--source", "etcd")
 	recordAt(t, a.spool, "2001:db8:aaaa::", "mallory")
 	recordAt(t, a.spool, "2001:db8:bbbb::1", "alice")
-	wb.waitLine(t, `refused grant for 2001:db8:aaaa:: (user "mallory"): would open a range`, 10*time.Second)
-	etcdtest.Eventually(t, 10*time.Second, "the grant published beside it in B's CDB", func() bool {
-		return relays(t, b.cdb, "2001:db8:bbbb::1")
-	})
+	wb.waitLine(t, `refused grant for 2001:db8:aaaa:: (user "mallory"): would open a range`)
+	wait.For(t, "the grant published beside it to reach B's CDB", func() bool { return relays(t, b.cdb, "2001:db8:bbbb::1") })
 	ks, err := keys(b.cdb)
 	if err != nil {
 		t.Fatal(err)
