@@ -6,7 +6,7 @@ FUZZTIME ?= 1m
 # make test runs every fuzz target this long (make fuzz-short).
 FUZZSHORT ?= 3s
 
-.PHONY: all build bench-e2e fuzz-short stress check deb deps test unit e2e vet fuzz bench demo clean
+.PHONY: all build bench-e2e fuzz-short stress soak check deb deps test unit e2e vet fuzz bench demo clean
 
 all: build
 
@@ -39,6 +39,14 @@ stress: build
 	@POPRELAY_STRESS=1 POPRELAY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 60m -v \
 	  -run '^Test(Robust|Security)' ./t/ >$(BIN)/stress.log 2>&1; st=$$?; \
 	  grep -E '^(--- |ok|FAIL|panic)|^    (robust|security)_[a-z_]*test.go:' $(BIN)/stress.log; exit $$st
+
+# The unit tests (-race) and the end-to-end tests SOAK times (default 10)
+# with every CPU kept busy by a load generator, stopping at the first
+# failure: a test that assumes how fast the machine is fails here.
+# SOAKSKIP=REGEXP leaves tests out (go test -skip). See scripts/soak.
+SOAK ?= 10
+soak: build
+	@SOAK=$(SOAK) SOAKSKIP='$(SOAKSKIP)' GO=$(GO) sh scripts/soak
 
 # The README's test command: install what the tests need, then test.
 check: deps
