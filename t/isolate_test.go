@@ -21,11 +21,13 @@ import (
 // never do it on the machine they run on: they run a shell script inside
 // an isolated root, a throwaway copy of this machine's root file system.
 //
-// isoDriver runs as root in a private mount namespace (unshare -m
-// --propagation private): it mounts a tmpfs, copies the files a test
-// gave into the tmpfs as the upper layer of an overlay of /, mounts the
-// overlay, binds /proc, /sys and /dev into it, and runs the script under
-// chroot with a clean environment. Every write lands in the tmpfs, which
+// isoDriver runs as root in a private mount namespace and a PID
+// namespace of its own (unshare -m --propagation private -p -f): it
+// mounts a tmpfs, copies the files a test gave into the tmpfs as the
+// upper layer of an overlay of /, mounts the overlay, a /proc of the
+// namespace (the root sees only its own processes: no watcher of this
+// machine, and all of them die with the script) and binds /sys and /dev
+// into it, and runs the script under chroot with a clean environment. Every write lands in the tmpfs, which
 // vanishes with the namespace: the machine's /etc, /var, /usr, group
 // database and dpkg database stay as they were. The network is the
 // machine's (loopback ports chosen at run time work). After the script,
@@ -49,7 +51,8 @@ done < "$h/manifest"
 mkdir -p "$u/upper/poprelay-test"
 cp "$h/script" "$u/upper/poprelay-test/script"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$u/upper,workdir=$u/work" "$u/root"
-for d in proc sys dev; do
+mount -t proc proc "$u/root/proc"
+for d in sys dev; do
 	mount --rbind "/$d" "$u/root/$d"
 done
 st=0
@@ -77,7 +80,7 @@ func isoProbe() {
 		isoMissing = "not root (an overlay mount needs root)"
 		return
 	}
-	for _, tool := range []string{"unshare", "chroot", "mount", "find", "sha256sum"} {
+	for _, tool := range []string{"unshare", "chroot", "mount", "find", "sha256sum", "cp"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			if _, err := os.Stat("/usr/sbin/" + tool); err != nil {
 				isoMissing = tool + " is not installed"
@@ -171,7 +174,7 @@ func (r *isoRoot) exec(script string) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "/bin/sh", filepath.Join(h, "driver"), h)
+	cmd := exec.CommandContext(ctx, "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "/bin/sh", filepath.Join(h, "driver"), h)
 	cmd.Env = append(baseEnv(), "CI="+os.Getenv("CI"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
@@ -438,5 +441,29 @@ cmp -s /tmp/live-before /tmp/live-broken || echo "detector: an install outside i
 	}
 	if !strings.Contains(out, "detector: an install outside isolation is seen\n") {
 		t.Errorf("the comparison cannot see an install outside isolation")
+	}
+}
+
+// isoFresh, run first in an isolated root, takes away any poprelay install
+// the root inherited from the machine (or, nested, from an outer root's
+// live install), so a test starts as on a machine without poprelay.
+const isoFresh = `if dpkg-query -W -f='${Status}' poprelay 2>/dev/null | grep -q 'ok installed'; then
+	dpkg --purge poprelay >/dev/null 2>&1 || true
+fi
+rm -rf /usr/local/bin/relayctl /usr/local/bin/cdbbuild /usr/local/bin/checkpassword-wrap \
+	/usr/local/share/poprelay /usr/local/share/doc/poprelay /etc/tcp.smtp /etc/tcp.smtp.cdb \
+	/etc/tcp.smtp.cdb.lock /etc/tcp.smtp.cdb.state /etc/poprelay /etc/cron.d/poprelay /var/spool/poprelay
+rm -f /usr/local/share/man/man8/relayctl.8* /usr/local/share/man/man8/cdbbuild.8* /usr/local/share/man/man8/checkpassword-wrap.8*
+if getent group poprelay >/dev/null; then groupdel poprelay; fi
+`
+
+// freshRoot runs isoFresh inside an isolated root (isolatedBody).
+func freshRoot(t *testing.T) {
+	t.Helper()
+	if os.Getenv("POPRELAY_ISOLATED") == "" {
+		t.Fatal("freshRoot outside an isolated root")
+	}
+	if out, err := exec.Command("/bin/sh", "-c", isoFresh).CombinedOutput(); err != nil {
+		t.Fatalf("clearing the isolated root: %v\n%s", err, out)
 	}
 }

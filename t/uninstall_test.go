@@ -40,6 +40,7 @@ func TestUninstallClosesRelays(t *testing.T) {
 			if !isolatedBody(t, setup) {
 				return
 			}
+			freshRoot(t)
 			sh := func(args ...string) (string, error) {
 				c := exec.Command(args[0], args[1:]...)
 				c.Env = baseEnv("HOME=/root")
