@@ -207,7 +207,9 @@ var configCmd = &command{
 	short: "every effective setting and where it came from",
 	usage: "[options]",
 	help: `Print every effective setting, its value and where it came from: a flag,
-the environment, or the default. The lock file is derived from --cdb. The
+the environment, or the default. The lock file is derived from --cdb.
+The watcher's own settings (metrics, debounce, max-delay, rescan,
+settle) are shown as relayctl watch reads them from the environment. The
 etcd rows end with the effective security of the connection to etcd: TLS,
 client certificate, etcd user, and a warning for each way the
 configuration lets others open the relay. A password is never shown.`,
@@ -244,6 +246,7 @@ configuration lets others open the relay. A password is never shown.`,
 			}
 			rows = append(rows, [3]string{"lock", c.Lock(), "derived from cdb"})
 			rows = append(rows, [3]string{"state", c.statePath(), "derived from cdb"})
+			rows = append(rows, e.watchRows()...)
 			for _, st := range etcdFlags.Settings() {
 				rows = append(rows, [3]string{st.Name, st.Value, st.Source})
 			}
@@ -284,6 +287,31 @@ func etcdSecurity(cfg share.Config) [][3]string {
 	}
 	for _, w := range sec.Warnings {
 		rows = append(rows, [3]string{"etcd-warning", w, "derived"})
+	}
+	return rows
+}
+
+// watchRows are config's rows for the watcher's own settings, as relayctl
+// watch would resolve them from the environment (its flags apply to it
+// alone).
+func (e *env) watchRows() [][3]string {
+	m, ok := e.lookup("POPRELAY_METRICS")
+	src := "env POPRELAY_METRICS (watch)"
+	if !ok || m == "" {
+		m, src = "off", "default (watch)"
+	}
+	rows := [][3]string{{"metrics", m, src}}
+	for _, d := range watchTimes {
+		v, src := d.def.String(), "default (watch)"
+		if s, ok := e.lookup(d.env); ok && s != "" {
+			src = "env " + d.env + " (watch)"
+			if t, err := parseDuration(s); err == nil {
+				v = t.String()
+			} else {
+				v = fmt.Sprintf("%q: %v", s, err)
+			}
+		}
+		rows = append(rows, [3]string{d.name, v, src})
 	}
 	return rows
 }

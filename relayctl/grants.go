@@ -74,8 +74,10 @@ time, age, time left, and what a rebuild does with the grant: "relay" (with
 the catch-all deny FILE:LINE"), or "expired", "refused: WHY" (never-grant
 set, or a key tcpserver would match as a prefix), "denied: FILE:LINE" (an
 address, prefix or range deny), "static: FILE:LINE" (an exact static record
-wins). --json prints an
-array of objects for scripts, times in RFC 3339 and durations in seconds.`,
+wins). A rules file that is missing or does not parse is one warning line;
+the grants are still listed, live ones as "unknown: rules unreadable".
+--json prints an array of objects for scripts, times in RFC 3339 and
+durations in seconds.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		asJSON := fs.Bool("json", false, "print JSON")
 		source := fs.String("source", "spool", "list the grants of: spool, or etcd (the whole cluster)")
@@ -130,9 +132,11 @@ func (e *env) list(src interface{ List() ([]grant.Grant, error) }, where string,
 	if err != nil {
 		return unable("list grants in "+where, err)
 	}
-	rs, err := e.readRules()
-	if err != nil {
-		return err
+	// Unreadable rules still list the grants, saying so: the status of a
+	// live grant then depends on rules no one can see.
+	rs, rerr := e.readRules()
+	if rerr != nil {
+		e.logf("warning: %s: the status of each live grant is unknown", why(rerr))
 	}
 	ix := rules.NewIndex(rs)
 	opt, err := e.mergeOptions()
@@ -155,6 +159,9 @@ func (e *env) list(src interface{ List() ([]grant.Grant, error) }, where string,
 			ExpiresIn: int64(exp.Sub(now) / time.Second),
 		}
 		r.Status, r.Reason = e.status(en)
+		if rerr != nil && !en.Expired && en.Refused == "" {
+			r.Status, r.Reason = "unknown", "rules unreadable"
+		}
 		rows = append(rows, r)
 	}
 	if asJSON {

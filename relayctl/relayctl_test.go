@@ -518,6 +518,26 @@ func TestList(t *testing.T) {
 	}
 }
 
+// TestListRulesUnreadable: without a readable rules file, list still lists
+// the grants, warns once, and marks live grants' status unknown.
+func TestListRulesUnreadable(t *testing.T) {
+	f := newFixture(t)
+	f.ok("allow", "192.0.2.7", "--user", "alice")
+	for name, setup := range map[string]func(){
+		"missing":    func() { os.Remove(f.rules) },
+		"bad syntax": func() { f.write(f.rules, "10.0.0.1:bogus\n") },
+	} {
+		setup()
+		code, out, errs := f.run("list")
+		if code != 0 || !strings.Contains(out, "192.0.2.7") || !strings.Contains(out, "unknown: rules unreadable") {
+			t.Errorf("%s: exit %d, stdout %q", name, code, out)
+		}
+		if !strings.HasPrefix(errs, "relayctl: warning: ") || !strings.Contains(errs, f.rules) || strings.Count(errs, "\n") != 1 {
+			t.Errorf("%s: stderr %q", name, errs)
+		}
+	}
+}
+
 func TestCheck(t *testing.T) {
 	f := newFixture(t)
 	f.ok("allow", "192.0.2.7", "--user", "alice")
@@ -671,6 +691,7 @@ func TestConfig(t *testing.T) {
 	delete(f.env, "POPRELAY_NEVER")
 	f.env["POPRELAY_MAXAGE"] = "7200"
 	f.env["POPRELAY_KEEPRBL"] = "yes"
+	f.env["POPRELAY_DEBOUNCE"] = "20ms"
 	out := f.ok("config", "--cdb", "/x/y.cdb", "--remoteinfo")
 	out = regexp.MustCompile(` {2,}`).ReplaceAllString(out, "  ") // columns
 	for _, w := range []string{
@@ -682,6 +703,12 @@ func TestConfig(t *testing.T) {
 		"never  built-ins + /etc/poprelay/never", "default",
 		"lock  /x/y.cdb.lock",
 		"etcd-prefix  /poprelay/v1/  default",
+		// The watcher's settings.
+		"metrics  off  default (watch)",
+		"debounce  20ms  env POPRELAY_DEBOUNCE (watch)",
+		"max-delay  50ms  default (watch)",
+		"rescan  5m0s  default (watch)",
+		"settle  250ms  default (watch)",
 	} {
 		if !strings.Contains(out, w) {
 			t.Errorf("config lacks %q:\n%s", w, out)

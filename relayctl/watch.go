@@ -83,28 +83,20 @@ POPRELAY_SETTLE.`,
 				defer c.Close()
 				opt.cluster = c
 			}
-			for _, d := range []struct {
-				flag *string
-				env  string
-				def  time.Duration
-				dst  *time.Duration
-			}{
-				{debounce, "POPRELAY_DEBOUNCE", 5 * time.Millisecond, &opt.debounce},
-				{maxDelay, "POPRELAY_MAXDELAY", 50 * time.Millisecond, &opt.maxDelay},
-				{rescan, "POPRELAY_RESCAN", 5 * time.Minute, &opt.rescan},
-				{settle, "POPRELAY_SETTLE", 250 * time.Millisecond, &opt.settle},
-			} {
-				v := *d.flag
+			flags := map[string]*string{"debounce": debounce, "max-delay": maxDelay, "rescan": rescan, "settle": settle}
+			dsts := map[string]*time.Duration{"debounce": &opt.debounce, "max-delay": &opt.maxDelay, "rescan": &opt.rescan, "settle": &opt.settle}
+			for _, d := range watchTimes {
+				v := *flags[d.name]
 				if v == "" {
 					v, _ = e.lookup(d.env)
 				}
-				*d.dst = d.def
+				*dsts[d.name] = d.def
 				if v != "" {
 					t, err := parseDuration(v)
 					if err != nil {
 						return usagef("bad duration %q for %s: %v", v, d.env, err)
 					}
-					*d.dst = t
+					*dsts[d.name] = t
 				}
 			}
 			if opt.metrics == "" {
@@ -119,6 +111,18 @@ POPRELAY_SETTLE.`,
 			return e.watch(ctx, opt)
 		}
 	},
+}
+
+// watchTimes are the watcher's durations: flag, variable, default.
+// relayctl config shows them too.
+var watchTimes = []struct {
+	name, env string
+	def       time.Duration
+}{
+	{"debounce", "POPRELAY_DEBOUNCE", 5 * time.Millisecond},
+	{"max-delay", "POPRELAY_MAXDELAY", 50 * time.Millisecond},
+	{"rescan", "POPRELAY_RESCAN", 5 * time.Minute},
+	{"settle", "POPRELAY_SETTLE", 250 * time.Millisecond},
 }
 
 type watchOptions struct {
