@@ -200,7 +200,16 @@ func (e *env) cleanDebris() {
 // cleanSpool removes the temp files a killed login or expire left in the
 // spool, once they are old enough to belong to no one (a minute).
 func (e *env) cleanSpool() {
-	if err := e.store().Clean(e.now()); err != nil {
+	s := e.store()
+	var err error
+	if e.snap != nil {
+		// The temp files this run's scan saw: no second read of
+		// the spool. (One created since is a login in flight.)
+		err = s.CleanTemps(e.snap, e.now())
+	} else {
+		err = s.Clean(e.now())
+	}
+	if err != nil {
 		e.logf("warning: unable to clean %s: %s", e.cfg.Spool, why(err))
 	}
 }

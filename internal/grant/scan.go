@@ -24,6 +24,14 @@ type Snapshot struct {
 	// Capped names the grants of this scan whose login time was in the
 	// future and was taken as now (Expire writes them back so).
 	Capped []string
+	// Temps are the temp files the scan saw, for CleanTemps.
+	Temps []Temp
+}
+
+// Temp is a temp file in the spool and its inode change time.
+type Temp struct {
+	Name  string
+	Ctime time.Time
 }
 
 // ScanStats counts what a Scan did.
@@ -127,13 +135,18 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 	keep := make([]bool, len(prev.Grants))
 	var names []string
 	var inos []uint64
+	var temps []Temp
 	err := readDir(s.Dir, func(e dirent) {
 		st.Entries++
 		p := func() string { return filepath.Join(s.Dir, e.name) }
 		if isTemp(e.name) {
 			var sst syscall.Stat_t
-			if err := syscall.Lstat(p(), &sst); err == nil && clock.Sub(time.Unix(sst.Ctim.Unix())) > staleAge {
-				s.logf("%s: skipping stale temp file", p())
+			if err := syscall.Lstat(p(), &sst); err == nil {
+				ct := time.Unix(sst.Ctim.Unix())
+				temps = append(temps, Temp{e.name, ct})
+				if clock.Sub(ct) > staleAge {
+					s.logf("%s: skipping stale temp file", p())
+				}
 			}
 			return
 		}
@@ -220,7 +233,7 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 	}
 	clear(prev.Grants[k:])
 	st.Kept = k
-	out := &Snapshot{Capped: capped}
+	out := &Snapshot{Capped: capped, Temps: temps}
 	out.Grants, out.Inos = mergeSorted(prev.Grants[:k], prev.Inos[:k], gs, inos)
 	prev.Grants, prev.Inos = nil, nil
 	return out, st, nil
@@ -333,4 +346,21 @@ func MergeSnapshot(a, b *Snapshot) *Snapshot {
 	out := &Snapshot{Capped: append(a.Capped, b.Capped...)}
 	out.Grants, out.Inos = mergeSorted(a.Grants[:k], a.Inos[:k], b.Grants, b.Inos)
 	return out
+}
+
+// CleanTemps is Clean for the temp files snap saw: it removes those whose
+// inode changed more than a minute before now, without reading the spool
+// again.
+func (s *Store) CleanTemps(snap *Snapshot, now time.Time) error {
+	var errs []error
+	for _, tf := range snap.Temps {
+		if now.Sub(tf.Ctime) <= staleAge {
+			continue
+		}
+		p := filepath.Join(s.Dir, tf.Name)
+		if err := syscall.Unlink(p); err != nil && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, &fs.PathError{Op: "remove", Path: p, Err: err})
+		}
+	}
+	return errors.Join(errs...)
 }
