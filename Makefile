@@ -6,7 +6,7 @@ FUZZTIME ?= 1m
 # make test runs every fuzz target this long (make fuzz-short).
 FUZZSHORT ?= 3s
 
-.PHONY: all build bench-e2e fuzz-short stress soak check deb deps test unit e2e vet fuzz bench demo clean
+.PHONY: all build bench-e2e bench-scale fuzz-short stress soak check deb deps test unit e2e vet fuzz bench demo clean
 
 all: build
 
@@ -71,6 +71,13 @@ bench:
 # exec-chain latency, etcd publish->mirror, two hosts under load).
 bench-e2e: build
 	POPRELAY_BENCH=1 POPRELAY_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -v -timeout 30m -run 'Latency|Load' ./t/... | grep -v '^=== '
+
+# The scale figures (README's performance table): watch under a wrapper
+# storm with 100k grants, rebuild at 100k and 1M, import of 100k lines, two
+# hosts through etcd; each against the real tcprules in the same run.
+# BIN=dir measures other binaries (e.g. an older release's).
+bench-scale: build
+	@sh scripts/bench-scale $(CURDIR)/$(BIN)
 
 # The README's demo: the whole flow on loopback with real Dovecot and tcpserver.
 demo:
