@@ -30,6 +30,10 @@ func (e *env) grants(save bool) (*grant.Snapshot, error) {
 		prev, err = s.ReadState(path)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
+		case errors.Is(err, fs.ErrPermission):
+			// Not root (relayctl list by a poprelay member): root's
+			// state is not for us.
+			e.vlogf("%s; reading every grant file", why(err))
 		case err != nil:
 			e.logf("warning: %s; reading every grant file", why(err))
 			bad = errors.Is(err, grant.ErrState)
