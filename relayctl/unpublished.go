@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/grant"
@@ -30,11 +31,15 @@ func (e *env) unpublished(gs []grant.Grant) (string, error) {
 		return "", err
 	}
 	ix := rules.NewIndex(rs)
-	db, err := cdb.Open(e.cfg.CDB)
+	// In memory: a lookup per key, and the file is a few MB at most.
+	b, err := os.ReadFile(e.cfg.CDB)
 	if err != nil {
 		return gs[0].IP, nil
 	}
-	defer db.Close()
+	db, err := cdb.Bytes(b)
+	if err != nil {
+		return gs[0].IP, nil
+	}
 	for _, g := range gs {
 		en, err := merge.Classify(ix, g, opt)
 		if err != nil {
