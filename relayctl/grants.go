@@ -24,8 +24,9 @@ allow --for) from the spool, remove temp files a crash left there, and
 rebuild the CDB if any grant went, or if a live grant is not in the CDB
 yet (a login since the last rebuild: expire compares each grant's
 records with the CDB's). So cron alone publishes a login within its
-period; without relayctl watch, run it every minute
-("* * * * * root relayctl expire"). Silent when there is nothing to do.`,
+period; without relayctl watch, run it every minute, as
+/etc/cron.d/poprelay (installed by scripts/install and the package) does.
+Silent when there is nothing to do.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		return func(e *env, args []string) error {
 			if len(args) > 0 {
@@ -67,8 +68,9 @@ period; without relayctl watch, run it every minute
 var listCmd = &command{
 	name:  "list",
 	short: "show the grants in the spool",
-	usage: "[--json] [options]",
-	help: `Show the grants in the spool, sorted by address: IP, user, service, login
+	usage: "[--json] [--source etcd] [options]",
+	help: `Show the grants in the spool (with --source etcd, those of the whole
+cluster in etcd), sorted by address: IP, user, service, login
 time, age, time left, and what a rebuild does with the grant: "relay" (with
 "as FILE:LINE", the static rule whose settings the record carries, or "over
 the catch-all deny FILE:LINE"), or "expired", "refused: WHY" (never-grant
@@ -80,7 +82,7 @@ the grants are still listed, live ones as "unknown: rules unreadable".
 durations in seconds.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		asJSON := fs.Bool("json", false, "print JSON")
-		source := fs.String("source", "spool", "list the grants of: spool, or etcd (the whole cluster)")
+		source := fs.String("source", "spool", "list the grants of `SOURCE`: spool, or etcd (the whole cluster)")
 		etcdFlags := share.RegisterFlags(fs)
 		return func(e *env, args []string) error {
 			if len(args) > 0 {
@@ -241,7 +243,11 @@ var allowCmd = &command{
 	help: `Grant IP by hand, as if NAME had logged in from it now, then rebuild.
 The grant lasts the max age, or DUR with --for. An address in the
 never-grant set, or one whose key would end in ":" (2001:db8:aaaa::, which
-tcpserver would also match as a prefix), is refused (exit 100).`,
+tcpserver would also match as a prefix), is refused (exit 100). With etcd
+configured (--etcd-endpoints) the grant is also shared cluster-wide; if
+etcd refuses these credentials (exit 100) nothing is granted, not even
+here, and if etcd cannot be reached the grant is made here and the exit
+is 111.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		dur := fs.String("for", "", "how long the grant lasts, `DUR` (default: the max age)")
 		user := fs.String("user", "", "the user `NAME` to record")
@@ -330,7 +336,11 @@ var revokeCmd = &command{
 	short: "remove grants, then rebuild",
 	usage: "IP | --user NAME [options]",
 	help: `Remove the grant for IP, or every grant of user NAME, then rebuild. No
-such grant is an error (exit 100).`,
+such grant is an error (exit 100). With etcd configured (--etcd-endpoints)
+the grant is also deleted cluster-wide, and a revocation marker (kept for
+the max age) stops a delayed copy from bringing it back; if etcd refuses
+or cannot be reached, the local grant is removed all the same and the
+exit is 100 or 111.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		user := fs.String("user", "", "revoke every grant of user `NAME`")
 		etcdFlags := share.RegisterFlags(fs)

@@ -72,6 +72,8 @@ empty); durations are Go durations (90m, 2h) or a number of seconds.`))
 		{"/etc/tcp.smtp", "the static rules (tcprules syntax): edit, then run relayctl rebuild"},
 		{"/etc/tcp.smtp.cdb", "the CDB tcpserver -x reads"},
 		{"/etc/tcp.smtp.cdb.lock", "the lock writers take"},
+		{"/etc/tcp.smtp.cdb.state", "the grants as last read, so the next run reads only the grant files that changed"},
+		{"/etc/tcp.smtp.cdb.etcd", "watch --source etcd: a cache of the mirrored grants, for a start while etcd is down"},
 		{"/var/spool/poprelay", "the grants, one file per address"},
 		{"/etc/poprelay/never", "addresses never granted, added to the built-in set"},
 		{"/etc/cron.d/poprelay", "runs relayctl expire every minute: it expires grants and publishes logins when no watcher runs"},
@@ -99,7 +101,7 @@ error: "relayctl: fatal: unable to WHAT: WHY", a rule error as
 error as "relayctl: usage: ...". Warnings ("relayctl: warning: ...") report
 grants the never-grant set refuses and spool entries that are not grants.`))
 	p(".SH " + "EXIT STATUS")
-	p("0 success; 100 permanent error (usage, syntax, bad address, no such grant); 111 temporary error (I/O, lock).")
+	p("%s", roff("0 success; 100 permanent error (usage, syntax, bad address, no such grant, etcd refused the credentials); 111 temporary error (I/O, lock held past --lock-timeout, etcd unreachable)."))
 	p(".SH SEE ALSO")
 	p("checkpassword-wrap(8), cdbbuild(8), tcprules(1), tcpserver(1), qmail-smtpd(8), rblsmtpd(1)")
 	return b.String()

@@ -28,7 +28,7 @@ import (
 var watchCmd = &command{
 	name:  "watch",
 	short: "keep the CDB current: rebuild within milliseconds of a login",
-	usage: "[--metrics ADDR] [--debounce DUR] [--max-delay DUR] [--rescan DUR] [--settle DUR] [options]",
+	usage: "[--metrics ADDR] [--debounce DUR] [--max-delay DUR] [--rescan DUR] [--settle DUR] [--source etcd | --publish etcd] [options]",
 	help: `Run as a daemon that keeps the CDB current. It watches the spool and the
 rules file's directory with inotify, keeps the grants and the parsed rules
 in memory, and rebuilds (the same merge as rebuild, under the same lock)
@@ -45,17 +45,20 @@ relayctl rebuild confirms it. A spool that cannot be read never empties
 the CDB. SIGHUP re-reads everything; SIGTERM and SIGINT exit after finishing a
 rebuild in flight. One line per rebuild goes to standard error (for
 multilog or journald). --metrics ADDR serves Prometheus metrics on
-http://ADDR/metrics. Each of these flags also comes from the environment:
+http://ADDR/metrics. These five flags also come from the environment:
 POPRELAY_METRICS, POPRELAY_DEBOUNCE, POPRELAY_MAXDELAY, POPRELAY_RESCAN,
-POPRELAY_SETTLE.`,
+POPRELAY_SETTLE. With --source etcd (an SMTP host) the grants come from a
+mirror of etcd instead of the spool; with --publish etcd (a POP/IMAP host)
+the spool's grants are also shared through etcd (docs/etcd.md). The two
+exclude each other.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on `ADDR` (host:port)")
 		debounce := fs.String("debounce", "", "quiet time before a rebuild, `DUR` (default 5ms)")
 		maxDelay := fs.String("max-delay", "", "longest a change waits under a storm, `DUR` (default 50ms)")
 		rescan := fs.String("rescan", "", "full rescan period, `DUR` (default 5m)")
 		settle := fs.String("settle", "", "quiet time after a write to the rules file before it is read, `DUR` (default 250ms)")
-		source := fs.String("source", "spool", "where the grants come from: spool, or etcd (an SMTP host of a cluster)")
-		publish := fs.String("publish", "", "share this host's grants: etcd (a POP/IMAP host of a cluster)")
+		source := fs.String("source", "spool", "where the grants come from, `SOURCE`: spool, or etcd (an SMTP host of a cluster)")
+		publish := fs.String("publish", "", "share this host's grants through `etcd`, the only value (a POP/IMAP host of a cluster)")
 		etcdFlags := share.RegisterFlags(fs)
 		return func(e *env, args []string) error {
 			if len(args) > 0 {

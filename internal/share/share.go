@@ -165,14 +165,14 @@ type Setting struct {
 
 // flagDefs are the flags, their variables and their help.
 var flagDefs = []struct{ name, env, help string }{
-	{"etcd-endpoints", EnvEndpoints, "etcd endpoints, comma separated (none: etcd is not used)"},
+	{"etcd-endpoints", EnvEndpoints, "etcd endpoint `URLS`, comma separated (none: etcd is not used)"},
 	{"etcd-cert", EnvCert, "etcd client certificate `FILE` (PEM)"},
 	{"etcd-key", EnvKey, "etcd client key `FILE` (PEM)"},
 	{"etcd-ca", EnvCA, "etcd CA bundle `FILE` (PEM)"},
 	{"etcd-user", EnvUser, "etcd user `NAME`"},
 	{"etcd-password", EnvPassword, "etcd `PASSWORD`: on the command line every local user sees it in ps; use --etcd-password-file"},
 	{"etcd-password-file", EnvPassFile, "read the etcd password from `FILE` (one line; keep it mode 0600 or 0640)"},
-	{"etcd-prefix", EnvPrefix, "etcd key prefix (default " + DefaultPrefix + ")"},
+	{"etcd-prefix", EnvPrefix, "etcd key `PREFIX`, ending in / (default " + DefaultPrefix + ")"},
 	{"etcd-timeout", EnvTimeout, "etcd connect and request timeout, `DUR` (default 5s)"},
 }
 
