@@ -99,7 +99,10 @@ POPRELAY_ETCD_PASSWORD_FILE. No password is ever printed.`))
 error: "relayctl: fatal: unable to WHAT: WHY", a rule error as
 "relayctl: fatal: FILE:LINE: unable to parse this line: LINE", a usage
 error as "relayctl: usage: ...". Warnings ("relayctl: warning: ...") report
-grants the never-grant set refuses and spool entries that are not grants.`))
+grants the never-grant set refuses, spool entries that are not grants, a
+state file or lock file that was ignored or repaired, host-name rules a
+grant overrides, a rules file the watcher holds back, and an etcd
+connection others could use to open the relay.`))
 	p(".SH " + "EXIT STATUS")
 	p("%s", roff("0 success; 100 permanent error (usage, syntax, bad address, no such grant, etcd refused the credentials); 111 temporary error (I/O, lock held past --lock-timeout, etcd unreachable)."))
 	p(".SH SEE ALSO")
