@@ -80,7 +80,7 @@ func Lock(path string, timeout time.Duration) (*File, error) {
 			f.Close()
 			return nil, &os.PathError{Op: "lock", Path: path, Err: fmt.Errorf("%w for %v", ErrBusy, timeout)}
 		}
-		time.Sleep(min(pause, left))
+		time.Sleep(min(pause, left)) // pacing: flock has no timeout, so a bounded wait polls
 		pause = min(2*pause, 25*time.Millisecond)
 	}
 }
