@@ -192,12 +192,14 @@ func startTcpserverOn(t testing.TB, tcpserver, host string, env []string, opts [
 }
 
 // connectFrom connects to 127.0.0.1:port from the source address src (any
-// 127.0.0.0/8 address works on Linux loopback), with 10 seconds to talk.
+// 127.0.0.0/8 address works on Linux loopback), with a minute to talk:
+// the deadline only ends a hung conversation, and a busy machine may
+// take seconds to fork the server's program.
 // From an IPv6 src it connects to [::1]:port (see inNetns).
 func connectFrom(src string, port int) (net.Conn, error) {
 	d := net.Dialer{
 		LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)},
-		Timeout:   5 * time.Second,
+		Timeout:   30 * time.Second,
 	}
 	dst := "127.0.0.1"
 	if strings.Contains(src, ":") {
@@ -207,7 +209,7 @@ func connectFrom(src string, port int) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.SetDeadline(time.Now().Add(time.Minute))
 	return c, nil
 }
 

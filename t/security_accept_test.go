@@ -166,7 +166,7 @@ func TestSecurityAcceptedSocket(t *testing.T) {
 			t.Cleanup(func() { c.Close() })
 		}
 	}()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.21")}, Timeout: 5 * time.Second}
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.21")}, Timeout: 30 * time.Second}
 	out, err := d.Dial("tcp4", svc.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +233,7 @@ func TestSecurityAcceptedSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lc.SetDeadline(time.Now().Add(10 * time.Second))
+	lc.SetDeadline(time.Now().Add(time.Minute))
 	got, _ := io.ReadAll(lc)
 	lc.Close()
 	if string(got) != "+OK\n" {

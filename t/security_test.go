@@ -148,7 +148,7 @@ func TestSecurityInstallPrivileges(t *testing.T) {
 		t.Helper()
 		ln := lowListener(t, "tcp4", "127.0.0.1")
 		defer ln.Close()
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 30 * time.Second}
 		c, err := d.Dial("tcp", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
