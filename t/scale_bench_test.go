@@ -17,6 +17,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/etcdtest"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // The scale benchmarks (make bench-scale): each figure is a ratio, in one
@@ -236,7 +237,7 @@ func pollCDB(path string) *poller {
 			}
 			fi, err := os.Stat(path)
 			if err != nil || (last != nil && os.SameFile(fi, last)) {
-				time.Sleep(500 * time.Microsecond)
+				time.Sleep(500 * time.Microsecond) // pacing of the benchmark's CDB poller
 				continue
 			}
 			r, err := cdb.Open(path)
@@ -267,21 +268,13 @@ func (p *poller) add(ip string, at time.Time) {
 
 // wait waits until nothing is pending, then stops the poller and returns
 // the latencies, sorted.
-func (p *poller) wait(t testing.TB, limit time.Duration) []time.Duration {
+func (p *poller) wait(t testing.TB) []time.Duration {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
+	wait.For(t, "every login in the CDB", func() bool {
 		p.mu.Lock()
-		left := len(p.pending)
-		p.mu.Unlock()
-		if left == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d logins never reached the CDB", left)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		defer p.mu.Unlock()
+		return len(p.pending) == 0
+	})
 	close(p.stop)
 	<-p.done
 	slices.Sort(p.lat)
@@ -349,15 +342,10 @@ func TestScaleWatch(t *testing.T) {
 	}()
 	// Wait for the watcher's first publish: a new CDB.
 	st0, _ := os.Stat(s.cdb)
-	for deadline := time.Now().Add(60 * time.Second); ; {
-		if st, err := os.Stat(s.cdb); err == nil && !os.SameFile(st, st0) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the watcher never published")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.For(t, "the watcher's first publish", func() bool {
+		st, err := os.Stat(s.cdb)
+		return err == nil && !os.SameFile(st, st0)
+	})
 	base := 0
 	for _, rate := range []int{100, 200} {
 		cpu0, _ := procStats(cmd.Process.Pid)
@@ -365,7 +353,7 @@ func TestScaleWatch(t *testing.T) {
 		p := pollCDB(s.cdb)
 		storm(t, s.spool, p, base, rate, 10)
 		base += rate * 10
-		lat := p.wait(t, 60*time.Second)
+		lat := p.wait(t)
 		cpu1, hwm := procStats(cmd.Process.Pid)
 		t.Logf("watch, %d standing grants, %d logins/s for 10 s through checkpassword-wrap (%s): login -> CDB p50 %v, p99 %v (%.1fx tcprules' %v), max %v; watcher %.0f%% of a core, peak RSS %d MB",
 			n, rate, strings.Join(args[:len(args)-1], " "), pct(lat, 0.5), pct(lat, 0.99), ratio(pct(lat, 0.99), floor), floor.Round(time.Millisecond),
@@ -414,7 +402,7 @@ func TestScaleEtcd(t *testing.T) {
 
 	p := pollCDB(b.cdb)
 	storm(t, a.spool, p, 0, 100, 10)
-	lat := p.wait(t, 60*time.Second)
+	lat := p.wait(t)
 	bar := floor + pct(etcdLat, 0.99)
 	t.Logf("two hosts, %d grants in etcd, 100 logins/s for 10 s on the POP host: login -> SMTP host's CDB p50 %v, p99 %v; floor tcprules %v + etcd put->watch p99 %v (p50 %v) = %v: %.1fx",
 		n, pct(lat, 0.5), pct(lat, 0.99), floor.Round(time.Millisecond), pct(etcdLat, 0.99), pct(etcdLat, 0.5), bar, ratio(pct(lat, 0.99), bar))
