@@ -170,6 +170,13 @@ func TestSecurityInstallPrivileges(t *testing.T) {
 	if !strings.Contains(r.stderr, "not recording ip=203.0.113.1") || !strings.Contains(r.stderr, "standard input is a TCP connection from 127.0.11.50, not from 203.0.113.1") {
 		t.Errorf("forged address over a socket from elsewhere: stderr %q", r.stderr)
 	}
+	// --never is opened with the caller's own rights, not the group's:
+	// the root grant above, which only the group may read, is neither
+	// read nor quoted through the setgid bit, and nothing is recorded.
+	r = asUser([]string{"TCPREMOTEIP=127.0.11.53", "USER=" + user}, sock("127.0.11.53"), wrap, "--spool", spool, "--never", filepath.Join(spool, "192.0.2.9"), "/bin/true")
+	if !strings.Contains(r.stderr, "not recording ip=127.0.11.53") || !strings.Contains(r.stderr, "permission denied") || strings.Contains(r.stderr, "secret") {
+		t.Errorf("--never naming a file only the group may read: stderr %q", r.stderr)
+	}
 	if after := tree(t, dest); after != before {
 		t.Fatalf("a forged login changed the installation:\n%s\n%s", before, after)
 	}
