@@ -185,7 +185,7 @@ func prepare(g *Grant, old Grant, haveOld bool, now time.Time) {
 // returns what it wrote, as a Snapshot for MergeSnapshot. On an error the
 // grants before the failing one are recorded (but perhaps not synced).
 func (s *Store) RecordMany(gs []Grant, old func(ip string) (Grant, bool)) (*Snapshot, error) {
-	out := &Snapshot{Grants: make([]Grant, 0, len(gs)), Inos: make([]uint64, 0, len(gs))}
+	out := &Snapshot{Grants: make([]Grant, 0, len(gs)), Files: make([]FileID, 0, len(gs))}
 	now := time.Now()
 	for _, g := range gs {
 		ip, err := CanonicalIP(g.IP)
@@ -201,7 +201,7 @@ func (s *Store) RecordMany(gs []Grant, old func(ip string) (Grant, bool)) (*Snap
 		}
 		o, ok := old(ip)
 		prepare(&g, o, ok, now)
-		ino, err := s.writeFile(g, false)
+		id, err := s.writeFile(g, false)
 		if err != nil {
 			return nil, err
 		}
@@ -212,12 +212,12 @@ func (s *Store) RecordMany(gs []Grant, old func(ip string) (Grant, bool)) (*Snap
 			}
 		}
 		out.Grants = append(out.Grants, g)
-		out.Inos = append(out.Inos, ino)
+		out.Files = append(out.Files, id)
 	}
 	if err := syncfs(s.Dir); err != nil {
 		return nil, fmt.Errorf("unable to sync %s: %w", s.Dir, err)
 	}
-	sortWith(out.Grants, out.Inos)
+	sortWith(out.Grants, out.Files)
 	return out, nil
 }
 
@@ -285,10 +285,10 @@ func (s *Store) write(g Grant) error {
 
 // writeFile publishes g by temp file, fsync (if sync) and rename, and
 // returns the inode number of the file.
-func (s *Store) writeFile(g Grant, sync bool) (ino uint64, err error) {
+func (s *Store) writeFile(g Grant, sync bool) (id FileID, err error) {
 	fd, tmp, err := s.createTemp()
 	if err != nil {
-		return 0, fmt.Errorf("unable to create a temp file: %w", err)
+		return id, fmt.Errorf("unable to create a temp file: %w", err)
 	}
 	open := true
 	defer func() {
@@ -306,36 +306,38 @@ func (s *Store) writeFile(g Grant, sync bool) (ino uint64, err error) {
 			continue
 		}
 		if err != nil {
-			return 0, fmt.Errorf("unable to write %s: %w", tmp, err)
+			return id, fmt.Errorf("unable to write %s: %w", tmp, err)
 		}
 		b = b[n:]
 	}
 	// The umask may have taken the group's read bit; relayctl needs it.
 	if err := syscall.Fchmod(fd, fileMode); err != nil {
-		return 0, fmt.Errorf("unable to chmod %s: %w", tmp, err)
+		return id, fmt.Errorf("unable to chmod %s: %w", tmp, err)
 	}
 	// The mtime shows the login time to ls; the content is authoritative,
 	// so a failure here (no /proc) is not worth failing the grant.
 	tv := syscall.NsecToTimeval(g.Time.UnixNano())
 	syscall.Futimes(fd, []syscall.Timeval{tv, tv})
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
-		return 0, fmt.Errorf("unable to stat %s: %w", tmp, err)
-	}
 	if sync {
 		if err := syscall.Fsync(fd); err != nil {
-			return 0, fmt.Errorf("unable to fsync %s: %w", tmp, err)
+			return id, fmt.Errorf("unable to fsync %s: %w", tmp, err)
 		}
-	}
-	open = false
-	if err := syscall.Close(fd); err != nil {
-		return 0, fmt.Errorf("unable to write %s: %w", tmp, err)
 	}
 	dst := filepath.Join(s.Dir, g.IP)
 	if err := os.Rename(tmp, dst); err != nil {
-		return 0, fmt.Errorf("unable to rename %s to %s: %w", tmp, g.IP, err)
+		return id, fmt.Errorf("unable to rename %s to %s: %w", tmp, g.IP, err)
 	}
-	return st.Ino, nil
+	// The file's identity as a later Scan sees it: a rename changes the
+	// inode's change time.
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return id, fmt.Errorf("unable to stat %s: %w", dst, err)
+	}
+	open = false
+	if err := syscall.Close(fd); err != nil {
+		return id, fmt.Errorf("unable to write %s: %w", dst, err)
+	}
+	return fileID(&st), nil
 }
 
 // decode parses the content of the grant file for ip.
@@ -402,9 +404,9 @@ func decode(ip string, b []byte) (Grant, error) {
 // a symlink and without blocking on a FIFO.
 func (s *Store) read(name string) (Grant, error) { return s.readFile(name, nil) }
 
-// readFile is read, setting *ino (if ino is not nil) to the inode number
-// of the file read.
-func (s *Store) readFile(name string, ino *uint64) (Grant, error) {
+// readFile is read, setting *id (if id is not nil) to the identity of the
+// file read.
+func (s *Store) readFile(name string, id *FileID) (Grant, error) {
 	if s.Dir == "" {
 		return Grant{}, ErrNoDir
 	}
@@ -425,8 +427,8 @@ func (s *Store) readFile(name string, ino *uint64) (Grant, error) {
 	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		return Grant{}, fmt.Errorf("%w: not a regular file (%v)", ErrDamaged, typeOf(st.Mode))
 	}
-	if ino != nil {
-		*ino = st.Ino
+	if id != nil {
+		*id = fileID(&st)
 	}
 	if st.Size > maxFile {
 		return Grant{}, fmt.Errorf("%w: %d bytes long", ErrDamaged, st.Size)

@@ -14,18 +14,34 @@ import (
 )
 
 // Snapshot is what a read of the spool found: its grants in address order
-// (as SortByAddr sorts them) and, for each, the inode number of the file
-// it was read from. A rewrite of a grant file is a new file renamed over
-// the name, so a name still naming the same inode still holds the same
-// grant: Scan reads only the names whose inode changed.
+// (as SortByAddr sorts them) and, for each, the identity of the file it
+// was read from. A rewrite of a grant file is a new file renamed over the
+// name, so a name still naming the same file still holds the same grant:
+// Scan reads only the names whose file changed.
 type Snapshot struct {
 	Grants []Grant
-	Inos   []uint64
+	Files  []FileID
 	// Capped names the grants of this scan whose login time was in the
 	// future and was taken as now (Expire writes them back so).
 	Capped []string
 	// Temps are the temp files the scan saw, for CleanTemps.
 	Temps []Temp
+}
+
+// FileID tells one grant file from another: its inode number and the
+// time its inode last changed, in nanoseconds. The number alone is not
+// enough: a file system gives a freed inode number to the next file it
+// makes (ext4 does at once), so a grant file replaced twice, or removed
+// and made again, may have its old number back with other content. Its
+// change time is then new: every write, rename and chmod sets it.
+type FileID struct {
+	Ino   uint64
+	Ctime int64
+}
+
+// fileID is the identity of the file st describes.
+func fileID(st *syscall.Stat_t) FileID {
+	return FileID{Ino: st.Ino, Ctime: st.Ctim.Nano()}
 }
 
 // Temp is a temp file in the spool and its inode change time.
@@ -47,11 +63,9 @@ type ScanStats struct {
 func (st ScanStats) Changed() bool { return st.New > 0 || st.Gone > 0 }
 
 // Scan reads the spool again. Every grant of prev (nil: none) whose name
-// still names the same file (same inode) is taken from prev without
-// reading it, unless it has expired by now (with maxAge): a grant file
-// rewritten twice since prev may have got its old inode number back, and a
-// grant must not be dropped on a copy that old. Every other grant file is
-// read. Login times in the future (beyond Skew) are capped to the present
+// still names the same file (same inode number and change time: one stat,
+// no read) is taken from prev without reading it, unless it has expired
+// by now (with maxAge). Every other grant file is read. Login times in the future (beyond Skew) are capped to the present
 // (the clock's, as in List), and listed in Capped. Scan takes prev over: do not use it afterwards. Entries that are
 // not grants are skipped, each with one Logf line; only an unreadable
 // spool directory is an error.
@@ -134,7 +148,7 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 	}
 	keep := make([]bool, len(prev.Grants))
 	var names []string
-	var inos []uint64
+	var same []int32
 	var temps []Temp
 	err := readDir(s.Dir, func(e dirent) {
 		st.Entries++
@@ -150,9 +164,9 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 			}
 			return
 		}
-		if i, ok := known[e.name]; ok && prev.Inos[i] == e.ino && (e.typ == dtReg || e.typ == dtUnknown) &&
+		if i, ok := known[e.name]; ok && prev.Files[i].Ino == e.ino && (e.typ == dtReg || e.typ == dtUnknown) &&
 			prev.Grants[i].Expiry(maxAge).After(now) {
-			keep[i] = true
+			same = append(same, i) // if its change time is too
 			return
 		}
 		if c, err := CanonicalIP(e.name); err != nil || c != e.name {
@@ -164,34 +178,35 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 			return
 		}
 		names = append(names, e.name)
-		inos = append(inos, e.ino)
 	})
 	if err != nil {
 		return nil, st, err
 	}
 
-	// Reading is a few system calls per file: a few readers at once keep
-	// the kernel busy on every core. Results keep the directory's order,
-	// so the log lines do too.
-	gs := make([]Grant, len(names))
-	errs := make([]error, len(names))
-	workers := min(readers, len(names))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(names) {
-					return
-				}
-				gs[i], inos[i], errs[i] = s.readIno(names[i])
-			}
-		}()
+	// A name that still has its inode number is kept if the inode has
+	// not changed either; else it is read. Stating and reading are a few
+	// system calls per file: a few workers at once keep the kernel busy
+	// on every core.
+	unchanged := make([]bool, len(same))
+	parallel(len(same), func(k int) {
+		i := same[k]
+		var sst syscall.Stat_t
+		p := filepath.Join(s.Dir, prev.Grants[i].IP)
+		unchanged[k] = syscall.Lstat(p, &sst) == nil && sst.Mode&syscall.S_IFMT == syscall.S_IFREG &&
+			fileID(&sst) == prev.Files[i]
+	})
+	for k, i := range same {
+		if unchanged[k] {
+			keep[i] = true
+		} else {
+			names = append(names, prev.Grants[i].IP)
+		}
 	}
-	wg.Wait()
+	// Results keep the order of names, so the log lines do too.
+	gs := make([]Grant, len(names))
+	ids := make([]FileID, len(names))
+	errs := make([]error, len(names))
+	parallel(len(names), func(i int) { gs[i], errs[i] = s.readFile(names[i], &ids[i]) })
 	st.Read = len(names)
 	var capped []string
 	n := 0
@@ -206,17 +221,18 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 		if capFuture && s.capTime(&g, clock) {
 			capped = append(capped, g.IP)
 		}
-		if j, ok := known[g.IP]; ok && prev.Inos[j] == inos[i] && prev.Grants[j] == g {
+		if j, ok := known[g.IP]; ok && prev.Grants[j] == g {
 			keep[j] = true // read again, found as it was: not news
+			prev.Files[j] = ids[i]
 			continue
 		}
-		gs[n], inos[n] = g, inos[i]
+		gs[n], ids[n] = g, ids[i]
 		n++
 	}
 	clear(gs[n:])
-	gs, inos = gs[:n], inos[:n]
+	gs, ids = gs[:n], ids[:n]
 	st.New = n
-	sortWith(gs, inos)
+	sortWith(gs, ids)
 
 	// The kept grants of prev, in place and still in address order. A
 	// grant read again and changed is in gs, not gone.
@@ -228,15 +244,35 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 			}
 			continue
 		}
-		prev.Grants[k], prev.Inos[k] = prev.Grants[i], prev.Inos[i]
+		prev.Grants[k], prev.Files[k] = prev.Grants[i], prev.Files[i]
 		k++
 	}
 	clear(prev.Grants[k:])
 	st.Kept = k
 	out := &Snapshot{Capped: capped, Temps: temps}
-	out.Grants, out.Inos = mergeSorted(prev.Grants[:k], prev.Inos[:k], gs, inos)
-	prev.Grants, prev.Inos = nil, nil
+	out.Grants, out.Files = mergeSorted(prev.Grants[:k], prev.Files[:k], gs, ids)
+	prev.Grants, prev.Files = nil, nil
 	return out, st, nil
+}
+
+// parallel calls f(0), ..., f(n-1) from a few goroutines at once.
+func parallel(n int, f func(int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(readers, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				f(i)
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // byIP compares a grant's address with ip's, for a binary search of a
@@ -265,8 +301,8 @@ func typeMode(t uint8) fs.FileMode {
 	return fs.ModeIrregular
 }
 
-// sortWith sorts gs by address, moving inos along.
-func sortWith(gs []Grant, inos []uint64) {
+// sortWith sorts gs by address, moving ids along.
+func sortWith(gs []Grant, ids []FileID) {
 	if len(gs) < 2 {
 		return
 	}
@@ -278,19 +314,19 @@ func sortWith(gs []Grant, inos []uint64) {
 	}
 	slices.SortFunc(idx, func(x, y int32) int { return addrs[x].Compare(addrs[y]) })
 	g2 := make([]Grant, len(gs))
-	i2 := make([]uint64, len(gs))
+	i2 := make([]FileID, len(gs))
 	for i, j := range idx {
-		g2[i], i2[i] = gs[j], inos[j]
+		g2[i], i2[i] = gs[j], ids[j]
 	}
 	copy(gs, g2)
-	copy(inos, i2)
+	copy(ids, i2)
 }
 
-// mergeSorted merges b (with its inodes) into a, both in address order,
+// mergeSorted merges b (with its files' identities) into a, both in address order,
 // growing a in place: each element of b finds its place by a binary
 // search, and a's elements move once. Addresses are parsed only for b and
 // the O(len(b) log len(a)) probes.
-func mergeSorted(a []Grant, ai []uint64, b []Grant, bi []uint64) ([]Grant, []uint64) {
+func mergeSorted(a []Grant, ai []FileID, b []Grant, bi []FileID) ([]Grant, []FileID) {
 	if len(b) == 0 {
 		return a, ai
 	}
@@ -316,13 +352,6 @@ func mergeSorted(a []Grant, ai []uint64, b []Grant, bi []uint64) ([]Grant, []uin
 	return a, ai
 }
 
-// readIno is read, with the inode number of the file read.
-func (s *Store) readIno(name string) (Grant, uint64, error) {
-	var ino uint64
-	g, err := s.readFile(name, &ino)
-	return g, ino, err
-}
-
 // MergeSnapshot returns a with the grants of b (both in address order,
 // each address once) added, replacing those of a for the same address. It
 // takes a and b over.
@@ -339,12 +368,12 @@ func MergeSnapshot(a, b *Snapshot) *Snapshot {
 		if replaced[a.Grants[i].IP] {
 			continue
 		}
-		a.Grants[k], a.Inos[k] = a.Grants[i], a.Inos[i]
+		a.Grants[k], a.Files[k] = a.Grants[i], a.Files[i]
 		k++
 	}
 	clear(a.Grants[k:])
 	out := &Snapshot{Capped: append(a.Capped, b.Capped...)}
-	out.Grants, out.Inos = mergeSorted(a.Grants[:k], a.Inos[:k], b.Grants, b.Inos)
+	out.Grants, out.Files = mergeSorted(a.Grants[:k], a.Files[:k], b.Grants, b.Files)
 	return out
 }
 

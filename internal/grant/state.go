@@ -18,19 +18,22 @@ import (
 // next run reads only the grant files that changed since (see Scan). It is
 // a cache: the spool stays the truth, and a state file that is missing,
 // foreign, damaged or for another spool is ignored (the spool is then read
-// in full). Its format, version 1, is text:
+// in full). Its format, version 2, is text:
 //
-//	poprelay-state 1 DEV INO
-//	IP<TAB>FILE-INODE<TAB>TIME<TAB>EXPIRES<TAB>KEEP<TAB>USER<TAB>SERVICE
+//	poprelay-state 2 DEV INO
+//	IP<TAB>FILE-INODE<TAB>FILE-CTIME<TAB>TIME<TAB>EXPIRES<TAB>KEEP<TAB>USER<TAB>SERVICE
 //	...
 //	end<TAB>COUNT<TAB>CRC
 //
-// DEV and INO identify the spool directory, times are Unix seconds (0:
-// none), lines are in address order, and CRC is the CRC-32C (hex) of every
+// DEV and INO identify the spool directory, FILE-CTIME is the grant
+// file's inode change time in Unix nanoseconds (see FileID), times are
+// Unix seconds (0: none), lines are in address order, and CRC is the CRC-32C (hex) of every
 // byte before the end line. User and service names never hold a tab or a
-// newline (Record refuses control characters).
+// newline (Record refuses control characters). Version 1 (inode numbers
+// alone, which a file system reuses) is not read: the spool is read in
+// full once instead, and the state written again as version 2.
 
-const stateMagic = "poprelay-state 1 "
+const stateMagic = "poprelay-state 2 "
 
 // maxState bounds the size of a state file read.
 const maxState = 1 << 31
@@ -73,7 +76,9 @@ func (s *Store) WriteState(w io.Writer, snap *Snapshot) error {
 		g := &snap.Grants[i]
 		b = append(b[:0], g.IP...)
 		b = append(b, '\t')
-		b = strconv.AppendUint(b, snap.Inos[i], 10)
+		b = strconv.AppendUint(b, snap.Files[i].Ino, 10)
+		b = append(b, '\t')
+		b = strconv.AppendInt(b, snap.Files[i].Ctime, 10)
 		for _, t := range [...]time.Time{g.Time, g.Expires, g.Keep} {
 			b = append(b, '\t')
 			b = strconv.AppendInt(b, unix(t), 10)
@@ -165,27 +170,31 @@ func parseState(buf []byte, id string) (*Snapshot, error) {
 		if strings.HasPrefix(line, stateMagic) {
 			return nil, errors.New("written for another spool directory")
 		}
-		return nil, errors.New("not a version 1 state file")
+		return nil, errors.New("not a version 2 state file")
 	}
-	snap := &Snapshot{Grants: make([]Grant, 0, count), Inos: make([]uint64, 0, count)}
+	snap := &Snapshot{Grants: make([]Grant, 0, count), Files: make([]FileID, 0, count)}
 	for text != "" {
 		line, text, _ = strings.Cut(text, "\n")
-		var f [7]string
+		var f [8]string
 		rest := line
-		for i := range 6 {
+		for i := range 7 {
 			var ok bool
 			if f[i], rest, ok = strings.Cut(rest, "\t"); !ok {
 				return nil, fmt.Errorf("line %d: too few fields", len(snap.Grants)+2)
 			}
 		}
-		f[6] = rest
+		f[7] = rest
 		ino, err := strconv.ParseUint(f[1], 10, 64)
 		if err != nil {
 			return nil, fmt.Errorf("line %d: bad inode", len(snap.Grants)+2)
 		}
-		g := Grant{IP: f[0], User: f[5], Service: f[6]}
+		ctime, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: bad change time", len(snap.Grants)+2)
+		}
+		g := Grant{IP: f[0], User: f[6], Service: f[7]}
 		for i, dst := range [...]*time.Time{&g.Time, &g.Expires, &g.Keep} {
-			n, err := strconv.ParseInt(f[2+i], 10, 64)
+			n, err := strconv.ParseInt(f[3+i], 10, 64)
 			if err != nil || n < 0 || n > 1<<40 || (i == 0 && n == 0) {
 				return nil, fmt.Errorf("line %d: bad time", len(snap.Grants)+2)
 			}
@@ -194,7 +203,7 @@ func parseState(buf []byte, id string) (*Snapshot, error) {
 			}
 		}
 		snap.Grants = append(snap.Grants, g)
-		snap.Inos = append(snap.Inos, ino)
+		snap.Files = append(snap.Files, FileID{Ino: ino, Ctime: ctime})
 	}
 	if len(snap.Grants) != count {
 		return nil, errors.New("count does not match")
