@@ -283,22 +283,10 @@ func byIP(g Grant, ip string) int {
 	return x.Compare(y)
 }
 
+// typeMode is a directory entry's type as an fs.FileMode, as typeOf gives it.
 func typeMode(t uint8) fs.FileMode {
-	switch t {
-	case syscall.DT_DIR:
-		return fs.ModeDir
-	case syscall.DT_LNK:
-		return fs.ModeSymlink
-	case syscall.DT_FIFO:
-		return fs.ModeNamedPipe
-	case syscall.DT_SOCK:
-		return fs.ModeSocket
-	case syscall.DT_CHR:
-		return fs.ModeDevice | fs.ModeCharDevice
-	case syscall.DT_BLK:
-		return fs.ModeDevice
-	}
-	return fs.ModeIrregular
+	// A d_type is the S_IFMT bits of the mode, shifted down by 12.
+	return typeOf(uint32(t) << 12)
 }
 
 // sortWith sorts gs by address, moving ids along.
