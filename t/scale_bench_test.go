@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/wait"
@@ -382,13 +384,13 @@ func TestScaleEtcd(t *testing.T) {
 	for _, s := range []*relayctlSite{a, b} {
 		s.env = append(s.env, "POPRELAY_ETCD_ENDPOINTS="+e.Client)
 	}
-	a.startWatch(t, "--publish", "etcd")
-	b.startWatch(t, "--source", "etcd")
+	a.startWatchFor(t, time.Minute, "--publish", "etcd")
+	b.startWatchFor(t, time.Minute, "--source", "etcd")
 
 	// etcd's own put -> watch latency, in this run.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	wch := cli.Watch(ctx, "/poprelay-bench/")
+	wch := cli.Watch(ctx, "/poprelay-bench/", clientv3.WithPrefix())
 	var etcdLat []time.Duration
 	for i := range 200 {
 		t0 := time.Now()
