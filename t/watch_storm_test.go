@@ -53,8 +53,9 @@ func rebuiltGrants(line, reason string) (int, bool) {
 // busy at the watcher's own priority, the watcher keeps publishing while
 // the storm lasts: at least one publish per 50 logins, counted from its
 // log, not timed. A watcher whose publishes cost a full merge of every
-// grant (or one that waits for a quiet moment) falls behind here: it
-// published once or twice in such a storm.
+// grant (or one that waits for a quiet moment) falls behind here: the one
+// before the incremental merge published 7 times in this storm (43 now),
+// on a 2-core machine at load 17.
 func TestWatchStorm(t *testing.T) {
 	const standing, logins, per = 100_000, 1000, 50
 	s := newRelayctlSite(t, "127.0.0.1:allow,RELAYCLIENT=\"\"\n10.:allow\n:deny\n")
