@@ -54,7 +54,11 @@ func grantIP(i int) string {
 // exact line per grant.
 func writeScaleSpool(t testing.TB, spool, static string, n int) string {
 	t.Helper()
-	eq := filepath.Join(filepath.Dir(spool), "equivalent")
+	dir := filepath.Dir(spool)
+	if spool == "" {
+		dir = t.TempDir()
+	}
+	eq := filepath.Join(dir, "equivalent")
 	f, err := os.Create(eq)
 	if err != nil {
 		t.Fatal(err)
