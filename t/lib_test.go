@@ -171,8 +171,16 @@ func startTcpserver(t testing.TB, env []string, opts []string, prog ...string) *
 // tcpserver binary at path.
 func startTcpserverOn(t testing.TB, tcpserver, host string, env []string, opts []string, prog ...string) *Tcpserver {
 	t.Helper()
+	return launchTcpserver(t, tcpserver, host, func() int { return freePort(t) }, env, opts, prog...)
+}
+
+// launchTcpserver runs "tcpserver -v [opts] HOST PORT prog..." on a port
+// from pick, and waits until it listens; a port taken meanwhile is
+// retried with another.
+func launchTcpserver(t testing.TB, tcpserver, host string, pick func() int, env []string, opts []string, prog ...string) *Tcpserver {
+	t.Helper()
 	for try := 0; try < 5; try++ {
-		port := freePort(t)
+		port := pick()
 		args := append([]string{"-v"}, opts...)
 		args = append(args, host, fmt.Sprint(port))
 		args = append(args, prog...)

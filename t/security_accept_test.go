@@ -46,24 +46,12 @@ func freePrivPorts(t *testing.T, n int) []int {
 // is what the wrapper demands of an untrusted caller's standard input).
 func startTcpserverPriv(t *testing.T, env []string, host string, opts []string, prog ...string) *Tcpserver {
 	t.Helper()
-	tcpserver := need(t, "tcpserver")
-	for try := 0; try < 5; try++ {
+	pick := func() int {
 		l := lowListener(t, "tcp4", host)
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		args := append(append([]string{"-v"}, opts...), host, strconv.Itoa(port))
-		cmd, stderr := start(t, env, true, tcpserver, append(args, prog...)...)
-		line, err := stderr.ReadString('\n')
-		if err == nil && strings.HasPrefix(line, "tcpserver: status: 0/") {
-			go io.Copy(&testLog{t: t, prefix: "tcpserver: "}, stderr)
-			return &Tcpserver{Port: port, Cmd: cmd, Stderr: stderr}
-		}
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-		t.Logf("tcpserver on port %d did not start (%q, %v); retrying", port, line, err)
+		defer l.Close()
+		return l.Addr().(*net.TCPAddr).Port
 	}
-	t.Fatal("tcpserver would not start on a privileged port")
-	return nil
+	return launchTcpserver(t, need(t, "tcpserver"), host, pick, env, opts, prog...)
 }
 
 // TestSecurityAcceptedSocket: a local user cannot forge a grant with a
