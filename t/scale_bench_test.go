@@ -388,8 +388,8 @@ func TestScaleEtcd(t *testing.T) {
 	for _, s := range []*relayctlSite{a, b} {
 		s.env = append(s.env, "POPRELAY_ETCD_ENDPOINTS="+e.Client)
 	}
-	a.startWatchFor(t, time.Minute, "--publish", "etcd")
-	b.startWatchFor(t, time.Minute, "--source", "etcd")
+	a.startWatch(t, "--publish", "etcd")
+	b.startWatch(t, "--source", "etcd")
 
 	// etcd's own put -> watch latency, in this run.
 	ctx, cancel := context.WithCancel(context.Background())

@@ -25,13 +25,9 @@ type watcher struct {
 	done  chan struct{}
 }
 
+// startWatch runs "relayctl watch" in the site and waits (wait.For, as
+// long as it takes) for its first publish.
 func (s *relayctlSite) startWatch(t *testing.T, args ...string) *watcher {
-	t.Helper()
-	return s.startWatchFor(t, 5*time.Second, args...)
-}
-
-// startWatchFor is startWatch waiting up to limit for the first publish.
-func (s *relayctlSite) startWatchFor(t *testing.T, limit time.Duration, args ...string) *watcher {
 	t.Helper()
 	cmd, stderr := start(t, s.env, true, bin("relayctl"), append([]string{"watch", "--debounce", "2ms"}, args...)...)
 	w := &watcher{cmd: cmd, done: make(chan struct{})}
