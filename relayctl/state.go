@@ -15,7 +15,8 @@ import (
 func (c *config) statePath() string { return c.CDB + ".state" }
 
 // grants reads the spool: the state file (or this run's last scan) says
-// which grant files are unchanged, and only the others are read. With
+// which grant files are unchanged, and only the others are read; while
+// the spool directory itself is unchanged, none is read or stat'ed. With
 // save (the caller holds the lock), a changed spool is saved as the new
 // state file. The spool stays the truth: a state file that is missing,
 // unusable or stale costs time, never a grant.
@@ -40,13 +41,19 @@ func (e *env) grants(save bool) (*grant.Snapshot, error) {
 		}
 	}
 	fresh := prev == nil
+	var prevDir int64
+	if prev != nil {
+		prevDir = prev.Dir
+	}
 	snap, st, err := s.Scan(prev, e.now(), e.cfg.MaxAge)
 	if err != nil {
 		return nil, err
 	}
 	e.vlogf("spool %s: %d entries, %d grants (%d from the state, %d files read, %d new or changed, %d gone)",
 		e.cfg.Spool, st.Entries, len(snap.Grants), st.Kept, st.Read, st.New, st.Gone)
-	if save && e.cfg.CDB != "" && (fresh || dirty || st.Changed()) {
+	// Saved also when only the directory's change time is new: the next
+	// run then reads nothing of an unchanged spool.
+	if save && e.cfg.CDB != "" && (fresh || dirty || st.Changed() || snap.Dir != prevDir) {
 		if bad {
 			// Replaced, not rewritten: its mode would carry over.
 			os.Remove(path)

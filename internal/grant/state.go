@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -18,22 +19,28 @@ import (
 // next run reads only the grant files that changed since (see Scan). It is
 // a cache: the spool stays the truth, and a state file that is missing,
 // foreign, damaged or for another spool is ignored (the spool is then read
-// in full). Its format, version 2, is text:
+// in full). Its format, version 3, is text:
 //
-//	poprelay-state 2 DEV INO
+//	poprelay-state 3 DEV INO DIR-CTIME
 //	IP<TAB>FILE-INODE<TAB>FILE-CTIME<TAB>TIME<TAB>EXPIRES<TAB>KEEP<TAB>USER<TAB>SERVICE
 //	...
 //	end<TAB>COUNT<TAB>CRC
 //
-// DEV and INO identify the spool directory, FILE-CTIME is the grant
-// file's inode change time in Unix nanoseconds (see FileID), times are
-// Unix seconds (0: none), lines are in address order, and CRC is the CRC-32C (hex) of every
-// byte before the end line. User and service names never hold a tab or a
-// newline (Record refuses control characters). Version 1 (inode numbers
-// alone, which a file system reuses) is not read: the spool is read in
-// full once instead, and the state written again as version 2.
+// DEV and INO identify the spool directory, DIR-CTIME is its inode change
+// time in Unix nanoseconds when it was read (0: not to be relied on; see
+// Snapshot.Dir), FILE-CTIME is the grant file's (see FileID), times are
+// Unix seconds (0: none), lines are in address order, and CRC is the
+// CRC-32C (hex) of every byte before the end line. User and service
+// names never hold a tab or a newline (Record refuses control
+// characters). Version 2 (the same without DIR-CTIME) is read as a
+// version 3 with DIR-CTIME 0. Version 1 (inode numbers alone, which a
+// file system reuses) is not read: the spool is read in full once
+// instead, and the state written again as version 3.
 
-const stateMagic = "poprelay-state 2 "
+const (
+	stateMagic  = "poprelay-state 3 "
+	stateMagic2 = "poprelay-state 2 "
+)
 
 // maxState bounds the size of a state file read.
 const maxState = 1 << 31
@@ -60,10 +67,17 @@ func (s *Store) WriteState(w io.Writer, snap *Snapshot) error {
 	if err != nil {
 		return err
 	}
+	return writeState(w, id, snap)
+}
+
+// writeState writes snap as the state file of the spool id to w.
+func writeState(w io.Writer, id string, snap *Snapshot) error {
 	h := crc32.New(castagnoli())
 	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 256<<10)
 	bw.WriteString(stateMagic)
 	bw.WriteString(id)
+	bw.WriteByte(' ')
+	bw.WriteString(strconv.FormatInt(snap.Dir, 10))
 	bw.WriteByte('\n')
 	var b []byte
 	unix := func(t time.Time) int64 {
@@ -95,7 +109,7 @@ func (s *Store) WriteState(w io.Writer, snap *Snapshot) error {
 	if err := bw.Flush(); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "end\t%d\t%08x\n", len(snap.Grants), h.Sum32())
+	_, err := fmt.Fprintf(w, "end\t%d\t%08x\n", len(snap.Grants), h.Sum32())
 	return err
 }
 
@@ -166,47 +180,135 @@ func parseState(buf []byte, id string) (*Snapshot, error) {
 	// One string for the whole file: every name is a substring of it.
 	text := string(buf[:endAt])
 	line, text, _ := strings.Cut(text, "\n")
-	if line != stateMagic+id {
-		if strings.HasPrefix(line, stateMagic) {
-			return nil, errors.New("written for another spool directory")
+	var dir int64
+	switch {
+	case strings.HasPrefix(line, stateMagic+id+" "):
+		d, err := strconv.ParseInt(line[len(stateMagic+id+" "):], 10, 64)
+		if err != nil || d < 0 {
+			return nil, errors.New("bad directory change time")
 		}
-		return nil, errors.New("not a version 2 state file")
+		dir = d
+	case line == stateMagic2+id:
+		// Version 2: no directory change time.
+	case strings.HasPrefix(line, stateMagic), strings.HasPrefix(line, stateMagic2):
+		return nil, errors.New("written for another spool directory")
+	default:
+		return nil, errors.New("not a version 2 or 3 state file")
 	}
-	snap := &Snapshot{Grants: make([]Grant, 0, count), Files: make([]FileID, 0, count)}
-	for text != "" {
-		line, text, _ = strings.Cut(text, "\n")
-		var f [8]string
-		rest := line
-		for i := range 7 {
-			var ok bool
-			if f[i], rest, ok = strings.Cut(rest, "\t"); !ok {
-				return nil, fmt.Errorf("line %d: too few fields", len(snap.Grants)+2)
-			}
+	snap := &Snapshot{Dir: dir}
+	// The lines in a few pieces, parsed at once on every core.
+	var cuts []int
+	for k := 1; k < parseWorkers && len(text) > 1<<20; k++ {
+		at := k * len(text) / parseWorkers
+		if nl := strings.IndexByte(text[at:], '\n'); nl >= 0 && (len(cuts) == 0 || at+nl+1 > cuts[len(cuts)-1]) {
+			cuts = append(cuts, at+nl+1)
 		}
-		f[7] = rest
-		ino, err := strconv.ParseUint(f[1], 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("line %d: bad inode", len(snap.Grants)+2)
+	}
+	pieces := make([]string, 0, len(cuts)+1)
+	from := 0
+	for _, c := range cuts {
+		pieces = append(pieces, text[from:c])
+		from = c
+	}
+	pieces = append(pieces, text[from:])
+	// Each piece parses into its own part of one slice: its lines
+	// counted first.
+	starts := make([]int, len(pieces)+1)
+	for k, p := range pieces {
+		starts[k+1] = starts[k] + strings.Count(p, "\n")
+	}
+	if starts[len(pieces)] != count {
+		return nil, errors.New("count does not match")
+	}
+	snap.Grants, snap.Files = make([]Grant, count), make([]FileID, count)
+	errs := make([]error, len(pieces))
+	parallel(len(pieces), func(k int) {
+		errs[k] = parseLines(pieces[k], snap.Grants[starts[k]:starts[k+1]], snap.Files[starts[k]:starts[k+1]])
+	})
+	for k := range pieces {
+		var le lineError
+		if errors.As(errs[k], &le) {
+			return nil, fmt.Errorf("line %d: %s", 2+starts[k]+le.n, le.msg)
 		}
-		ctime, err := strconv.ParseInt(f[2], 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("line %d: bad change time", len(snap.Grants)+2)
-		}
-		g := Grant{IP: f[0], User: f[6], Service: f[7]}
-		for i, dst := range [...]*time.Time{&g.Time, &g.Expires, &g.Keep} {
-			n, err := strconv.ParseInt(f[3+i], 10, 64)
-			if err != nil || n < 0 || n > 1<<40 || (i == 0 && n == 0) {
-				return nil, fmt.Errorf("line %d: bad time", len(snap.Grants)+2)
-			}
-			if n != 0 {
-				*dst = time.Unix(n, 0)
-			}
-		}
-		snap.Grants = append(snap.Grants, g)
-		snap.Files = append(snap.Files, FileID{Ino: ino, Ctime: ctime})
 	}
 	if len(snap.Grants) != count {
 		return nil, errors.New("count does not match")
 	}
 	return snap, nil
+}
+
+// parseWorkers is how many pieces a large state file is parsed in.
+const parseWorkers = 4
+
+// lineError is a bad line of a piece of a state file, n lines into it.
+type lineError struct {
+	n   int
+	msg string
+}
+
+func (e lineError) Error() string { return fmt.Sprintf("line %d of the piece: %s", e.n, e.msg) }
+
+// parseLines parses the grant lines of text (whole lines, as many as gs
+// and ids are long) into gs and ids.
+func parseLines(text string, gs []Grant, ids []FileID) error {
+	for k := range gs {
+		// Fields by hand: this loop runs once per grant, a million
+		// times at the largest sites.
+		line := text
+		if nl := strings.IndexByte(text, '\n'); nl >= 0 {
+			line, text = text[:nl], text[nl+1:]
+		} else {
+			text = ""
+		}
+		var f [8]string
+		for n := range 7 {
+			tab := strings.IndexByte(line, '\t')
+			if tab < 0 {
+				return lineError{k, "too few fields"}
+			}
+			f[n], line = line[:tab], line[tab+1:]
+		}
+		f[7] = line
+		ino, ok := decimal(f[1])
+		if !ok {
+			return lineError{k, "bad inode"}
+		}
+		ctime, ok := decimal(f[2])
+		if !ok || ctime > math.MaxInt64 {
+			return lineError{k, "bad change time"}
+		}
+		g := Grant{IP: f[0], User: f[6], Service: f[7]}
+		for i, dst := range [...]*time.Time{&g.Time, &g.Expires, &g.Keep} {
+			n, ok := decimal(f[3+i])
+			if !ok || n > 1<<40 || (i == 0 && n == 0) {
+				return lineError{k, "bad time"}
+			}
+			if n != 0 {
+				*dst = time.Unix(int64(n), 0)
+			}
+		}
+		gs[k] = g
+		ids[k] = FileID{Ino: ino, Ctime: int64(ctime)}
+	}
+	return nil
+}
+
+// decimal parses s, 1 to 20 decimal digits, as a uint64.
+func decimal(s string) (uint64, bool) {
+	if len(s) == 0 || len(s) > 20 {
+		return 0, false
+	}
+	var n uint64
+	for i := 0; i < len(s); i++ {
+		c := s[i] - '0'
+		if c > 9 {
+			return 0, false
+		}
+		m := n*10 + uint64(c)
+		if n > math.MaxUint64/10 || m < n*10 {
+			return 0, false
+		}
+		n = m
+	}
+	return n, true
 }

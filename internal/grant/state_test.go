@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // roundTrip writes snap as a state file and reads it back.
@@ -72,10 +76,17 @@ func TestScanMatchesList(t *testing.T) {
 		}
 		var st ScanStats
 		var err error
-		snap, st, err = s.Scan(snap, now, time.Hour)
+		// A clock far ahead, so the scan records the directory's
+		// change time and a round without changes takes the fast
+		// path; nextTick keeps the race it guards against away.
+		snap, st, err = s.scan(snap, now, time.Now().Add(time.Hour), time.Hour, true)
 		if err != nil {
 			t.Fatal(err)
 		}
+		if snap.Dir == 0 {
+			t.Fatalf("round %d: no directory change time recorded", round)
+		}
+		nextTick(t, s.Dir)
 		want, err := s.List()
 		if err != nil {
 			t.Fatal(err)
@@ -278,5 +289,217 @@ func TestRecordMany(t *testing.T) {
 	}
 	if st.Read != 3 || !scan.Grants[1].Keep.Equal(time.Unix(long.Unix(), 0)) {
 		t.Errorf("read %d; the login over the admin's grant: %+v", st.Read, scan.Grants[1])
+	}
+}
+
+// dirCtime is the inode change time of dir, in nanoseconds.
+func dirCtime(t *testing.T, dir string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ctim.Nano()
+}
+
+// nextTick waits until the file system's clock has moved past dir's
+// change time, so the next change of dir gets a later one (what racyAge
+// ensures for a real scan).
+func nextTick(t *testing.T, dir string) {
+	t.Helper()
+	at := dirCtime(t, dir)
+	probe := filepath.Join(t.TempDir(), "probe")
+	wait.For(t, "the file system's clock to tick", func() bool {
+		os.Remove(probe)
+		if err := os.WriteFile(probe, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return dirCtime(t, probe) > at
+	})
+}
+
+// TestScanDirUnchanged: while the spool directory keeps the change time
+// the snapshot recorded, a scan reads and stats no grant file; any login,
+// refresh or revoke since changes it, and the scan then checks every
+// file, the staged reuse of an inode number (TestScanInodeReused)
+// included. A directory that changed within racyAge of the scan gets no
+// recorded time, and a version 2 state file (none) is read as such.
+func TestScanDirUnchanged(t *testing.T) {
+	s, _ := logStore(t)
+	now := time.Now()
+	later := now.Add(time.Hour) // the directory looks long quiet
+	ip := "192.0.2.7"
+	for _, g := range []Grant{
+		{IP: ip, User: "admin", Service: "relayctl", Time: now, Expires: now.Add(48 * time.Hour)},
+		{IP: "192.0.2.8", User: "bob", Service: "imap", Time: now},
+	} {
+		if err := s.Record(g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if snap, _, err := s.Scan(nil, now, time.Hour); err != nil || snap.Dir != 0 {
+		t.Fatalf("a directory changed just now: Dir %d, %v (want 0)", snap.Dir, err)
+	}
+	snap, _, err := s.scan(nil, now, later, time.Hour, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Dir != dirCtime(t, s.Dir) {
+		t.Fatalf("Dir %d, want the directory's change time %d", snap.Dir, dirCtime(t, s.Dir))
+	}
+	state := filepath.Join(t.TempDir(), "state")
+	snap = roundTrip(t, s, snap, state)
+	if snap.Dir != dirCtime(t, s.Dir) {
+		t.Fatalf("the state file lost the directory's change time")
+	}
+	// Unchanged: nothing read, nothing stat'ed. A file edited in place
+	// (which no writer of the spool does) shows that nothing was read.
+	os.WriteFile(filepath.Join(s.Dir, "192.0.2.8"), []byte("user=mallory\nservice=pop3\ntime=1\n"), 0o640)
+	snap, st, err := s.scan(snap, now, later, time.Hour, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Read != 0 || st.Changed() || len(snap.Grants) != 2 || snap.Grants[1].User != "bob" {
+		t.Fatalf("unchanged directory: stats %+v, grants %+v", st, snap.Grants)
+	}
+	// The staged reuse: removed, made again with the old number.
+	nextTick(t, s.Dir)
+	if _, err := s.Remove(ip); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Record(Grant{IP: ip, User: "alice", Service: "pop3", Time: now}); err != nil {
+		t.Fatal(err)
+	}
+	var fst syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(s.Dir, ip), &fst); err != nil {
+		t.Fatal(err)
+	}
+	snap.Files[0].Ino = fst.Ino
+	snap, st, err = s.scan(snap, now, later, time.Hour, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Grants) != 2 || snap.Grants[0].User != "alice" || !snap.Grants[0].Expires.IsZero() || snap.Grants[1].User != "mallory" {
+		t.Errorf("after the directory changed: stats %+v, grants %+v: want alice's login and the edited file, read", st, snap.Grants)
+	}
+	// Version 2: the same without the directory's change time.
+	var b bytes.Buffer
+	if err := s.WriteState(&b, snap); err != nil {
+		t.Fatal(err)
+	}
+	head, body, _ := strings.Cut(b.String(), "\n")
+	head = strings.Replace(head[:strings.LastIndexByte(head, ' ')], "poprelay-state 3 ", "poprelay-state 2 ", 1)
+	body = body[:strings.LastIndex(body, "end\t")]
+	v2 := head + "\n" + body
+	v2 += fmt.Sprintf("end\t%d\t%08x\n", len(snap.Grants), crc32.Checksum([]byte(v2), castagnoli()))
+	if err := os.WriteFile(state, []byte(v2), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	old, err := s.ReadState(state)
+	if err != nil {
+		t.Fatalf("version 2: %v", err)
+	}
+	if old.Dir != 0 || !reflect.DeepEqual(old.Grants, snap.Grants) {
+		t.Errorf("version 2 read as Dir %d, grants %+v", old.Dir, old.Grants)
+	}
+}
+
+// TestStateLines: a large state file is parsed in pieces; a bad line in
+// any of them is reported by its line number in the file, and a good file
+// gives back every grant in order.
+func TestStateLines(t *testing.T) {
+	const id = "1 2"
+	snap := &Snapshot{Dir: 12345}
+	now := time.Unix(1764150000, 0)
+	for i := range 40000 {
+		snap.Grants = append(snap.Grants, Grant{IP: fmt.Sprintf("10.%d.%d.%d", i>>16, i>>8&255, i&255),
+			User: fmt.Sprintf("user%d@example.com", i), Service: "pop3", Time: now.Add(time.Duration(i) * time.Second)})
+		snap.Files = append(snap.Files, FileID{Ino: uint64(i + 10), Ctime: int64(i) * 1e9})
+	}
+	var b bytes.Buffer
+	if err := writeState(&b, id, snap); err != nil {
+		t.Fatal(err)
+	}
+	if b.Len() < 2<<20 {
+		t.Fatalf("only %d bytes: not parsed in pieces", b.Len())
+	}
+	got, err := parseState(b.Bytes(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Dir != snap.Dir || !reflect.DeepEqual(got.Grants, snap.Grants) || !reflect.DeepEqual(got.Files, snap.Files) {
+		t.Fatal("the grants read back differ")
+	}
+	for _, bad := range []int{0, 17, 19999, 30001, 39999} {
+		lines := strings.Split(b.String(), "\n")
+		f := strings.Split(lines[1+bad], "\t")
+		f[1] = "x" // the inode number
+		lines[1+bad] = strings.Join(f, "\t")
+		body := strings.Join(lines[:len(lines)-2], "\n") + "\n"
+		text := body + fmt.Sprintf("end\t%d\t%08x\n", len(snap.Grants), crc32.Checksum([]byte(body), castagnoli()))
+		_, err := parseState([]byte(text), id)
+		if want := fmt.Sprintf("line %d: bad inode", bad+2); err == nil || err.Error() != want {
+			t.Errorf("grant %d made bad: %v, want %q", bad, err, want)
+		}
+	}
+}
+
+// FuzzParseState: any bytes are refused or parsed, never a panic; what
+// parses, written back, parses to the same snapshot.
+func FuzzParseState(f *testing.F) {
+	const id = "1 2"
+	now := time.Unix(1764150000, 0)
+	var b bytes.Buffer
+	writeState(&b, id, &Snapshot{Dir: 5, Grants: []Grant{
+		{IP: "192.0.2.1", User: "alice", Service: "pop3", Time: now},
+		{IP: "2001:db8::1", User: "bob", Service: "imap", Time: now, Expires: now.Add(time.Hour), Keep: now.Add(2 * time.Hour)},
+	}, Files: []FileID{{1, 2}, {3, 4}}})
+	f.Add(b.Bytes())
+	f.Add([]byte("poprelay-state 2 1 2\nend\t0\t00000000\n"))
+	f.Add([]byte("poprelay-state 3 1 2 0\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		snap, err := parseState(in, id)
+		if err != nil {
+			return
+		}
+		var out bytes.Buffer
+		if err := writeState(&out, id, snap); err != nil {
+			t.Fatal(err)
+		}
+		again, err := parseState(out.Bytes(), id)
+		if err != nil {
+			t.Fatalf("written back, refused: %v", err)
+		}
+		if !reflect.DeepEqual(again, snap) {
+			t.Fatalf("round trip changed the snapshot")
+		}
+	})
+}
+
+// BenchmarkReadState: a state file of 100k grants read and parsed, as a
+// rebuild at a large site starts.
+func BenchmarkReadState(b *testing.B) {
+	s := New(b.TempDir())
+	snap := &Snapshot{}
+	now := time.Unix(1764150000, 0)
+	for i := range 100_000 {
+		snap.Grants = append(snap.Grants, Grant{IP: fmt.Sprintf("11.%d.%d.%d", i>>16, i>>8&255, i&255),
+			User: fmt.Sprintf("user%d@example.com", i), Service: "pop3", Time: now})
+		snap.Files = append(snap.Files, FileID{Ino: uint64(i + 1000000), Ctime: 1764150000123456789})
+	}
+	var buf bytes.Buffer
+	if err := s.WriteState(&buf, snap); err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(b.TempDir(), "state")
+	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(buf.Len()))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.ReadState(path); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
