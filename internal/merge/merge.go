@@ -44,8 +44,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/poprelay/poprelay/internal/addr"
@@ -55,7 +57,7 @@ import (
 )
 
 // Refuser says whether an address must never be granted; *never.Set is
-// one.
+// one. Write calls it from several goroutines at once.
 type Refuser interface {
 	Refuse(ip string) (reason string, refused bool)
 }
@@ -435,7 +437,7 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 	}
 	sum.Static = len(rs)
 	sum.Grants = len(grants)
-	m := newMerger(rules.NewIndex(rs), opt)
+	ix := rules.NewIndex(rs)
 	logf, verbosef := opt.Logf, opt.Verbosef
 	if logf == nil {
 		logf = func(string, ...any) {}
@@ -449,53 +451,107 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 	type rec struct {
 		hi, lo uint64 // the address, IPv4 as IPv4-mapped IPv6
 		g, dec int32
+		m      int32 // the merger (part) that decided it
 	}
-	prims := make([]rec, 0, len(grants))
-	var twins []rec
+	// The grants are classified in a few parts at once, each with its
+	// own merger; what they log is logged afterwards, in grant order.
+	type part struct {
+		m            *merger
+		sum          Summary
+		prims, twins []rec
+		logs         []func()
+		err          error
+	}
+	n := 1
+	if len(grants) >= parallelFrom {
+		n = min(runtime.GOMAXPROCS(0), maxParts)
+	}
+	parts := make([]part, n)
+	// Each part fills its own stretch of one slice; the stretches are
+	// closed up afterwards.
+	allPrims := make([]rec, len(grants))
+	var allTwins []rec
 	if opt.Mapped {
-		twins = make([]rec, 0, len(grants))
+		allTwins = make([]rec, len(grants))
 	}
-	for i := range grants {
-		g := &grants[i]
-		a, expired, refused := m.screen(g)
-		switch {
-		case expired:
-			sum.Expired++
-			continue
-		case refused != "":
-			sum.Refused++
-			logf("refused grant for %s (user %q): %s", g.IP, g.User, refused)
-			continue
-		}
-		fs, n, err := m.forms(a)
-		if err != nil {
-			return sum, err
-		}
-		b := a.As16()
-		hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
-		relayed := false
-		for j, f := range fs[:n] {
-			switch f.status {
-			case Static:
-				sum.Shadow++
-			case Denied:
-				sum.Denied++
-				verbosef("no relay for %s (user %q): %s denies it", m.kbuf[j], g.User, where(f.rule))
-			case Relay:
-				relayed = true
-				if m.decs[f.dec].override {
-					sum.Override++
+	var wg sync.WaitGroup
+	for p := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pt := &parts[p]
+			m := newMerger(ix, opt)
+			pt.m = m
+			from, to := p*len(grants)/n, (p+1)*len(grants)/n
+			pt.prims = allPrims[from:from:to]
+			if opt.Mapped {
+				pt.twins = allTwins[from:from:to]
+			}
+			for i := from; i < to; i++ {
+				g := &grants[i]
+				a, expired, refused := m.screen(g)
+				switch {
+				case expired:
+					pt.sum.Expired++
+					continue
+				case refused != "":
+					pt.sum.Refused++
+					pt.logs = append(pt.logs, func() { logf("refused grant for %s (user %q): %s", g.IP, g.User, refused) })
+					continue
 				}
-				if j == 0 {
-					prims = append(prims, rec{hi, lo, int32(i), f.dec})
-				} else {
-					twins = append(twins, rec{hi, lo, int32(i), f.dec})
+				fs, nf, err := m.forms(a)
+				if err != nil {
+					pt.err = err
+					return
+				}
+				b := a.As16()
+				hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
+				relayed := false
+				for j, f := range fs[:nf] {
+					switch f.status {
+					case Static:
+						pt.sum.Shadow++
+					case Denied:
+						pt.sum.Denied++
+						key := string(m.kbuf[j])
+						pt.logs = append(pt.logs, func() { verbosef("no relay for %s (user %q): %s denies it", key, g.User, where(f.rule)) })
+					case Relay:
+						relayed = true
+						if m.decs[f.dec].override {
+							pt.sum.Override++
+						}
+						r := rec{hi, lo, int32(i), f.dec, int32(p)}
+						if j == 0 {
+							pt.prims = append(pt.prims, r)
+						} else {
+							pt.twins = append(pt.twins, r)
+						}
+					}
+				}
+				if relayed {
+					pt.sum.Relayed++
 				}
 			}
+		}()
+	}
+	wg.Wait()
+	prims, twins := allPrims[:0], allTwins[:0]
+	for p := range parts {
+		pt := &parts[p]
+		if pt.err != nil {
+			return sum, pt.err
 		}
-		if relayed {
-			sum.Relayed++
+		for _, l := range pt.logs {
+			l()
 		}
+		sum.Expired += pt.sum.Expired
+		sum.Refused += pt.sum.Refused
+		sum.Shadow += pt.sum.Shadow
+		sum.Denied += pt.sum.Denied
+		sum.Override += pt.sum.Override
+		sum.Relayed += pt.sum.Relayed
+		// Never past the part's own stretch: copy moves them down.
+		prims, twins = append(prims, pt.prims...), append(twins, pt.twins...)
 	}
 	// In address order: the addresses' own keys, then the ::ffff: forms.
 	// Of two grants for one address (a store never has them, but merged
@@ -525,7 +581,7 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 			binary.BigEndian.PutUint64(b[:8], r.hi)
 			binary.BigEndian.PutUint64(b[8:], r.lo)
 			key = keyOf(key[:0], netip.AddrFrom16(b), li == 1)
-			if err := w.Add(key, m.recordValue(r.dec, grants[r.g].User)); err != nil {
+			if err := w.Add(key, parts[r.m].m.recordValue(r.dec, grants[r.g].User)); err != nil {
 				return sum, err
 			}
 			sum.Records++
@@ -533,6 +589,12 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 	}
 	return sum, nil
 }
+
+// Write classifies the grants in parts at once from parallelFrom grants
+// on, in at most maxParts.
+var parallelFrom = 20000
+
+const maxParts = 4
 
 func where(r *rules.Rule) string {
 	if r == nil {

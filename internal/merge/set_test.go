@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -209,6 +210,77 @@ func BenchmarkSetPublish(b *testing.B) {
 		f.Reset()
 		if _, _, err := set.Write(&f, now); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestWriteInParts: at parallelFrom grants and more, Write classifies
+// them in parts at once; its database, its summary and what it logs (in
+// the order of the grants) are exactly those of Write in one part, and
+// the database is the Set's.
+func TestWriteInParts(t *testing.T) {
+	rs, err := rules.Parse(strings.NewReader(setStatic), "tcp.smtp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 9))
+	var gs []grant.Grant
+	seen := map[string]bool{}
+	for i := 0; len(gs) < 3*parallelFrom; i++ {
+		var g grant.Grant
+		if i%5 == 0 {
+			g = randomGrant(rng, now) // near the rules: denied, refused, shadowed
+		} else {
+			g = grant.Grant{IP: fmt.Sprintf("10.%d.%d.%d", 8+i>>16, i>>8&255, i&255), User: fmt.Sprintf("u%d", i), Service: "imap", Time: now}
+		}
+		if !seen[g.IP] {
+			seen[g.IP] = true
+			gs = append(gs, g)
+		}
+	}
+	type result struct {
+		db            []byte
+		sum           Summary
+		logs, verbose []string
+	}
+	write := func(mapped bool, from int) result {
+		defer func(old int) { parallelFrom = old }(parallelFrom)
+		parallelFrom = from
+		var r result
+		opt := Options{Now: now, MaxAge: time.Hour, Mapped: mapped, Never: refuser{"10.7.", "192.0.2.3"},
+			Logf:     func(f string, a ...any) { r.logs = append(r.logs, fmt.Sprintf(f, a...)) },
+			Verbosef: func(f string, a ...any) { r.verbose = append(r.verbose, fmt.Sprintf(f, a...)) }}
+		var f cdbtest.File
+		w := cdb.NewWriter(&f)
+		var err error
+		if r.sum, err = Write(w, rs, gs, opt); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Finish(); err != nil {
+			t.Fatal(err)
+		}
+		r.db = f.Bytes()
+		return r
+	}
+	for _, mapped := range []bool{false, true} {
+		parts, one := write(mapped, 1000), write(mapped, len(gs)+1)
+		if !reflect.DeepEqual(parts, one) {
+			t.Fatalf("mapped %v: Write in parts differs from Write in one: summary %+v / %+v, %d / %d log lines, %d / %d verbose",
+				mapped, parts.sum, one.sum, len(parts.logs), len(one.logs), len(parts.verbose), len(one.verbose))
+		}
+		if len(one.logs) == 0 || len(one.verbose) == 0 {
+			t.Fatalf("mapped %v: nothing logged (%d, %d lines)", mapped, len(one.logs), len(one.verbose))
+		}
+		set := NewSet(rs, Options{MaxAge: time.Hour, Mapped: mapped, Never: refuser{"10.7.", "192.0.2.3"}})
+		for _, g := range gs {
+			set.Put(g)
+		}
+		var f cdbtest.File
+		if _, _, err := set.Write(&f, now); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(f.Bytes(), parts.db) {
+			t.Fatalf("mapped %v: Write in parts differs from the Set", mapped)
 		}
 	}
 }
