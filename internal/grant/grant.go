@@ -50,6 +50,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -315,9 +316,8 @@ func (s *Store) writeFile(g Grant, sync bool) (id FileID, err error) {
 		return id, fmt.Errorf("unable to chmod %s: %w", tmp, err)
 	}
 	// The mtime shows the login time to ls; the content is authoritative,
-	// so a failure here (no /proc) is not worth failing the grant.
-	tv := syscall.NsecToTimeval(g.Time.UnixNano())
-	syscall.Futimes(fd, []syscall.Timeval{tv, tv})
+	// so a failure here is not worth failing the grant.
+	futimens(fd, g.Time)
 	if sync {
 		if err := syscall.Fsync(fd); err != nil {
 			return id, fmt.Errorf("unable to fsync %s: %w", tmp, err)
@@ -718,4 +718,16 @@ func SortByAddr(gs []Grant) {
 			i = from
 		}
 	}
+}
+
+// futimens sets the access and modification times of the file open as fd
+// to t: utimensat(fd, NULL, ...), as the C library's futimens. (Go's
+// syscall.Futimes walks /proc/self/fd/N instead, a path lookup per login.)
+func futimens(fd int, t time.Time) error {
+	ts := [2]syscall.Timespec{syscall.NsecToTimespec(t.UnixNano()), syscall.NsecToTimespec(t.UnixNano())}
+	_, _, e := syscall.Syscall6(syscall.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
