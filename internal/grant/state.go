@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // A state file is a Snapshot of one spool saved by relayctl, so that the
@@ -159,14 +160,17 @@ func (s *Store) ReadState(path string) (*Snapshot, error) {
 	return snap, nil
 }
 
-// parseState parses a state file's content for the spool id.
+// parseState parses a state file's content for the spool id. The
+// snapshot's strings are parts of buf (no copy of a file that may be
+// 80 MB long): buf must not be changed afterwards.
 func parseState(buf []byte, id string) (*Snapshot, error) {
 	// The end line, and the checksum of all before it.
 	if len(buf) == 0 || buf[len(buf)-1] != '\n' {
 		return nil, errors.New("truncated")
 	}
-	endAt := strings.LastIndexByte(string(buf[:len(buf)-1]), '\n') + 1
-	end := strings.Split(string(buf[endAt:len(buf)-1]), "\t")
+	whole := unsafe.String(unsafe.SliceData(buf), len(buf))
+	endAt := strings.LastIndexByte(whole[:len(buf)-1], '\n') + 1
+	end := strings.Split(whole[endAt:len(buf)-1], "\t")
 	if len(end) != 3 || end[0] != "end" {
 		return nil, errors.New("no end line")
 	}
@@ -177,8 +181,8 @@ func parseState(buf []byte, id string) (*Snapshot, error) {
 	if fmt.Sprintf("%08x", crc32.Checksum(buf[:endAt], castagnoli())) != end[2] {
 		return nil, errors.New("bad checksum")
 	}
-	// One string for the whole file: every name is a substring of it.
-	text := string(buf[:endAt])
+	// Every name is a substring of the file.
+	text := whole[:endAt]
 	line, text, _ := strings.Cut(text, "\n")
 	var dir int64
 	switch {
