@@ -198,6 +198,7 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 	}
 	var src watch.Source = spoolSource{e}
 	var mirror *share.Mirror
+	var pub *share.Publisher
 	var w *watch.Watcher
 	switch {
 	case opt.source == "etcd":
@@ -205,17 +206,12 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		mirror.UseCache(e.cfg.CDB + ".etcd") // for a cold start while etcd is down
 		src = mirror
 	case opt.publish == "etcd":
-		// The publisher takes every live grant at each publish: this
-		// host merges them in full (Publish, not Write).
-		pub := opt.cluster.Publisher(share.PublisherOptions{})
+		// The publisher is told the grants that changed at each
+		// publish (every live one after a start or rescan); it never
+		// blocks.
+		pub = opt.cluster.Publisher(share.PublisherOptions{})
 		go pub.Run(ctx)
 		go opt.cluster.Revocations(ctx, e.dropRevoked)
-		local := publish
-		publish = func(static []rules.Rule, grants []grant.Grant, now time.Time) error {
-			pub.Sync(grants, now) // never blocks
-			return local(static, grants, now)
-		}
-		write = nil
 	}
 	w = watch.New(watch.Config{
 		Spool:    e.cfg.Spool,
@@ -229,6 +225,7 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		Source:   src,
 		Publish:  publish,
 		Write:    write,
+		Share:    sharer(pub),
 		Options:  options,
 		LoadRules: func() ([]rules.Rule, error) {
 			rs, err := e.readRules()
@@ -335,3 +332,12 @@ func (s spoolSource) List() ([]grant.Grant, error) {
 }
 
 func (s spoolSource) Get(ip string) (grant.Grant, bool, error) { return s.e.store().Get(ip) }
+
+// sharer is pub as a watch.Sharer, or nil (not a nil pointer in an
+// interface) without one.
+func sharer(pub *share.Publisher) watch.Sharer {
+	if pub == nil {
+		return nil
+	}
+	return pub
+}

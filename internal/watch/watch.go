@@ -43,6 +43,14 @@ type Source interface {
 	Get(ip string) (grant.Grant, bool, error)
 }
 
+// Sharer shares this host's grants with others (share.Publisher is one).
+// Sync takes every live grant; Put and Remove one change each.
+type Sharer interface {
+	Sync(live []grant.Grant, now time.Time)
+	Put(g grant.Grant)
+	Remove(ip string)
+}
+
 // Stats describes one publish, for logs and metrics.
 type Stats struct {
 	Grants   int           // live grants published
@@ -82,6 +90,12 @@ type Config struct {
 	// Options), and Write must publish the CDB atomically, its content
 	// written by fill (which calls Finish) to a file at offset 0.
 	Write func(fill func(f io.WriteSeeker) error) error
+	// Share, if set, is told before each publish what to share with
+	// other hosts: after a start, rescan, reload or expiry every live
+	// grant (Sync), after a change only the grants that changed since
+	// the last publish (Put, or Remove for one gone or expired), so a
+	// publish under a storm costs it O(changes), not O(grants).
+	Share Sharer
 	// Options returns the merge settings for Write, before each publish.
 	// While they have not changed it must return the same Never set
 	// (by identity), or every grant is classified again.
@@ -117,7 +131,9 @@ type Watcher struct {
 	haveRules   bool
 	set         *merge.Set           // the grants, in address order, with their records
 	changed     map[string]time.Time // IPs seen changing since the last publish
+	shared      map[string]bool      // IPs whose grant changed since the last Share
 	fullScan    bool
+	scanned     bool // a full scan ran since the last Share
 	scanFailing bool // the last full scan failed; read again on the next timer
 	rulesStale  bool
 	confirm     bool   // the next rules read is taken whatever its size
@@ -181,6 +197,7 @@ func New(cfg Config) *Watcher {
 		poke:    make(chan struct{}, 1),
 		set:     merge.NewSet(nil, merge.Options{MaxAge: cfg.MaxAge}),
 		changed: map[string]time.Time{},
+		shared:  map[string]bool{},
 		held:    -1,
 	}
 }
@@ -311,6 +328,7 @@ func (w *Watcher) scan() error {
 		w.set.Delete(ip)
 	}
 	w.fullScan = false
+	w.scanned = true
 	return nil
 }
 
@@ -318,15 +336,48 @@ func (w *Watcher) scan() error {
 func (w *Watcher) refresh() {
 	for ip := range w.changed {
 		g, ok, err := w.cfg.Source.Get(ip)
+		old, had := w.set.Get(ip)
 		switch {
 		case err != nil:
 			w.fail("spool", "unable to read grant "+ip, err)
 		case ok:
 			w.set.Put(g)
+			if !had || old != g {
+				w.shared[ip] = true
+			}
 		default:
 			w.set.Delete(ip)
+			if had {
+				w.shared[ip] = true
+			}
 		}
 	}
+}
+
+// share tells the Sharer what to share before a publish for reason.
+func (w *Watcher) share(reason string, now time.Time) {
+	if w.cfg.Share == nil {
+		return
+	}
+	if reason == "change" && !w.scanned {
+		for ip := range w.shared {
+			if g, ok := w.set.Get(ip); ok && g.Expiry(w.cfg.MaxAge).After(now) {
+				w.cfg.Share.Put(g)
+			} else {
+				w.cfg.Share.Remove(ip)
+			}
+		}
+	} else {
+		var live []grant.Grant
+		w.set.Each(func(g grant.Grant) {
+			if g.Expiry(w.cfg.MaxAge).After(now) {
+				live = append(live, g)
+			}
+		})
+		w.cfg.Share.Sync(live, now)
+	}
+	clear(w.shared)
+	w.scanned = false
 }
 
 // publish rebuilds the CDB from memory and returns the next expiry.
@@ -364,6 +415,7 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 		}
 	}
 	w.set.Configure(w.static, opt)
+	w.share(reason, now)
 	live := 0
 	if w.cfg.Write != nil {
 		err = w.cfg.Write(func(f io.WriteSeeker) error {

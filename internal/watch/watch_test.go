@@ -268,3 +268,76 @@ func TestShrunkRulesHeldBack(t *testing.T) {
 	r.w.Reload()
 	r.waitFor(t, "10.0.0.1", func(s string) bool { return s == "allow" })
 }
+
+// sharer records what a watcher shares.
+type sharer struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (s *sharer) add(e string) {
+	s.mu.Lock()
+	s.log = append(s.log, e)
+	s.mu.Unlock()
+}
+func (s *sharer) Sync(live []grant.Grant, now time.Time) { s.add(fmt.Sprintf("sync %d", len(live))) }
+func (s *sharer) Put(g grant.Grant)                      { s.add("put " + g.IP) }
+func (s *sharer) Remove(ip string)                       { s.add("remove " + ip) }
+
+func (s *sharer) has(e string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.log {
+		if l == e {
+			return true
+		}
+	}
+	return false
+}
+
+// TestShareChanges: the Sharer (the etcd publisher) gets every live grant
+// at the start and on a reload, and after a login or a revoke only that
+// grant, never the whole list again: a publish under a storm costs it the
+// changes.
+func TestShareChanges(t *testing.T) {
+	dir := t.TempDir()
+	spool := filepath.Join(dir, "spool")
+	if err := os.Mkdir(spool, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	store := grant.New(spool)
+	for _, ip := range []string{"192.0.2.1", "192.0.2.2"} {
+		if err := store.Record(grant.Grant{IP: ip, User: "u", Service: "pop3"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sh := &sharer{}
+	w := New(Config{
+		Spool: spool, MaxAge: time.Hour, Rescan: time.Hour, Source: store, Share: sh, Logf: t.Logf,
+		Publish: func([]rules.Rule, []grant.Grant, time.Time) error { return nil },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	wait.For(t, "every grant shared at the start", func() bool { return sh.has("sync 2") })
+	if err := store.Record(grant.Grant{IP: "192.0.2.3", User: "u", Service: "imap"}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "the login shared", func() bool { return sh.has("put 192.0.2.3") })
+	if _, err := store.Remove("192.0.2.1"); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "the revoke shared", func() bool { return sh.has("remove 192.0.2.1") })
+	sh.mu.Lock()
+	if want := []string{"sync 2", "put 192.0.2.3", "remove 192.0.2.1"}; strings.Join(sh.log, "; ") != strings.Join(want, "; ") {
+		t.Errorf("shared %q, want %q", sh.log, want)
+	}
+	sh.mu.Unlock()
+	w.Reload()
+	wait.For(t, "every grant shared again on a reload", func() bool {
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		return len(sh.log) == 4 && sh.log[3] == "sync 2"
+	})
+}
