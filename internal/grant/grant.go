@@ -324,7 +324,9 @@ func (s *Store) writeFile(g Grant, sync bool) (id FileID, err error) {
 		}
 	}
 	dst := filepath.Join(s.Dir, g.IP)
-	if err := os.Rename(tmp, dst); err != nil {
+	// rename(2) itself: os.Rename stats dst first, a system call a login
+	// does not need (a directory there fails the rename anyway).
+	if err := syscall.Rename(tmp, dst); err != nil {
 		return id, fmt.Errorf("unable to rename %s to %s: %w", tmp, g.IP, err)
 	}
 	// The file's identity as a later Scan sees it: a rename changes the
