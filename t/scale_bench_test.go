@@ -424,8 +424,14 @@ func TestScaleEtcd(t *testing.T) {
 	for _, s := range []*relayctlSite{a, b} {
 		s.env = append(s.env, "POPRELAY_ETCD_ENDPOINTS="+e.Client)
 	}
-	a.startWatch(t, "--publish", "etcd")
-	b.startWatch(t, "--source", "etcd")
+	// Both at the shipped priority (Nice=-10), as niceWatch.
+	for _, w := range []*watcher{a.startWatch(t, "--publish", "etcd"), b.startWatch(t, "--source", "etcd")} {
+		if os.Geteuid() == 0 {
+			if err := syscall.Setpriority(syscall.PRIO_PROCESS, w.cmd.Process.Pid, -10); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 
 	// etcd's own put -> watch latency, in this run.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -446,6 +452,6 @@ func TestScaleEtcd(t *testing.T) {
 	storm(t, a.spool, p, 0, 100, 10)
 	lat := p.wait(t)
 	bar := floor + pct(etcdLat, 0.99)
-	t.Logf("two hosts, %d grants in etcd, 100 logins/s for 10 s on the POP host: login -> SMTP host's CDB p50 %v, p99 %v; floor tcprules %v + etcd put->watch p99 %v (p50 %v) = %v: %.1fx",
+	t.Logf("two hosts, %d grants in etcd, 100 logins/s for 10 s on the POP host, both watchers at nice -10: login -> SMTP host's CDB p50 %v, p99 %v; floor tcprules %v + etcd put->watch p99 %v (p50 %v) = %v: %.1fx",
 		n, pct(lat, 0.5), pct(lat, 0.99), floor.Round(time.Millisecond), pct(etcdLat, 0.99), pct(etcdLat, 0.5), bar, ratio(pct(lat, 0.99), bar))
 }
