@@ -80,6 +80,11 @@ func writeScaleSpool(t testing.TB, spool, static string, n int) string {
 		t.Fatal(err)
 	}
 	f.Close()
+	// The setup's writes (a grant file each) go to disk now, not
+	// during what is measured next: the kernel's writeback of 100k new
+	// inodes, due some 30 s later, would stall the publishes' fsyncs
+	// and the tcprules floor at random.
+	syscall.Sync()
 	return eq
 }
 
@@ -377,6 +382,7 @@ func TestScaleWatch(t *testing.T) {
 	})
 	base := 0
 	for _, rate := range []int{100, 200} {
+		syscall.Sync() // what came before goes to disk first (see writeScaleSpool)
 		cpu0, _ := procStats(cmd.Process.Pid)
 		pubMu.Lock()
 		pubs = pubs[:0]
@@ -448,6 +454,7 @@ func TestScaleEtcd(t *testing.T) {
 	}
 	slices.Sort(etcdLat)
 
+	syscall.Sync() // what came before goes to disk first (see writeScaleSpool)
 	p := pollCDB(b.cdb)
 	storm(t, a.spool, p, 0, 100, 10)
 	lat := p.wait(t)
