@@ -84,8 +84,8 @@ func (st ScanStats) Changed() bool { return st.New > 0 || st.Gone > 0 }
 
 // Scan reads the spool again. If the spool directory has not changed
 // since prev was read (Snapshot.Dir), prev is the spool as it is, and
-// Scan returns it without reading the directory. Otherwise every grant of prev (nil: none) whose name
-// still names the same file (same inode number and change time: one stat,
+// Scan returns it without reading the directory. Otherwise every grant
+// of prev (nil: none) whose name still names the same file (same inode number and change time: one stat,
 // no read) is taken from prev without reading it, unless it has expired
 // by now (with maxAge). Every other grant file is read. Login times in the future (beyond Skew) are capped to the present
 // (the clock's, as in List), and listed in Capped. Scan takes prev over: do not use it afterwards. Entries that are
@@ -112,21 +112,30 @@ const (
 // stat per entry. Names come from one string per buffer, not one
 // allocation each.
 func readDir(dir string, each func(dirent)) error {
-	return readDirStat(dir, nil, each)
-}
-
-// errUnchanged stops readDirStat before it reads the directory.
-var errUnchanged = errors.New("directory unchanged")
-
-// readDirStat is readDir; with first set, it first stats the directory
-// it reads (the very one: by its descriptor) and calls first, which may
-// stop the read (errUnchanged) by returning false.
-func readDirStat(dir string, first func(*syscall.Stat_t) bool, each func(dirent)) error {
-	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	fd, err := openDir(dir)
 	if err != nil {
-		return &fs.PathError{Op: "open", Path: dir, Err: err}
+		return err
 	}
 	defer syscall.Close(fd)
+	return readDirFd(fd, dir, nil, each)
+}
+
+// openDir opens the directory dir for reading.
+func openDir(dir string) (int, error) {
+	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, &fs.PathError{Op: "open", Path: dir, Err: err}
+	}
+	return fd, nil
+}
+
+// errUnchanged stops readDirFd before it reads the directory.
+var errUnchanged = errors.New("directory unchanged")
+
+// readDirFd is readDir for the directory dir open as fd; with first set,
+// it first stats that directory and calls first, which may stop the read
+// (errUnchanged) by returning false.
+func readDirFd(fd int, dir string, first func(*syscall.Stat_t) bool, each func(dirent)) error {
 	if first != nil {
 		var st syscall.Stat_t
 		if err := syscall.Fstat(fd, &st); err != nil {
@@ -205,7 +214,15 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 	var names []string
 	var same []int32
 	var temps []Temp
-	err := readDirStat(s.Dir, first, func(e dirent) {
+	// One descriptor for the directory: read, then each name stat'ed in
+	// it (fstatat: one lookup, not a walk from /), never another
+	// directory put in its place meanwhile.
+	dfd, err := openDir(s.Dir)
+	if err != nil {
+		return nil, st, err
+	}
+	defer syscall.Close(dfd)
+	err = readDirFd(dfd, s.Dir, first, func(e dirent) {
 		st.Entries++
 		p := func() string { return filepath.Join(s.Dir, e.name) }
 		if isTemp(e.name) {
@@ -250,12 +267,6 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 	// system calls per file: a few workers at once keep the kernel busy
 	// on every core.
 	unchanged := make([]bool, len(same))
-	// Each name is looked up in the directory itself (fstatat), not
-	// walked to from the root: a third of the cost at 100k grants.
-	dfd, err := syscall.Open(s.Dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, st, &fs.PathError{Op: "open", Path: s.Dir, Err: err}
-	}
 	parallel(len(same), func(k int) {
 		i := same[k]
 		var sst unix.Stat_t
@@ -263,7 +274,6 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 			sst.Mode&syscall.S_IFMT == syscall.S_IFREG &&
 			(FileID{Ino: sst.Ino, Ctime: sst.Ctim.Nano()}) == prev.Files[i]
 	})
-	syscall.Close(dfd)
 	for k, i := range same {
 		if unchanged[k] {
 			keep[i] = true
