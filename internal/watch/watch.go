@@ -91,10 +91,11 @@ type Config struct {
 	// written by fill (which calls Finish) to a file at offset 0.
 	Write func(fill func(f io.WriteSeeker) error) error
 	// Share, if set, is told before each publish what to share with
-	// other hosts: after a start, rescan, reload or expiry every live
-	// grant (Sync), after a change only the grants that changed since
-	// the last publish (Put, or Remove for one gone or expired), so a
-	// publish under a storm costs it O(changes), not O(grants).
+	// other hosts: after a start, rescan, reload or retry every live
+	// grant (Sync), after a change or an expiry only the grants that
+	// changed since the last publish (Put, or Remove for one gone or
+	// expired), so a publish under a storm, or at each of 100k grants'
+	// expiries, costs it O(changes), not O(grants).
 	Share Sharer
 	// Options returns the merge settings for Write, before each publish.
 	// While they have not changed it must return the same Never set
@@ -359,7 +360,9 @@ func (w *Watcher) share(reason string, now time.Time) {
 	if w.cfg.Share == nil {
 		return
 	}
-	if reason == "change" && !w.scanned {
+	// An expiry publish shares nothing new: every mirror drops an
+	// expired grant by itself, and etcd's lease removes its key.
+	if (reason == "change" || reason == "expiry") && !w.scanned {
 		for ip := range w.shared {
 			if g, ok := w.set.Get(ip); ok && g.Expiry(w.cfg.MaxAge).After(now) {
 				w.cfg.Share.Put(g)
