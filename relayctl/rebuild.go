@@ -164,7 +164,8 @@ func (e *env) rebuild() (merge.Summary, error) {
 }
 
 // writeCDB merges rs and gs into the CDB and publishes it atomically; the
-// caller holds the lock. rebuild and watch both write through here.
+// caller holds the lock. (watch keeps its merge current instead: a
+// merge.Set, written through watch.Config.Write.)
 func (e *env) writeCDB(rs []rules.Rule, gs []grant.Grant, opt merge.Options) (merge.Summary, error) {
 	var sum merge.Summary
 	e.cleanDebris()

@@ -154,18 +154,6 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 			e.logf("warning: %s", msg)
 		}
 	}
-	publish := func(static []rules.Rule, grants []grant.Grant, now time.Time) error {
-		return e.locked(func() error {
-			o, err := e.mergeOptions()
-			if err != nil {
-				return err
-			}
-			o.Now = now
-			o.Logf = once
-			_, err = e.writeCDB(static, grants, o)
-			return err
-		})
-	}
 	// The incremental merge: the watcher keeps every grant's records and
 	// writes them with the static ones. The never-grant set is read
 	// again before each publish; the same set as before is handed back
@@ -207,8 +195,8 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		src = mirror
 	case opt.publish == "etcd":
 		// The publisher is told the grants that changed at each
-		// publish (every live one after a start or rescan); it never
-		// blocks.
+		// publish (every live one after a start, rescan or reload);
+		// it never blocks.
 		pub = opt.cluster.Publisher(share.PublisherOptions{})
 		go pub.Run(ctx)
 		go opt.cluster.Revocations(ctx, e.dropRevoked)
@@ -223,7 +211,6 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		Settle:   opt.settle,
 		CDB:      e.cfg.CDB,
 		Source:   src,
-		Publish:  publish,
 		Write:    write,
 		Share:    sharer(pub),
 		Options:  options,

@@ -62,8 +62,8 @@ type Stats struct {
 	Reason  string // what triggered it: "start", "change", "expiry", ...
 }
 
-// Config configures a Watcher. Spool, Rules, Source and Publish are
-// required.
+// Config configures a Watcher. Spool, Rules, Source, and Publish or
+// Write are required.
 type Config struct {
 	Spool    string        // grant spool directory
 	Rules    string        // static rules file (tcprules syntax)
@@ -75,7 +75,7 @@ type Config struct {
 	// Settle is how long the rules file must see no write before it is
 	// read (default 250ms).
 	Settle time.Duration
-	// CDB is the file Publish writes. While a shrunken rules file is
+	// CDB is the file Publish or Write writes. While a shrunken rules file is
 	// held back, that file replaced by another writer (relayctl
 	// rebuild, which read the rules as they are) confirms the change.
 	CDB string
