@@ -85,12 +85,14 @@ func (st ScanStats) Changed() bool { return st.New > 0 || st.Gone > 0 }
 // Scan reads the spool again. If the spool directory has not changed
 // since prev was read (Snapshot.Dir), prev is the spool as it is, and
 // Scan returns it without reading the directory. Otherwise every grant
-// of prev (nil: none) whose name still names the same file (same inode number and change time: one stat,
-// no read) is taken from prev without reading it, unless it has expired
-// by now (with maxAge). Every other grant file is read. Login times in the future (beyond Skew) are capped to the present
-// (the clock's, as in List), and listed in Capped. Scan takes prev over: do not use it afterwards. Entries that are
-// not grants are skipped, each with one Logf line; only an unreadable
-// spool directory is an error.
+// of prev (nil: none) whose name still names the same file (same inode
+// number and change time: one stat, no read) is taken from prev without
+// reading it, unless it has expired by now (with maxAge). Every other
+// grant file is read. Login times in the future (beyond Skew) are capped
+// to the present (the clock's, as in List), and listed in Capped. Scan
+// takes prev over: do not use it afterwards. Entries that are not grants
+// are skipped, each with one Logf line; only an unreadable spool
+// directory is an error.
 func (s *Store) Scan(prev *Snapshot, now time.Time, maxAge time.Duration) (*Snapshot, ScanStats, error) {
 	return s.scan(prev, now, time.Now(), maxAge, true)
 }
