@@ -33,13 +33,21 @@ Silent when there is nothing to do.`,
 				return usagef("no arguments expected")
 			}
 			return e.locked(func() error {
-				s := e.store()
 				now := e.now()
-				snap, err := e.grants(true)
+				gs, err := e.grants(true)
 				if err != nil {
 					return unable("list grants in "+e.cfg.Spool, err)
 				}
-				gone, err := s.ExpireFrom(snap, now, e.cfg.MaxAge)
+				live, gone := grant.Split(gs, now, e.cfg.MaxAge)
+				if len(gone) > 0 {
+					ips := make([]string, len(gone))
+					for i, g := range gone {
+						ips[i] = g.IP
+					}
+					if err := e.fold(live, ips); err != nil {
+						return err
+					}
+				}
 				for _, g := range gone {
 					e.vlogf("expired %s (user %q, login %s)", g.IP, g.User, g.Time.Format(time.RFC3339))
 				}
@@ -47,17 +55,11 @@ Silent when there is nothing to do.`,
 				var rerr error
 				if len(gone) > 0 {
 					rerr = e.rebuildAfter(fmt.Sprintf("expired %d grants", len(gone)))
-				} else if ip, uerr := e.unpublished(snap.Grants); uerr != nil {
+				} else if ip, uerr := e.unpublished(live); uerr != nil {
 					rerr = uerr
 				} else if ip != "" {
 					e.vlogf("the grant for %s is not in %s yet: rebuilding", ip, e.cfg.CDB)
 					rerr = e.rebuildAfter("a grant for " + ip + " not yet published")
-				}
-				if err != nil {
-					if rerr != nil {
-						e.logf("fatal: %s", rerr)
-					}
-					return unable("expire grants in "+e.cfg.Spool, err)
 				}
 				return rerr
 			})
@@ -92,13 +94,7 @@ durations in seconds.`,
 				return err
 			}
 			if *source == "spool" {
-				return e.list(lister(func() ([]grant.Grant, error) {
-					snap, err := e.grants(false)
-					if err != nil {
-						return nil, err
-					}
-					return snap.Grants, nil
-				}), e.cfg.Spool, *asJSON)
+				return e.list(lister(func() ([]grant.Grant, error) { return e.grants(false) }), e.cfg.Spool, *asJSON)
 			}
 			c, err := e.needCluster(etcdFlags, "--source etcd")
 			if err != nil {
@@ -391,41 +387,43 @@ exit is 100 or 111.`,
 				}
 			}
 			err = e.locked(func() error {
-				s := e.store()
-				if byUser {
-					snap, err := e.grants(true)
-					if err != nil {
-						return unable("list grants in "+e.cfg.Spool, err)
-					}
-					var mine []string
-					for _, g := range snap.Grants {
-						if g.User == *user {
-							mine = append(mine, g.IP)
-						}
-					}
-					for _, ip := range mine {
-						ok, err := s.Remove(ip)
-						if err != nil {
-							return unable("revoke "+ip, err)
-						}
-						if ok && !slices.Contains(gone, ip) {
-							gone = append(gone, ip)
-						}
-					}
-					if len(gone) == 0 && cerr == nil {
-						return perm("unable to revoke: no grant for user %q", *user)
-					}
-				} else {
-					ok, err := s.Remove(ip)
+				if !byUser {
+					// Whatever has its name in the spool goes, a
+					// symlink too (itself, never what it points to).
+					ok, err := e.store().RemoveFile(ip)
 					if err != nil {
 						return unable("revoke "+ip, err)
 					}
-					if !ok && len(gone) == 0 && cerr == nil {
-						return perm("unable to revoke %s: no grant for it", ip)
+					if ok && !slices.Contains(gone, ip) {
+						gone = append(gone, ip)
 					}
-					if ok || len(gone) > 0 {
-						gone = []string{ip}
+				}
+				gs, err := e.grants(true)
+				if err != nil {
+					return unable("list grants in "+e.cfg.Spool, err)
+				}
+				n := 0
+				for _, g := range gs {
+					if (byUser && g.User == *user) || (!byUser && g.IP == ip) {
+						if !slices.Contains(gone, g.IP) {
+							gone = append(gone, g.IP)
+						}
+						continue
 					}
+					gs[n] = g
+					n++
+				}
+				if n < len(gs) {
+					if err := e.fold(gs[:n], gone); err != nil {
+						return err
+					}
+				}
+				switch {
+				case len(gone) > 0 || cerr != nil:
+				case byUser:
+					return perm("unable to revoke: no grant for user %q", *user)
+				default:
+					return perm("unable to revoke %s: no grant for it", ip)
 				}
 				for _, ip := range gone {
 					e.vlogf("revoked %s", ip)

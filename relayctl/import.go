@@ -58,26 +58,25 @@ the import (exit 100, FILE:LINE) before anything is recorded.`,
 	},
 }
 
-func (e *env) importGrants(gs []grant.Grant) error {
+func (e *env) importGrants(gs0 []grant.Grant) error {
 	set, err := e.cfg.loadNever()
 	if err != nil {
 		return err
 	}
 	now := e.now()
 	return e.locked(func() error {
-		s := e.store()
-		snap, err := e.grants(true)
+		gs, err := e.grants(true)
 		if err != nil {
 			return unable("list grants in "+e.cfg.Spool, err)
 		}
-		have := make(map[string]int, len(snap.Grants))
-		for i, g := range snap.Grants {
+		have := make(map[string]int, len(gs))
+		for i, g := range gs {
 			have[g.IP] = i
 		}
 		// The latest of each address, in the input's order otherwise.
 		take := make([]grant.Grant, 0, len(gs))
 		at := make(map[string]int, len(gs))
-		for _, g := range gs {
+		for _, g := range gs0 {
 			if !g.Expiry(e.cfg.MaxAge).After(now) {
 				e.vlogf("skipped %s: expired", g.IP)
 				continue
@@ -86,41 +85,33 @@ func (e *env) importGrants(gs []grant.Grant) error {
 				e.logf("warning: skipped %s: never granted: %s", g.IP, why)
 				continue
 			}
-			ip, err := grant.CanonicalIP(g.IP)
-			if err != nil {
+			if err := grant.Prepare(&g, now); err != nil {
 				return unable("record grant for "+g.IP+" in "+e.cfg.Spool, err)
 			}
-			g.IP = ip
-			if i, ok := have[ip]; ok && !snap.Grants[i].Time.Before(g.Time) {
+			if i, ok := have[g.IP]; ok && !gs[i].Time.Before(g.Time) {
 				e.vlogf("skipped %s: the spool's grant is newer", g.IP)
 				continue
 			}
-			if j, ok := at[ip]; ok {
+			if j, ok := at[g.IP]; ok {
 				if take[j].Time.Before(g.Time) {
 					take[j] = g
 				}
 				continue
 			}
-			at[ip] = len(take)
+			at[g.IP] = len(take)
 			take = append(take, g)
 		}
-		wrote, err := s.RecordMany(take, func(ip string) (grant.Grant, bool) {
-			if i, ok := have[ip]; ok {
-				return snap.Grants[i], true
-			}
-			return grant.Grant{}, false
-		})
-		if err != nil {
-			e.snap = nil // some were written: scan again
-			return unable("record grants in "+e.cfg.Spool, err)
-		}
-		n := len(wrote.Grants)
-		e.vlogf("imported %d of %d grants", n, len(gs))
+		n := len(take)
+		e.vlogf("imported %d of %d grants", n, len(gs0))
 		if n == 0 {
 			return nil
 		}
-		// The files just written are known: the rebuild reads none.
-		e.snap, e.snapDirty = grant.MergeSnapshot(e.snap, wrote), true
+		// Into the folded file at once, as a login over each grant it
+		// replaces: one file written, not one per grant.
+		grant.SortByAddr(take)
+		if err := e.fold(grant.Overlay(gs, take), nil); err != nil {
+			return err
+		}
 		return e.rebuildAfter(fmt.Sprintf("imported %d grants", n))
 	})
 }

@@ -72,9 +72,9 @@ empty); durations are Go durations (90m, 2h) or a number of seconds.`))
 		{"/etc/tcp.smtp", "the static rules (tcprules syntax): edit, then run relayctl rebuild"},
 		{"/etc/tcp.smtp.cdb", "the CDB tcpserver -x reads"},
 		{"/etc/tcp.smtp.cdb.lock", "the lock writers take"},
-		{"/etc/tcp.smtp.cdb.state", "the grants as last read, so the next run reads only the grant files that changed"},
+		{"/etc/tcp.smtp.cdb.state", "the spool's grant files as last read, so the next run reads only those that changed"},
 		{"/etc/tcp.smtp.cdb.etcd", "watch --source etcd: a cache of the mirrored grants, for a start while etcd is down"},
-		{"/var/spool/poprelay", "the grants, one file per address"},
+		{"/var/spool/poprelay", "the grants: a file per address for the logins since the last fold, the rest in .grants"},
 		{"/etc/poprelay/never", "addresses never granted, added to the built-in set"},
 		{"/etc/cron.d/poprelay", "runs relayctl expire every minute: it expires grants and publishes logins when no watcher runs"},
 	} {

@@ -39,10 +39,12 @@ prefix. tcpserver tries the exact address before host-name rules
 file has any. The CDB is replaced atomically under the lock; on any failure
 the old one stays. Temp files a killed writer left beside the CDB are removed, and so
 are those in the spool older than a minute. A missing rules file is an
-error; --rules "" means none. The grants as read are saved beside the CDB
-in CDB.state, so the next run (rebuild, expire, list, allow, revoke,
-import, watch) reads only the grant files that changed since; the spool
-stays the truth, and a state file that is missing, damaged, for another
+error; --rules "" means none. Once the spool holds 1000 grant files
+(the logins since), rebuild folds them into SPOOL/.grants, one file,
+and removes them, a part at a time with the lock released in between;
+expire, revoke and import fold too. The grant files as read are saved
+beside the CDB in CDB.state, so the next run reads only those that
+changed since; a state file that is missing, damaged, for another
 spool, or writable by anyone but its owner (root) is ignored with a
 warning and replaced.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
@@ -63,8 +65,16 @@ warning and replaced.`,
 }
 
 // locked runs fn holding the CDB's lock, waiting for it at most
-// --lock-timeout.
+// --lock-timeout, then removes the grant files a fold in fn left
+// (sweepSpool).
 func (e *env) locked(fn func() error) error {
+	err := e.lockedOnce(fn)
+	e.sweepSpool()
+	return err
+}
+
+// lockedOnce runs fn holding the CDB's lock.
+func (e *env) lockedOnce(fn func() error) error {
 	l, err := lock.Lock(e.cfg.Lock(), e.cfg.LockTimeout)
 	if err != nil {
 		return unable("lock "+e.cfg.Lock(), err)
@@ -143,11 +153,10 @@ func (e *env) rebuild() (merge.Summary, error) {
 	if e.cfg.Rules == "" {
 		e.vlogf("no rules file: building from grants alone")
 	}
-	snap, err := e.grants(true)
+	gs, err := e.grants(true)
 	if err != nil {
 		return sum, unable("list grants in "+e.cfg.Spool, err)
 	}
-	gs := snap.Grants
 	opt, err := e.mergeOptions()
 	if err != nil {
 		return sum, err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"os/exec"
@@ -797,5 +798,38 @@ func TestConcurrent(t *testing.T) {
 	}
 	if got := f.leftovers(); len(got) != 0 {
 		t.Errorf("left in the CDB's directory: %q", got)
+	}
+}
+
+// TestBadFolded: a folded file that is not what a fold wrote stops the
+// commands that read the grants with exit 111, naming the file and the
+// line; the CDB stays as it was. (check reads the CDB, and says so.)
+func TestBadFolded(t *testing.T) {
+	f := newFixture(t)
+	f.ok("allow", "192.0.2.7", "--user", "bob")
+	f.ok("allow", "192.0.2.8", "--for", "2h")
+	f.ok("revoke", "--user", "bob") // folds: 192.0.2.8 is in the folded file
+	old := f.cdbBytes()
+	folded := filepath.Join(f.spool, ".grants")
+	b, err := os.ReadFile(folded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second line out of order, the checksum made right.
+	lines := strings.SplitAfter(string(b), "\n")
+	body := lines[0] + lines[1] + strings.Replace(lines[1], "192.0.2.8", "192.0.2.1", 1)
+	bad := fmt.Sprintf("%send\t2\t%08x\n", body, crc32.Checksum([]byte(body), crc32.MakeTable(crc32.Castagnoli)))
+	os.Remove(folded)
+	f.write(folded, bad)
+	os.Chmod(folded, 0o640)
+	for _, args := range [][]string{{"rebuild"}, {"list"}, {"expire"}, {"revoke", "192.0.2.8"}} {
+		f.fails(111, folded+": line 3: out of order", args...)
+	}
+	// check answers from the CDB, and says the grant cannot be read.
+	if out := f.ok("check", "192.0.2.8"); !strings.Contains(out, "unreadable") || !strings.Contains(out, folded+": line 3: out of order") {
+		t.Errorf("check says:\n%s", out)
+	}
+	if !bytes.Equal(old, f.cdbBytes()) {
+		t.Fatal("the CDB changed")
 	}
 }

@@ -26,6 +26,9 @@ type env struct {
 	built          *built          // set by rebuild
 	snap           *grant.Snapshot // the spool as last scanned in this run
 	snapDirty      bool            // snap has changes the state file lacks
+	folded         *grant.Folded   // the folded grants as this run's fold wrote them
+	sweep          *grant.Snapshot // grant files folded by this run, to remove after the lock
+	noFold         bool            // reads never fold the spool (the watcher)
 }
 
 // command is one subcommand.

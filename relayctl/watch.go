@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -140,6 +139,9 @@ type watchOptions struct {
 
 // watch runs the watcher until ctx is done.
 func (e *env) watch(ctx context.Context, opt watchOptions) error {
+	// Folding is for cron's expire and the other commands: a fold under
+	// the watcher's lock would hold its publishes back.
+	e.noFold = true
 	m := metrics.New()
 	// A message the merge repeats at every rebuild (a refused grant, a
 	// denied one) is logged once, until the next reload.
@@ -184,7 +186,7 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 			return nil
 		})
 	}
-	var src watch.Source = spoolSource{e}
+	var src watch.Source = newSpoolSource(e)
 	var mirror *share.Mirror
 	var pub *share.Publisher
 	var w *watch.Watcher
@@ -301,24 +303,27 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 
 // spoolSource is the spool as the watcher reads it: a full read goes
 // through the state file (only changed grant files are read, and the state
-// is saved under the lock), a single grant is read from its file.
-type spoolSource struct{ e *env }
+// is saved under the lock, the spool folded when it holds many), a single
+// grant is read from its file, or its claimed file, or the folded file,
+// kept in memory while it is unchanged.
+type spoolSource struct {
+	e   *env
+	get *grant.Getter
+}
 
-func (s spoolSource) List() ([]grant.Grant, error) {
-	var gs []grant.Grant
-	err := s.e.locked(func() error {
-		snap, err := s.e.grants(true)
-		if err != nil {
-			return err
-		}
-		// A copy: the next scan reuses the snapshot's memory.
-		gs = slices.Clone(snap.Grants)
-		return nil
+func newSpoolSource(e *env) spoolSource {
+	return spoolSource{e, &grant.Getter{Store: e.store()}}
+}
+
+func (s spoolSource) List() (gs []grant.Grant, err error) {
+	err = s.e.locked(func() error {
+		gs, err = s.e.grants(true)
+		return err
 	})
 	return gs, err
 }
 
-func (s spoolSource) Get(ip string) (grant.Grant, bool, error) { return s.e.store().Get(ip) }
+func (s spoolSource) Get(ip string) (grant.Grant, bool, error) { return s.get.Get(ip) }
 
 // sharer is pub as a watch.Sharer, or nil (not a nil pointer in an
 // interface) without one.

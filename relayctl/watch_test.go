@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // startWatch runs relayctl watch for f in this process until the test
@@ -131,4 +133,85 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// TestWatchThroughFolds: while other runs fold the spool (expire with an
+// expired grant: every grant file goes into the folded file), the
+// watcher never publishes a CDB without a standing grant, and ends equal
+// to a fresh rebuild. A reader polls the CDB all along.
+func TestWatchThroughFolds(t *testing.T) {
+	f := newFixture(t)
+	store := grant.New(f.spool)
+	var standing []string
+	for i := range 40 {
+		ip := fmt.Sprintf("192.0.2.%d", i+10)
+		standing = append(standing, ip)
+		store.Record(grant.Grant{IP: ip, User: "stay", Service: "pop3", Time: time.Now()})
+	}
+	f.run("rebuild")
+	startWatch(t, f, nil)
+	all := func() (bool, error) {
+		b, err := os.ReadFile(f.db)
+		if err != nil {
+			return false, err
+		}
+		db, err := cdb.Bytes(b)
+		if err != nil {
+			return false, err
+		}
+		for _, ip := range standing {
+			if _, ok, err := db.Find([]byte(ip)); !ok || err != nil {
+				return false, fmt.Errorf("%s missing", ip)
+			}
+		}
+		return true, nil
+	}
+	stop := make(chan struct{})
+	var reads, gaps int
+	var gap error
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if ok, err := all(); !ok {
+				gaps++
+				gap = err
+			}
+			reads++
+		}
+	})
+	folds := 0
+	for round := range 15 {
+		for i := range 5 {
+			store.Record(grant.Grant{IP: fmt.Sprintf("10.1.%d.%d", round, i), User: "churn", Service: "imap", Time: time.Now()})
+		}
+		// An expired grant: expire folds every grant file without it.
+		store.Record(grant.Grant{IP: fmt.Sprintf("10.2.0.%d", round), User: "old", Service: "pop3", Time: time.Now().Add(-3 * time.Hour)})
+		if code, _, errs := f.run("expire"); code != 0 {
+			t.Fatalf("expire: %d %s", code, errs)
+		}
+		if ents, _ := os.ReadDir(f.spool); len(ents) == 1 && ents[0].Name() == grant.FoldedName {
+			folds++
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if gaps > 0 {
+		t.Errorf("%d of %d reads of the CDB lacked a standing grant: %v", gaps, reads, gap)
+	}
+	if folds == 0 {
+		t.Fatal("no expire folded the spool")
+	}
+	fresh := filepath.Join(f.dir, "fresh.cdb")
+	f.run("rebuild", "--cdb", fresh)
+	want, _ := os.ReadFile(fresh)
+	wait.For(t, "the watcher's CDB to equal a fresh rebuild", func() bool {
+		got, _ := os.ReadFile(f.db)
+		return bytes.Equal(got, want)
+	})
+	t.Logf("%d folds, %d reads of the CDB", folds, reads)
 }

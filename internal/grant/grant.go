@@ -1,11 +1,16 @@
 // Package grant is poprelay's grant store: which client IP may relay,
 // because who logged in from it, with which service, and when.
 //
-// The embedded store is a spool directory (default /var/spool/poprelay)
-// holding one small file per granted address:
+// The embedded store is a spool directory (default /var/spool/poprelay).
+// A login writes one small file for its address:
 //
 //	/var/spool/poprelay/198.51.100.7
 //	/var/spool/poprelay/2001:db8::7
+//
+// relayctl folds these files into one, /var/spool/poprelay/.grants, and
+// removes them (see Fold): the files are the logins since the last fold,
+// the folded file holds the rest, and a file's grant replaces the folded
+// one for its address.
 //
 // The file name is the address in canonical form (see CanonicalIP); its
 // content is a few key=value lines, its modification time the login time,
@@ -51,8 +56,6 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
 
 // DefaultDir is the spool used when none is configured.
@@ -160,6 +163,31 @@ func (s *Store) Record(g Grant) error {
 	return s.write(g)
 }
 
+// Prepare checks g as Record does and fills it in as a new login with no
+// grant to refresh: its address in canonical form, a zero Time now, a
+// Time beyond Skew capped.
+func Prepare(g *Grant, now time.Time) error {
+	ip, err := CanonicalIP(g.IP)
+	if err != nil {
+		return err
+	}
+	g.IP = ip
+	if err := checkField("user", g.User); err != nil {
+		return err
+	}
+	if err := checkField("service", g.Service); err != nil {
+		return err
+	}
+	prepare(g, Grant{}, false, now)
+	// As a file holds it: whole seconds.
+	for _, t := range []*time.Time{&g.Time, &g.Expires, &g.Keep} {
+		if !t.IsZero() {
+			*t = time.Unix(t.Unix(), 0)
+		}
+	}
+	return nil
+}
+
 // prepare fills in a checked grant g before it is written over old (if
 // there is one): a zero Time is now, a Time beyond Skew is capped, and a
 // login refreshing a longer grant keeps that grant's end.
@@ -168,68 +196,9 @@ func prepare(g *Grant, old Grant, haveOld bool, now time.Time) {
 		g.Time = now
 	}
 	capAt(g, now)
-	// (An explicit Expires is an admin's new decision: it wins.)
-	if g.Expires.IsZero() && haveOld {
-		keep := old.Keep
-		if old.Expires.After(keep) {
-			keep = old.Expires
-		}
-		if keep.After(g.Time) && keep.After(g.Keep) {
-			g.Keep = keep
-		}
+	if haveOld {
+		keepLonger(g, old)
 	}
-}
-
-// RecordMany records gs as Record does, each over old(IP) (the grant the
-// spool holds for it, from a Scan) instead of reading it, and without an
-// fsync per file: one sync of the spool's file system at the end. It
-// returns what it wrote, as a Snapshot for MergeSnapshot. On an error the
-// grants before the failing one are recorded (but perhaps not synced).
-func (s *Store) RecordMany(gs []Grant, old func(ip string) (Grant, bool)) (*Snapshot, error) {
-	out := &Snapshot{Grants: make([]Grant, 0, len(gs)), Files: make([]FileID, 0, len(gs))}
-	now := time.Now()
-	for _, g := range gs {
-		ip, err := CanonicalIP(g.IP)
-		if err != nil {
-			return nil, err
-		}
-		g.IP = ip
-		if err := checkField("user", g.User); err != nil {
-			return nil, err
-		}
-		if err := checkField("service", g.Service); err != nil {
-			return nil, err
-		}
-		o, ok := old(ip)
-		prepare(&g, o, ok, now)
-		id, err := s.writeFile(g, false)
-		if err != nil {
-			return nil, err
-		}
-		// As the file holds it: whole seconds.
-		for _, t := range []*time.Time{&g.Time, &g.Expires, &g.Keep} {
-			if !t.IsZero() {
-				*t = time.Unix(t.Unix(), 0)
-			}
-		}
-		out.Grants = append(out.Grants, g)
-		out.Files = append(out.Files, id)
-	}
-	if err := syncfs(s.Dir); err != nil {
-		return nil, fmt.Errorf("unable to sync %s: %w", s.Dir, err)
-	}
-	sortWith(out.Grants, out.Files)
-	return out, nil
-}
-
-// syncfs flushes the file system holding dir to disk.
-func syncfs(dir string) error {
-	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer syscall.Close(fd)
-	return unix.Syncfs(fd)
 }
 
 // encode renders g as the content of its file.
@@ -520,42 +489,109 @@ func ctime(fi fs.FileInfo) time.Time {
 
 // list reads every grant, skipping (with a log line) what is not one.
 // Login times in the future are capped to now if capFuture.
-func (s *Store) list(now time.Time, capFuture bool) ([]Grant, error) {
+func (s *Store) list(now time.Time, capFuture bool) ([]Grant, *Snapshot, error) {
 	snap, _, err := s.scan(nil, now, now, 0, capFuture)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return snap.Grants, nil
+	gs, _, err := s.load(snap, nil, now, capFuture)
+	return gs, snap, err
+}
+
+// Load returns every grant, given inbox, a Scan of the spool's files
+// just made: the folded grants with those of the claimed files and of
+// inbox over them (see Overlay), in address order. Login times in the
+// future (beyond Skew) of folded and claimed grants are capped to the
+// present, as Scan caps those of files; capped counts them, so that the
+// caller can fold them as capped (as it must the claimed files: capped
+// counts those too). The folded file is read after the spool's files: a
+// fold that ran meanwhile removed only files whose grants the folded
+// file read has. If the folded file is still prev (what Fold returned),
+// it is not read again: Load takes prev's grants over.
+func (s *Store) Load(inbox *Snapshot, prev *Folded, now time.Time) (gs []Grant, capped int, err error) {
+	return s.load(inbox, prev, now, true)
+}
+
+func (s *Store) load(inbox *Snapshot, prev *Folded, now time.Time, capFuture bool) ([]Grant, int, error) {
+	claimed := s.ReadClaimed(inbox.Claimed, now)
+	f := prev
+	if !s.Same(prev) {
+		var err error
+		if f, err = s.ReadFolded(len(claimed) + len(inbox.Grants)); err != nil {
+			return nil, 0, err
+		}
+	}
+	capped := 0
+	if capFuture {
+		for i := range f.Grants {
+			if s.capTime(&f.Grants[i], now) {
+				capped++
+			}
+		}
+	}
+	gs := Overlay(Overlay(f.Grants, claimed), inbox.Grants)
+	return gs, capped + len(claimed), nil
 }
 
 // readers is how many goroutines read grant files at once in List.
 const readers = 8
 
-// List returns every grant in the spool, sorted by address (numerically,
-// IPv4 before IPv6). Entries that are not grants are skipped, each with
-// one Logf line; only an unreadable spool directory is an error.
-func (s *Store) List() ([]Grant, error) { return s.list(time.Now(), true) }
+// List returns every grant, sorted by address (numerically, IPv4 before
+// IPv6): the folded ones with the spool's files over them. Entries that
+// are not grants are skipped, each with one Logf line; only an unreadable
+// spool directory or folded file is an error.
+func (s *Store) List() ([]Grant, error) {
+	gs, _, err := s.list(time.Now(), true)
+	return gs, err
+}
 
-// Get returns the grant for ip, if there is one.
-func (s *Store) Get(ip string) (Grant, bool, error) {
+// Getter reads single grants, keeping the folded file in memory while it
+// is unchanged.
+type Getter struct {
+	Store  *Store
+	folded *Folded
+}
+
+// Get returns the grant for ip, if there is one: its file's, else its
+// claimed file's, else the folded one.
+func (r *Getter) Get(ip string) (Grant, bool, error) {
+	s := r.Store
 	c, err := CanonicalIP(ip)
 	if err != nil {
 		return Grant{}, false, err
 	}
-	g, err := s.read(c)
-	if errors.Is(err, fs.ErrNotExist) {
-		return Grant{}, false, nil
+	for _, name := range []string{c, claimPrefix + c} {
+		g, err := s.read(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return Grant{}, false, fmt.Errorf("%s: %w", filepath.Join(s.Dir, name), err)
+		}
+		g.IP = c
+		s.capTime(&g, time.Now())
+		return g, true, nil
 	}
-	if err != nil {
-		return Grant{}, false, fmt.Errorf("%s: %w", filepath.Join(s.Dir, c), err)
+	if !s.Same(r.folded) {
+		if r.folded, err = s.ReadFolded(0); err != nil {
+			return Grant{}, false, err
+		}
 	}
-	s.capTime(&g, time.Now())
-	return g, true, nil
+	g, ok := r.folded.Find(c)
+	if ok {
+		capAt(&g, time.Now())
+	}
+	return g, ok, nil
 }
 
-// Remove deletes the grant for ip, reporting whether there was one. A
-// symlink of that name is removed itself, never what it points to.
-func (s *Store) Remove(ip string) (bool, error) {
+// Get returns the grant for ip, if there is one.
+func (s *Store) Get(ip string) (Grant, bool, error) { return (&Getter{Store: s}).Get(ip) }
+
+// RemoveFile deletes the spool's entries for ip (its grant file, or
+// whatever has its name, and its claimed file), reporting whether there
+// was one; a folded grant stays. A symlink is removed itself, never what
+// it points to.
+func (s *Store) RemoveFile(ip string) (bool, error) {
 	c, err := CanonicalIP(ip)
 	if err != nil {
 		return false, err
@@ -563,100 +599,89 @@ func (s *Store) Remove(ip string) (bool, error) {
 	if s.Dir == "" {
 		return false, ErrNoDir
 	}
-	err = syscall.Unlink(filepath.Join(s.Dir, c))
-	if errors.Is(err, syscall.ENOENT) {
-		return false, nil
+	gone := false
+	for _, name := range []string{c, claimPrefix + c} {
+		err = syscall.Unlink(filepath.Join(s.Dir, name))
+		if errors.Is(err, syscall.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return gone, &fs.PathError{Op: "remove", Path: filepath.Join(s.Dir, name), Err: err}
+		}
+		gone = true
 	}
+	return gone, nil
+}
+
+// Remove deletes the grant for ip, reporting whether there was one. A
+// symlink of that name is removed itself, never what it points to. The
+// caller holds relayctl's lock: a folded grant is removed by rewriting
+// the folded file.
+func (s *Store) Remove(ip string) (bool, error) {
+	gone, err := s.RemoveFile(ip)
 	if err != nil {
-		return false, &fs.PathError{Op: "remove", Path: filepath.Join(s.Dir, c), Err: err}
+		return gone, err
+	}
+	c, _ := CanonicalIP(ip)
+	f, err := s.ReadFolded(0)
+	if err != nil {
+		return gone, err
+	}
+	x, _ := netip.ParseAddr(c)
+	i, found := slices.BinarySearchFunc(f.Grants, x, func(g Grant, x netip.Addr) int {
+		y, _ := netip.ParseAddr(g.IP)
+		return y.Compare(x)
+	})
+	if !found {
+		return gone, nil
+	}
+	if _, err := s.writeFolded(slices.Delete(f.Grants, i, i+1)); err != nil {
+		return gone, fmt.Errorf("unable to write %s: %w", filepath.Join(s.Dir, FoldedName), err)
 	}
 	return true, nil
 }
 
 // Expire removes every grant whose Expiry(maxAge) is at or before now and
-// returns the removed grants. A grant refreshed by a login while Expire
-// runs is kept: each file is first renamed to a temp name (an atomic claim),
-// checked again, and linked back if it turned out fresh. A login time more
-// than Skew after now is rewritten as now, so a clock that was set back
-// leaves no immortal grant.
+// returns the removed grants: it folds the spool (see Fold) without them.
+// A grant refreshed by a login while Expire runs is kept: its new file
+// stays. A login time more than Skew after now is folded as now, so a
+// clock that was set back leaves no immortal grant. The caller holds
+// relayctl's lock.
 func (s *Store) Expire(now time.Time, maxAge time.Duration) ([]Grant, error) {
-	gs, err := s.list(now, false)
+	gs, snap, err := s.list(now, false)
 	if err != nil {
 		return nil, err
 	}
-	return s.expire(gs, now, maxAge)
-}
-
-// ExpireFrom is Expire for the grants of snap, a Scan of this store: it
-// reads only the files of the grants snap has as expired, and writes back
-// those it capped (Snapshot.Capped) with their capped time.
-func (s *Store) ExpireFrom(snap *Snapshot, now time.Time, maxAge time.Duration) ([]Grant, error) {
-	var errs []error
-	capped := make(map[string]bool, len(snap.Capped))
-	for _, ip := range snap.Capped {
-		capped[ip] = true
-	}
-	var old []Grant
-	for _, g := range snap.Grants {
-		switch {
-		case capped[g.IP]:
-			if err := s.write(g); err != nil {
-				errs = append(errs, err)
-			}
-		case !g.Expiry(maxAge).After(now):
-			old = append(old, g)
+	capped := 0
+	for i := range gs {
+		if s.capTime(&gs[i], now) {
+			capped++
 		}
 	}
-	gone, err := s.expire(old, now, maxAge)
-	return gone, errors.Join(append(errs, err)...)
+	live, gone := Split(gs, now, maxAge)
+	if len(gone) == 0 && capped == 0 {
+		return nil, nil
+	}
+	if _, err := s.Fold(live, snap); err != nil {
+		return nil, err
+	}
+	return gone, s.Sweep(snap, All(len(snap.Grants)))
 }
 
-// expire removes those of gs that are (still) expired.
-func (s *Store) expire(gs []Grant, now time.Time, maxAge time.Duration) ([]Grant, error) {
-	var gone []Grant
-	var errs []error
+// Split splits gs into the grants still live at now and those expired,
+// in gs's memory (live is gs's, gone a new slice).
+func Split(gs []Grant, now time.Time, maxAge time.Duration) (live, gone []Grant) {
+	n := 0
 	for _, g := range gs {
-		if s.capTime(&g, now) {
-			if err := s.write(g); err != nil {
-				errs = append(errs, err)
-			}
-			continue
-		}
 		if g.Expiry(maxAge).After(now) {
-			continue
-		}
-		ok, err := s.claim(g.IP, now, maxAge)
-		if err != nil {
-			errs = append(errs, err)
-		}
-		if ok {
+			gs[n] = g
+			n++
+		} else {
 			gone = append(gone, g)
 		}
 	}
-	return gone, errors.Join(errs...)
-}
-
-// claim removes the grant file for ip if it is (still) expired.
-func (s *Store) claim(ip string, now time.Time, maxAge time.Duration) (bool, error) {
-	dst := filepath.Join(s.Dir, ip)
-	tmp := filepath.Join(s.Dir, fmt.Sprintf("%sexpire-%d-%d-%x", tempPrefix, os.Getpid(), tempSeq.Add(1), rand.Uint32()))
-	if err := os.Rename(dst, tmp); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return false, nil
-		}
-		return false, err
-	}
-	defer os.Remove(tmp)
-	g, err := s.read(filepath.Base(tmp))
-	if err == nil && g.Expiry(maxAge).After(now) {
-		// Refreshed meanwhile: put it back, unless an even newer grant
-		// took the name already.
-		if err := os.Link(tmp, dst); err != nil && !errors.Is(err, fs.ErrExist) {
-			return false, err
-		}
-		return false, nil
-	}
-	return true, nil
+	clear(gs[n:])
+	return gs[:n], gone
 }
 
 // Clean removes temp files left in the spool by a crash: those whose inode

@@ -378,16 +378,27 @@ func TestExpire(t *testing.T) {
 	if !slices.Equal(ips, []string{"10.0.0.1 old", "10.0.0.2 edge", "10.0.0.5 short"}) {
 		t.Errorf("Expire removed %q", ips)
 	}
-	if n := names(t, s.Dir); !slices.Equal(n, []string{"10.0.0.3", "10.0.0.4"}) {
+	// The live ones are folded, and their files gone.
+	if n := names(t, s.Dir); !slices.Equal(n, []string{FoldedName}) {
 		t.Errorf("left %q", n)
 	}
-	// claim puts back a grant refreshed between the listing and the removal.
-	s.Record(Grant{IP: "10.0.0.3", User: "again", Service: "pop3", Time: now})
-	if ok, err := s.claim("10.0.0.3", now, time.Hour); ok || err != nil {
-		t.Errorf("claim(fresh) = %v, %v", ok, err)
+	gs, err := s.List()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if g, ok, _ := s.Get("10.0.0.3"); !ok || g.User != "again" {
-		t.Errorf("refreshed grant lost: %+v %v", g, ok)
+	ips = nil
+	for _, g := range gs {
+		ips = append(ips, g.IP+" "+g.User)
+	}
+	if !slices.Equal(ips, []string{"10.0.0.3 fresh", "10.0.0.4 allowed"}) {
+		t.Errorf("after Expire: %q", ips)
+	}
+	// Folded grants expire too.
+	if gone, err := s.Expire(now.Add(2*time.Hour), time.Hour); err != nil || len(gone) != 2 {
+		t.Errorf("Expire of the folded grants: %v, %v", gone, err)
+	}
+	if gs, err := s.List(); err != nil || len(gs) != 0 {
+		t.Errorf("left %v, %v", gs, err)
 	}
 }
 

@@ -28,6 +28,9 @@ type Snapshot struct {
 	Capped []string
 	// Temps are the temp files the scan saw, for CleanTemps.
 	Temps []Temp
+	// Claimed names the claimed grant files (".fold-IP") the scan saw:
+	// a fold under way, or one a crash interrupted (see Fold).
+	Claimed []string
 	// Dir is the spool directory's inode change time (Unix
 	// nanoseconds) as the scan found it before reading it, or 0 if the
 	// directory had changed too recently to rely on it (see racyAge).
@@ -216,6 +219,7 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 	var names []string
 	var same []int32
 	var temps []Temp
+	var claimed []string
 	// One descriptor for the directory: read, then each name stat'ed in
 	// it (fstatat: one lookup, not a walk from /), never another
 	// directory put in its place meanwhile.
@@ -227,6 +231,13 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 	err = readDirFd(dfd, s.Dir, first, func(e dirent) {
 		st.Entries++
 		p := func() string { return filepath.Join(s.Dir, e.name) }
+		if e.name == FoldedName {
+			return
+		}
+		if _, ok := ClaimedIP(e.name); ok {
+			claimed = append(claimed, e.name)
+			return
+		}
 		if isTemp(e.name) {
 			var sst syscall.Stat_t
 			if err := syscall.Lstat(p(), &sst); err == nil {
@@ -330,7 +341,11 @@ func (s *Store) scan(prev *Snapshot, now, clock time.Time, maxAge time.Duration,
 	}
 	clear(prev.Grants[k:])
 	st.Kept = k
-	out := &Snapshot{Capped: capped, Temps: temps, Dir: dirTime}
+	if len(claimed) > 0 {
+		// Read again next time: they are folded, or still there.
+		dirTime = 0
+	}
+	out := &Snapshot{Capped: capped, Temps: temps, Claimed: claimed, Dir: dirTime}
 	out.Grants, out.Files = mergeSorted(prev.Grants[:k], prev.Files[:k], gs, ids)
 	prev.Grants, prev.Files = nil, nil
 	return out, st, nil
@@ -396,9 +411,6 @@ func sortWith(gs []Grant, ids []FileID) {
 // search, and a's elements move once. Addresses are parsed only for b and
 // the O(len(b) log len(a)) probes.
 func mergeSorted(a []Grant, ai []FileID, b []Grant, bi []FileID) ([]Grant, []FileID) {
-	if len(b) == 0 {
-		return a, ai
-	}
 	pos := make([]int, len(b))
 	for j := range b {
 		x, _ := netip.ParseAddr(b[j].IP)
@@ -407,43 +419,7 @@ func mergeSorted(a []Grant, ai []FileID, b []Grant, bi []FileID) ([]Grant, []Fil
 			return y.Compare(x)
 		})
 	}
-	n := len(a)
-	a = slices.Grow(a, len(b))[:n+len(b)]
-	ai = slices.Grow(ai, len(b))[:n+len(b)]
-	end := n // a[:end] not yet moved
-	for j := len(b) - 1; j >= 0; j-- {
-		p := pos[j]
-		copy(a[p+j+1:end+j+1], a[p:end])
-		copy(ai[p+j+1:end+j+1], ai[p:end])
-		a[p+j], ai[p+j] = b[j], bi[j]
-		end = p
-	}
-	return a, ai
-}
-
-// MergeSnapshot returns a with the grants of b (both in address order,
-// each address once) added, replacing those of a for the same address. It
-// takes a and b over.
-func MergeSnapshot(a, b *Snapshot) *Snapshot {
-	if a == nil {
-		return b
-	}
-	replaced := make(map[string]bool, len(b.Grants))
-	for _, g := range b.Grants {
-		replaced[g.IP] = true
-	}
-	k := 0
-	for i := range a.Grants {
-		if replaced[a.Grants[i].IP] {
-			continue
-		}
-		a.Grants[k], a.Files[k] = a.Grants[i], a.Files[i]
-		k++
-	}
-	clear(a.Grants[k:])
-	out := &Snapshot{Capped: append(a.Capped, b.Capped...)}
-	out.Grants, out.Files = mergeSorted(a.Grants[:k], a.Files[:k], b.Grants, b.Files)
-	return out
+	return insertAt(a, b, pos), insertAt(ai, bi, pos)
 }
 
 // CleanTemps is Clean for the temp files snap saw: it removes those whose

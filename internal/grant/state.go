@@ -13,7 +13,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 )
 
 // A state file is a Snapshot of one spool saved by relayctl, so that the
@@ -164,25 +163,11 @@ func (s *Store) ReadState(path string) (*Snapshot, error) {
 // snapshot's strings are parts of buf (no copy of a file that may be
 // 80 MB long): buf must not be changed afterwards.
 func parseState(buf []byte, id string) (*Snapshot, error) {
-	// The end line, and the checksum of all before it.
-	if len(buf) == 0 || buf[len(buf)-1] != '\n' {
-		return nil, errors.New("truncated")
-	}
-	whole := unsafe.String(unsafe.SliceData(buf), len(buf))
-	endAt := strings.LastIndexByte(whole[:len(buf)-1], '\n') + 1
-	end := strings.Split(whole[endAt:len(buf)-1], "\t")
-	if len(end) != 3 || end[0] != "end" {
-		return nil, errors.New("no end line")
-	}
-	count, err := strconv.Atoi(end[1])
-	if err != nil || count < 0 || count > len(buf)/8 {
-		return nil, errors.New("bad count")
-	}
-	if fmt.Sprintf("%08x", crc32.Checksum(buf[:endAt], castagnoli())) != end[2] {
-		return nil, errors.New("bad checksum")
+	text, count, err := checkTail(buf)
+	if err != nil {
+		return nil, err
 	}
 	// Every name is a substring of the file.
-	text := whole[:endAt]
 	line, text, _ := strings.Cut(text, "\n")
 	var dir int64
 	switch {
@@ -201,20 +186,7 @@ func parseState(buf []byte, id string) (*Snapshot, error) {
 	}
 	snap := &Snapshot{Dir: dir}
 	// The lines in a few pieces, parsed at once on every core.
-	var cuts []int
-	for k := 1; k < parseWorkers && len(text) > 1<<20; k++ {
-		at := k * len(text) / parseWorkers
-		if nl := strings.IndexByte(text[at:], '\n'); nl >= 0 && (len(cuts) == 0 || at+nl+1 > cuts[len(cuts)-1]) {
-			cuts = append(cuts, at+nl+1)
-		}
-	}
-	pieces := make([]string, 0, len(cuts)+1)
-	from := 0
-	for _, c := range cuts {
-		pieces = append(pieces, text[from:c])
-		from = c
-	}
-	pieces = append(pieces, text[from:])
+	pieces := cutPieces(text)
 	// Each piece parses into its own part of one slice: its lines
 	// counted first.
 	starts := make([]int, len(pieces)+1)
@@ -250,8 +222,13 @@ type lineError struct {
 func (e lineError) Error() string { return fmt.Sprintf("line %d of the piece: %s", e.n, e.msg) }
 
 // parseLines parses the grant lines of text (whole lines, as many as gs
-// and ids are long) into gs and ids.
+// is long) into gs and ids; without ids (nil), lines of the folded file,
+// which have no inode or change time.
 func parseLines(text string, gs []Grant, ids []FileID) error {
+	nf := 8
+	if ids == nil {
+		nf = 6
+	}
 	for k := range gs {
 		// Fields by hand: this loop runs once per grant, a million
 		// times at the largest sites.
@@ -262,22 +239,21 @@ func parseLines(text string, gs []Grant, ids []FileID) error {
 			text = ""
 		}
 		var f [8]string
-		for n := range 7 {
+		// Without the inode and change time, fields 3 on are where
+		// they are in the state file.
+		at := 0
+		for range nf - 1 {
 			tab := strings.IndexByte(line, '\t')
 			if tab < 0 {
 				return lineError{k, "too few fields"}
 			}
-			f[n], line = line[:tab], line[tab+1:]
+			f[at], line = line[:tab], line[tab+1:]
+			at++
+			if at == 1 && ids == nil {
+				at = 3
+			}
 		}
 		f[7] = line
-		ino, ok := decimal(f[1])
-		if !ok {
-			return lineError{k, "bad inode"}
-		}
-		ctime, ok := decimal(f[2])
-		if !ok || ctime > math.MaxInt64 {
-			return lineError{k, "bad change time"}
-		}
 		g := Grant{IP: f[0], User: f[6], Service: f[7]}
 		for i, dst := range [...]*time.Time{&g.Time, &g.Expires, &g.Keep} {
 			n, ok := decimal(f[3+i])
@@ -289,6 +265,17 @@ func parseLines(text string, gs []Grant, ids []FileID) error {
 			}
 		}
 		gs[k] = g
+		if ids == nil {
+			continue
+		}
+		ino, ok := decimal(f[1])
+		if !ok {
+			return lineError{k, "bad inode"}
+		}
+		ctime, ok := decimal(f[2])
+		if !ok || ctime > math.MaxInt64 {
+			return lineError{k, "bad change time"}
+		}
 		ids[k] = FileID{Ino: ino, Ctime: int64(ctime)}
 	}
 	return nil

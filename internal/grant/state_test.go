@@ -267,45 +267,6 @@ func TestStateRefused(t *testing.T) {
 	}
 }
 
-// TestRecordMany: the files are those Record writes, and the snapshot it
-// returns is what a scan of them finds.
-func TestRecordMany(t *testing.T) {
-	s, _ := logStore(t)
-	now := time.Now()
-	long := now.Add(30 * 24 * time.Hour)
-	if err := s.Record(Grant{IP: "192.0.2.9", User: "admin", Service: "manual", Time: now.Add(-time.Minute), Expires: long}); err != nil {
-		t.Fatal(err)
-	}
-	old, _, _ := s.Scan(nil, now, time.Hour)
-	gs := []Grant{
-		{IP: "2001:db8::1", User: "a", Service: "imap", Time: now},
-		{IP: "192.0.2.9", User: "b", Service: "pop3", Time: now},
-		{IP: "::ffff:192.0.2.3", User: "c", Service: "pop3", Time: now},
-	}
-	wrote, err := s.RecordMany(gs, func(ip string) (Grant, bool) {
-		for _, g := range old.Grants {
-			if g.IP == ip {
-				return g, true
-			}
-		}
-		return Grant{}, false
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	merged := MergeSnapshot(old, wrote)
-	scan, st, err := s.Scan(nil, now, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(merged.Grants, scan.Grants) || !reflect.DeepEqual(merged.Files, scan.Files) {
-		t.Errorf("RecordMany's snapshot\n%v %v\nthe spool's\n%v %v", merged.Grants, merged.Files, scan.Grants, scan.Files)
-	}
-	if st.Read != 3 || !scan.Grants[1].Keep.Equal(time.Unix(long.Unix(), 0)) {
-		t.Errorf("read %d; the login over the admin's grant: %+v", st.Read, scan.Grants[1])
-	}
-}
-
 // dirCtime is the inode change time of dir, in nanoseconds.
 func dirCtime(t *testing.T, dir string) int64 {
 	t.Helper()

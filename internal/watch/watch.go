@@ -512,6 +512,14 @@ func (w *Watcher) classify(ev fsnotify.Event) (ip string, spool, rulesChanged bo
 		return "", true, false
 	case filepath.Dir(name) == w.cfg.Spool:
 		base := filepath.Base(name)
+		if ip, ok := grant.ClaimedIP(base); ok {
+			return ip, false, false // a fold claiming ip's file
+		}
+		if base == grant.FoldedName {
+			// A fold, or a grant revoked or expired from the folded
+			// file: read everything again.
+			return "", true, false
+		}
 		if strings.HasPrefix(base, ".") {
 			return "", false, false // temp files; the rename brings the grant
 		}
