@@ -1,8 +1,11 @@
 package t
 
 import (
+	"bytes"
+	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -300,4 +303,91 @@ func TestRobustCrashWrap(t *testing.T) {
 	if len(other) != 0 || len(after) != len(recorded) {
 		t.Errorf("after the cleanup: %d grants (want %d), other entries %q", len(after), len(recorded), other)
 	}
+}
+
+// TestRobustCrashFold kills "relayctl expire" with SIGKILL at random
+// points (30 times; 300 under make stress) while it folds the spool:
+// each round records new logins and one expired grant, so every expire
+// folds every grant file, drops the expired one and removes the files.
+// After each kill every live grant recorded is still there, as recorded,
+// whatever step the fold had reached; the next expire finishes the job:
+// the spool holds the folded file alone, and the CDB equals a fresh
+// rebuild.
+func TestRobustCrashFold(t *testing.T) {
+	runs := sized(30, 300)
+	s := newRelayctlSite(t, tornTail)
+	want := map[string]string{}
+	for i := range 300 {
+		ip := ip4(8, i)
+		recordAt(t, s.spool, ip, "old"+ip)
+		want[ip] = "old" + ip
+	}
+	old := func(ip string) {
+		t.Helper()
+		err := grant.New(s.spool).Record(grant.Grant{IP: ip, User: "expired", Service: "pop3", Time: time.Now().Add(-3 * time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	round := func(i int) {
+		for j := range 10 {
+			ip := ip4(10+i%100, j)
+			user := fmt.Sprintf("u%d-%d", i, j)
+			recordAt(t, s.spool, ip, user)
+			want[ip] = user
+		}
+		old(ip4(9, i+1))
+	}
+	old(ip4(9, 0))
+	if r := s.run(t, "expire"); r.code != 0 {
+		t.Fatalf("expire: %d %s", r.code, r.stderr)
+	}
+	// How long a round's expire takes here.
+	round(runs)
+	start := time.Now()
+	if r := s.run(t, "expire"); r.code != 0 {
+		t.Fatalf("expire: %d %s", r.code, r.stderr)
+	}
+	took := time.Since(start)
+	check := func(when string) {
+		t.Helper()
+		gs, _ := spoolEntries(t, s.spool)
+		for ip, user := range want {
+			if g, ok := gs[ip]; !ok || g.User != user {
+				t.Fatalf("%s: the grant for %s (user %s) is %+v, %v", when, ip, user, g, ok)
+			}
+		}
+	}
+	check("after the first fold")
+	finished := 0
+	for i := range runs {
+		round(i)
+		cmd := spawn(t, s.env, bin("relayctl"), "expire")
+		time.Sleep(rand.N(took * 3 / 2)) // pacing: the kill lands at a random point of the run
+		if kill9(cmd) {
+			finished++
+		}
+		check(fmt.Sprintf("after kill -9 of expire %d", i))
+	}
+	old(ip4(9, runs+5)) // so that it folds
+	if r := s.run(t, "expire"); r.code != 0 {
+		t.Fatalf("expire after the kills: %d %s", r.code, r.stderr)
+	}
+	check("after the next expire")
+	gs, other := spoolEntries(t, s.spool)
+	if len(gs) != len(want) || len(other) != 0 {
+		t.Errorf("the spool holds %d grants (want %d) and %q", len(gs), len(want), other)
+	}
+	if ents, _ := os.ReadDir(s.spool); len(ents) != 1 {
+		t.Errorf("the spool after the next expire: %d entries, want the folded file alone", len(ents))
+	}
+	fresh := filepath.Join(s.dir, "fresh.cdb")
+	if r := s.run(t, "rebuild", "--cdb", fresh); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	a, _ := os.ReadFile(fresh)
+	if !bytes.Equal(a, s.mustCDB(t)) {
+		t.Error("the CDB after the kills differs from a fresh rebuild")
+	}
+	t.Logf("%d expires killed at random within %v (one takes %v): %d had finished", runs, took*3/2, took.Round(time.Millisecond), finished)
 }
