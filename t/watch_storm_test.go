@@ -1,6 +1,7 @@
 package t
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,18 +14,26 @@ import (
 	"time"
 )
 
-// writeStanding writes n grant files straight into the spool, in the
-// store's format (without an fsync each: they are the scenery).
-func writeStanding(t testing.TB, spool string, n int) {
+// importStanding gives the site n standing grants (10.0.0.0 on), as a
+// site has them: in the folded file, taken over from vpopmail's
+// open-smtp by relayctl import, which also rebuilds the CDB.
+func importStanding(t *testing.T, s *relayctlSite, n int) {
 	t.Helper()
+	open := filepath.Join(s.dir, "open-smtp")
+	f, err := os.Create(open)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := bufio.NewWriter(f)
 	now := time.Now().Unix()
 	for i := range n {
-		ip := fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255)
-		c := fmt.Sprintf("user=standing%d\nservice=pop3\ntime=%d\n", i, now-int64(i%1800))
-		if err := os.WriteFile(filepath.Join(spool, ip), []byte(c), 0o640); err != nil {
-			t.Fatal(err)
-		}
+		fmt.Fprintf(w, "10.%d.%d.%d:allow,RELAYCLIENT=\"\"\t%d\n", i>>16&255, i>>8&255, i&255, now-int64(i%1800))
 	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s.relayctl(t, "import", "--vpopmail", open)
 }
 
 // burnCPUs keeps every CPU busy with shell loops (other processes, as
@@ -59,8 +68,7 @@ func rebuiltGrants(line, reason string) (int, bool) {
 func TestWatchStorm(t *testing.T) {
 	const standing, logins, per = 100_000, 1000, 50
 	s := newRelayctlSite(t, "127.0.0.1:allow,RELAYCLIENT=\"\"\n10.:allow\n:deny\n")
-	writeStanding(t, s.spool, standing)
-	s.relayctl(t, "rebuild") // the state file: the watcher starts from it
+	importStanding(t, s, standing)
 	w := s.startWatch(t, "--max-delay", "50ms")
 	burnCPUs(t)
 
