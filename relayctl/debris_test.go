@@ -45,4 +45,12 @@ func TestDebrisCleaned(t *testing.T) {
 	if !slices.Equal(names, []string{"192.0.2.7"}) {
 		t.Errorf("spool after a rebuild a minute later: %q", names)
 	}
+	// An expire that folds the spool removes them too.
+	f.write(debris, "user=half")
+	f.ok("allow", "192.0.2.9", "--for", "1s")
+	f.now = time.Now().Add(5 * time.Minute)
+	f.ok("expire")
+	if _, err := os.Lstat(debris); err == nil {
+		t.Error("an expire that folded left a stale temp file")
+	}
 }

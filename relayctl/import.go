@@ -73,9 +73,7 @@ func (e *env) importGrants(gs0 []grant.Grant) error {
 		for i, g := range gs {
 			have[g.IP] = i
 		}
-		// The latest of each address, in the input's order otherwise.
-		take := make([]grant.Grant, 0, len(gs))
-		at := make(map[string]int, len(gs))
+		take := make([]grant.Grant, 0, len(gs0))
 		for _, g := range gs0 {
 			if !g.Expiry(e.cfg.MaxAge).After(now) {
 				e.vlogf("skipped %s: expired", g.IP)
@@ -92,15 +90,23 @@ func (e *env) importGrants(gs0 []grant.Grant) error {
 				e.vlogf("skipped %s: the spool's grant is newer", g.IP)
 				continue
 			}
-			if j, ok := at[g.IP]; ok {
-				if take[j].Time.Before(g.Time) {
-					take[j] = g
+			take = append(take, g)
+		}
+		// In address order, the latest of each address (migrate's
+		// readers give each address once already).
+		grant.SortByAddr(take)
+		k := 0
+		for i, g := range take {
+			if i > 0 && g.IP == take[k-1].IP {
+				if g.Time.After(take[k-1].Time) {
+					take[k-1] = g
 				}
 				continue
 			}
-			at[g.IP] = len(take)
-			take = append(take, g)
+			take[k] = g
+			k++
 		}
+		take = take[:k]
 		n := len(take)
 		e.vlogf("imported %d of %d grants", n, len(gs0))
 		if n == 0 {
@@ -108,7 +114,6 @@ func (e *env) importGrants(gs0 []grant.Grant) error {
 		}
 		// Into the folded file at once, as a login over each grant it
 		// replaces: one file written, not one per grant.
-		grant.SortByAddr(take)
 		if err := e.fold(grant.Overlay(gs, take), nil); err != nil {
 			return err
 		}

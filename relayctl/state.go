@@ -35,7 +35,9 @@ const sweepChunk = 500
 // state file, and the spool is folded if it holds foldAt grant files or
 // more, or claimed files a crash left, or login times in the future
 // (folded as the present). The spool stays the truth: a state file that
-// is missing, unusable or stale costs time, never a grant.
+// is missing, unusable or stale costs time, never a grant. The next call
+// of this run may start from the grants returned (see fold): a caller
+// does not use them after calling grants again.
 func (e *env) grants(save bool) ([]grant.Grant, error) {
 	s := e.store()
 	path := e.cfg.statePath()
@@ -131,7 +133,8 @@ func (e *env) fold(gs []grant.Grant, dropped []string) error {
 	e.sweep = rest
 	// The files left are as they were: the next scan of this run takes
 	// them as they are. (Its own copy: a scan takes its snapshot over.)
-	e.snap = &grant.Snapshot{Grants: slices.Clone(rest.Grants), Files: slices.Clone(rest.Files)}
+	// The temp files it saw are still cleanSpool's to remove.
+	e.snap = &grant.Snapshot{Grants: slices.Clone(rest.Grants), Files: slices.Clone(rest.Files), Temps: inbox.Temps}
 	e.snapDirty = true
 	if err != nil {
 		return unable("fold the spool "+e.cfg.Spool, err)

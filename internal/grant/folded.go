@@ -554,6 +554,9 @@ func Overlay(base, top []Grant) []Grant {
 	if len(top) == 0 {
 		return base
 	}
+	if len(base) == 0 {
+		return append(base, top...)
+	}
 	var add []Grant
 	var pos []int
 	over := func(t Grant, i int, found bool) {
@@ -577,6 +580,7 @@ func Overlay(base, top []Grant) []Grant {
 		}
 	} else {
 		// Many: one pass over both, each address parsed once.
+		add, pos = make([]Grant, 0, len(top)), make([]int, 0, len(top))
 		i := 0
 		var y netip.Addr
 		parsed := -1

@@ -43,5 +43,11 @@ func CanonicalIP(s string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: %q", ErrBadIP, s)
 	}
-	return a.Unmap().String(), nil
+	// s itself when it is canonical already: no new string (an import
+	// canonicalizes a million).
+	var buf [64]byte
+	if b := a.Unmap().AppendTo(buf[:0]); string(b) != s {
+		return string(b), nil
+	}
+	return s, nil
 }

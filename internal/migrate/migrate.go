@@ -14,17 +14,19 @@
 package migrate
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/poprelay/poprelay/internal/grant"
 )
@@ -78,36 +80,68 @@ func FormatVpopmailLine(g grant.Grant) string {
 	return fmt.Sprintf("%s:allow,RELAYCLIENT=\"\",RBLSMTPD=\"\"\t%d", g.IP, g.Time.Unix())
 }
 
-// Vpopmail reads an open-smtp file. A later line for the same address
-// replaces an earlier one. A bad line is a *LineError.
+// maxLine bounds an open-smtp line.
+const maxLine = 64 << 10
+
+// Vpopmail reads an open-smtp file. It returns one grant per address,
+// the latest (of equal times, the later line's), in address order. A bad
+// line is a *LineError.
 func Vpopmail(r io.Reader, file string) ([]grant.Grant, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 4096), 64<<10)
-	var gs []grant.Grant
-	at := map[string]int{}
-	n := 0
-	for sc.Scan() {
-		n++
-		g, ok, err := ParseVpopmailLine(sc.Text())
+	// The whole file at once: every line, and every address already in
+	// canonical form, is a part of one string, not a string each.
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	text := unsafe.String(unsafe.SliceData(b), len(b))
+	gs := make([]grant.Grant, 0, strings.Count(text, "\n")+1)
+	for n := 1; text != ""; n++ {
+		line := text
+		if i := strings.IndexByte(text, '\n'); i >= 0 {
+			line, text = text[:i], text[i+1:]
+		} else {
+			text = ""
+		}
+		if len(line) > maxLine {
+			return nil, &LineError{file, n, fmt.Errorf("%w: longer than %d bytes", ErrSyntax, maxLine)}
+		}
+		g, ok, err := ParseVpopmailLine(line)
 		if err != nil {
 			return nil, &LineError{file, n, err}
 		}
-		if !ok {
-			continue
+		if ok {
+			gs = append(gs, g)
 		}
-		if i, dup := at[g.IP]; dup {
-			if g.Time.After(gs[i].Time) {
-				gs[i] = g
+	}
+	return latest(gs), nil
+}
+
+// latest sorts gs by address and keeps, of each address, the grant with
+// the latest time (of equal times, the later one in gs).
+func latest(gs []grant.Grant) []grant.Grant {
+	addrs := make([]netip.Addr, len(gs))
+	idx := make([]int32, len(gs))
+	for i := range gs {
+		addrs[i], _ = netip.ParseAddr(gs[i].IP)
+		idx[i] = int32(i)
+	}
+	slices.SortFunc(idx, func(x, y int32) int {
+		if c := addrs[x].Compare(addrs[y]); c != 0 {
+			return c
+		}
+		return int(x - y)
+	})
+	out := make([]grant.Grant, 0, len(gs))
+	for k, i := range idx {
+		if k > 0 && addrs[i] == addrs[idx[k-1]] {
+			if last := &out[len(out)-1]; !gs[i].Time.Before(last.Time) {
+				*last = gs[i]
 			}
 			continue
 		}
-		at[g.IP] = len(gs)
-		gs = append(gs, g)
+		out = append(out, gs[i])
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", file, err)
-	}
-	return gs, nil
+	return out
 }
 
 // RelayCtrl reads a relay-ctrl spool directory. Entries whose names are

@@ -2,8 +2,10 @@ package migrate
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -65,6 +67,29 @@ func TestVpopmailFile(t *testing.T) {
 	var le *LineError
 	if !errors.As(err, &le) || le.Line != 4 || !strings.HasPrefix(err.Error(), "open-smtp:4: ") {
 		t.Errorf("err %v", err)
+	}
+	// Address order (IPv4 first), the latest of each; of equal times
+	// the later line; a mapped and a plain form are one address; no
+	// newline at the end is a line all the same.
+	in = "2001:db8::1:allow\t5\n" +
+		"10.0.0.2:allow\t7\n" +
+		"::ffff:10.0.0.2:allow\t9\n" +
+		"10.0.0.1:allow\t3\n" +
+		"10.0.0.1:allow\t1\n" +
+		"2001:db8::1:allow\t5\r\n" +
+		"# a comment\n" +
+		"9.9.9.9:allow\t2"
+	gs, err = Vpopmail(strings.NewReader(in), "open-smtp")
+	var got []string
+	for _, g := range gs {
+		got = append(got, fmt.Sprintf("%s %d", g.IP, g.Time.Unix()))
+	}
+	if want := []string{"9.9.9.9 2", "10.0.0.1 3", "10.0.0.2 9", "2001:db8::1 5"}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("got %q, %v; want %q", got, err, want)
+	}
+	_, err = Vpopmail(strings.NewReader(in+"\n1.2.3.4:allow,X=\""+strings.Repeat("x", 70000)+"\"\t1\n"), "open-smtp")
+	if !errors.As(err, &le) || le.Line != 9 {
+		t.Errorf("a 70 kB line: %v", err)
 	}
 }
 
