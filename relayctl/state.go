@@ -25,7 +25,7 @@ const foldAt = 1000
 // sweepChunk is how many folded grant files a run removes per hold of
 // the lock after its command is done (see sweepSpool): the watcher
 // publishes in between.
-const sweepChunk = 500
+const sweepChunk = 200
 
 // grants reads every grant: the folded file, and the spool's grant
 // files over it. The state file (or this run's last scan) says which

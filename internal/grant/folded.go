@@ -49,7 +49,8 @@ import (
 //     between, it is linked back under its name (Sweep, which may come
 //     later, a part at a time: a file left holds what the folded file
 //     has);
-//  3. the spool directory is synced.
+//  3. the spool directory is synced, at the latest by the next fold,
+//     before it writes the folded file.
 //
 // Readers take a claimed file as the grant file it was (the grant for IP
 // is IP's file, else .fold-IP's, else the folded one), so a reader that
@@ -408,6 +409,12 @@ func syncDir(dir string) error {
 // convenient, since the folded file has their grants. The caller holds
 // relayctl's lock: Fold rewrites the folded file whole.
 func (s *Store) Fold(gs []Grant, inbox *Snapshot) (*Folded, error) {
+	// The removals of the sweeps before go to disk first: a grant file
+	// swept before a later login was folded must not come back after a
+	// crash, over the folded grant of that login.
+	if err := syncDir(s.Dir); err != nil {
+		return nil, err
+	}
 	id, err := s.writeFolded(gs)
 	if err != nil {
 		return nil, fmt.Errorf("unable to write %s: %w", filepath.Join(s.Dir, FoldedName), err)
@@ -453,7 +460,7 @@ func (s *Store) Sweep(inbox *Snapshot, idx []int) error {
 	now := time.Now()
 	// A few at once: a removal waits on the disk (a file system
 	// mounted with discard trims the freed blocks at once).
-	errs := make([]error, len(idx)+1)
+	errs := make([]error, len(idx))
 	parallel(len(idx), func(k int) {
 		i := idx[k]
 		name := inbox.Grants[i].IP
@@ -480,7 +487,8 @@ func (s *Store) Sweep(inbox *Snapshot, idx []int) error {
 			errs[k] = &fs.PathError{Op: "remove", Path: filepath.Join(s.Dir, claim), Err: err}
 		}
 	})
-	errs[len(idx)] = syncDir(s.Dir)
+	// No sync of the spool: a removal lost in a crash leaves a file
+	// whose grant the folded file has; the next Fold syncs them first.
 	return errors.Join(errs...)
 }
 
