@@ -209,20 +209,27 @@ func TestScaleRebuild(t *testing.T) {
 func writeOpenSMTP(t testing.TB, n int) string {
 	t.Helper()
 	open := filepath.Join(t.TempDir(), "open-smtp")
-	f, err := os.Create(open)
+	writeOpenSMTPTo(t, open, n, grantIP)
+	return open
+}
+
+// writeOpenSMTPTo writes an open-smtp file at path with a line for each
+// of ip(0) to ip(n-1), their login times spread over the last 30 minutes.
+func writeOpenSMTPTo(t testing.TB, path string, n int, ip func(int) string) {
+	t.Helper()
+	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	w := bufio.NewWriter(f)
 	now := time.Now().Unix()
 	for i := range n {
-		fmt.Fprintf(w, "%s:allow,RELAYCLIENT=\"\",RBLSMTPD=\"\"\t%d\n", grantIP(i), now-int64(i%1800))
+		fmt.Fprintf(w, "%s:allow,RELAYCLIENT=\"\",RBLSMTPD=\"\"\t%d\n", ip(i), now-int64(i%1800))
 	}
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
-	return open
 }
 
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }

@@ -1,9 +1,7 @@
 package t
 
 import (
-	"bufio"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -20,19 +18,7 @@ import (
 func importStanding(t *testing.T, s *relayctlSite, n int) {
 	t.Helper()
 	open := filepath.Join(s.dir, "open-smtp")
-	f, err := os.Create(open)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := bufio.NewWriter(f)
-	now := time.Now().Unix()
-	for i := range n {
-		fmt.Fprintf(w, "10.%d.%d.%d:allow,RELAYCLIENT=\"\"\t%d\n", i>>16&255, i>>8&255, i&255, now-int64(i%1800))
-	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	writeOpenSMTPTo(t, open, n, func(i int) string { return fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255) })
 	s.relayctl(t, "import", "--vpopmail", open)
 }
 

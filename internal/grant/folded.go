@@ -191,24 +191,17 @@ func parseFolded(buf []byte, spare int) ([]Grant, error) {
 	if !ok {
 		return nil, errors.New("not a poprelay-grants 1 file")
 	}
-	pieces := cutPieces(text)
-	starts := make([]int, len(pieces)+1)
-	for k, p := range pieces {
-		starts[k+1] = starts[k] + strings.Count(p, "\n")
-	}
-	if starts[len(pieces)] != count {
-		return nil, errors.New("count does not match")
+	pieces, starts, err := countPieces(text, count)
+	if err != nil {
+		return nil, err
 	}
 	gs := make([]Grant, count, count+spare)
 	errs := make([]error, len(pieces))
 	parallel(len(pieces), func(k int) {
 		errs[k] = parseLines(pieces[k], gs[starts[k]:starts[k+1]], nil)
 	})
-	for k := range pieces {
-		var le lineError
-		if errors.As(errs[k], &le) {
-			return nil, fmt.Errorf("line %d: %s", 2+starts[k]+le.n, le.msg)
-		}
+	if err := pieceError(errs, starts); err != nil {
+		return nil, err
 	}
 	// Every address canonical, and in order: a file from anywhere but a
 	// fold is refused, not half believed.
@@ -233,11 +226,10 @@ func parseFolded(buf []byte, spare int) ([]Grant, error) {
 		}
 		addrs[k] = prev
 	})
+	if err := pieceError(errs, starts); err != nil {
+		return nil, err
+	}
 	for k := range pieces {
-		var le lineError
-		if errors.As(errs[k], &le) {
-			return nil, fmt.Errorf("line %d: %s", 2+starts[k]+le.n, le.msg)
-		}
 		if k > 0 && starts[k] < starts[k+1] && starts[k-1] < starts[k] {
 			first, _ := netip.ParseAddr(gs[starts[k]].IP)
 			if first.Compare(addrs[k-1]) <= 0 {
@@ -268,6 +260,33 @@ func checkTail(buf []byte) (string, int, error) {
 		return "", 0, errors.New("bad checksum")
 	}
 	return whole[:endAt], count, nil
+}
+
+// countPieces cuts text into pieces (cutPieces) and counts their lines:
+// piece k holds lines starts[k] to starts[k+1], and count in all, or the
+// file is refused.
+func countPieces(text string, count int) ([]string, []int, error) {
+	pieces := cutPieces(text)
+	starts := make([]int, len(pieces)+1)
+	for k, p := range pieces {
+		starts[k+1] = starts[k] + strings.Count(p, "\n")
+	}
+	if starts[len(pieces)] != count {
+		return nil, nil, errors.New("count does not match")
+	}
+	return pieces, starts, nil
+}
+
+// pieceError is the first line error of errs, one per piece, as the
+// line number in the file (the first line is the header).
+func pieceError(errs []error, starts []int) error {
+	for k, err := range errs {
+		var le lineError
+		if errors.As(err, &le) {
+			return fmt.Errorf("line %d: %s", 2+starts[k]+le.n, le.msg)
+		}
+	}
+	return nil
 }
 
 // cutPieces cuts text into a few pieces of whole lines, to be parsed at

@@ -147,6 +147,17 @@ func checkField(what, v string) error {
 // grant for the same address. A zero Time means now; a Time more than Skew
 // in the future is capped to now (and Expires, if set, moved with it).
 func (s *Store) Record(g Grant) error {
+	if err := check(&g); err != nil {
+		return err
+	}
+	old, err := s.read(g.IP)
+	prepare(&g, old, err == nil, time.Now())
+	return s.write(g)
+}
+
+// check puts g's address in canonical form and checks its user and
+// service names.
+func check(g *Grant) error {
 	ip, err := CanonicalIP(g.IP)
 	if err != nil {
 		return err
@@ -155,27 +166,14 @@ func (s *Store) Record(g Grant) error {
 	if err := checkField("user", g.User); err != nil {
 		return err
 	}
-	if err := checkField("service", g.Service); err != nil {
-		return err
-	}
-	old, err := s.read(ip)
-	prepare(&g, old, err == nil, time.Now())
-	return s.write(g)
+	return checkField("service", g.Service)
 }
 
 // Prepare checks g as Record does and fills it in as a new login with no
 // grant to refresh: its address in canonical form, a zero Time now, a
 // Time beyond Skew capped.
 func Prepare(g *Grant, now time.Time) error {
-	ip, err := CanonicalIP(g.IP)
-	if err != nil {
-		return err
-	}
-	g.IP = ip
-	if err := checkField("user", g.User); err != nil {
-		return err
-	}
-	if err := checkField("service", g.Service); err != nil {
+	if err := check(g); err != nil {
 		return err
 	}
 	prepare(g, Grant{}, false, now)

@@ -185,27 +185,19 @@ func parseState(buf []byte, id string) (*Snapshot, error) {
 		return nil, errors.New("not a version 2 or 3 state file")
 	}
 	snap := &Snapshot{Dir: dir}
-	// The lines in a few pieces, parsed at once on every core.
-	pieces := cutPieces(text)
-	// Each piece parses into its own part of one slice: its lines
-	// counted first.
-	starts := make([]int, len(pieces)+1)
-	for k, p := range pieces {
-		starts[k+1] = starts[k] + strings.Count(p, "\n")
-	}
-	if starts[len(pieces)] != count {
-		return nil, errors.New("count does not match")
+	// The lines in a few pieces, parsed at once on every core, each
+	// into its own part of one slice: its lines counted first.
+	pieces, starts, err := countPieces(text, count)
+	if err != nil {
+		return nil, err
 	}
 	snap.Grants, snap.Files = make([]Grant, count), make([]FileID, count)
 	errs := make([]error, len(pieces))
 	parallel(len(pieces), func(k int) {
 		errs[k] = parseLines(pieces[k], snap.Grants[starts[k]:starts[k+1]], snap.Files[starts[k]:starts[k+1]])
 	})
-	for k := range pieces {
-		var le lineError
-		if errors.As(errs[k], &le) {
-			return nil, fmt.Errorf("line %d: %s", 2+starts[k]+le.n, le.msg)
-		}
+	if err := pieceError(errs, starts); err != nil {
+		return nil, err
 	}
 	return snap, nil
 }
