@@ -103,6 +103,11 @@ func TestFoldThenLoad(t *testing.T) {
 			t.Errorf("Get(%s) = %+v, %v, %v", ip, g, ok, err)
 		}
 	}
+	// Get gives the grant as List does: the login's file over the
+	// admin's folded allowance keeps its end.
+	if g, _, _ := s.Get("192.0.2.9"); g != gs[1] {
+		t.Errorf("Get(192.0.2.9) = %+v; List has %+v", g, gs[1])
+	}
 	if len(*logs) != 0 {
 		t.Errorf("log lines: %q", *logs)
 	}

@@ -551,13 +551,14 @@ type Getter struct {
 }
 
 // Get returns the grant for ip, if there is one: its file's, else its
-// claimed file's, else the folded one.
+// claimed file's, over the folded one (see Overlay), else the folded one.
 func (r *Getter) Get(ip string) (Grant, bool, error) {
 	s := r.Store
 	c, err := CanonicalIP(ip)
 	if err != nil {
 		return Grant{}, false, err
 	}
+	var top *Grant
 	for _, name := range []string{c, claimPrefix + c} {
 		g, err := s.read(name)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -568,7 +569,8 @@ func (r *Getter) Get(ip string) (Grant, bool, error) {
 		}
 		g.IP = c
 		s.capTime(&g, time.Now())
-		return g, true, nil
+		top = &g
+		break
 	}
 	if !s.Same(r.folded) {
 		if r.folded, err = s.ReadFolded(0); err != nil {
@@ -576,6 +578,12 @@ func (r *Getter) Get(ip string) (Grant, bool, error) {
 		}
 	}
 	g, ok := r.folded.Find(c)
+	if top != nil {
+		if ok {
+			keepLonger(top, g)
+		}
+		return *top, true, nil
+	}
 	if ok {
 		capAt(&g, time.Now())
 	}
