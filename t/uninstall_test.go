@@ -77,6 +77,9 @@ func TestUninstallClosesRelays(t *testing.T) {
 				os.WriteFile("/etc/tcp.smtp", []byte(route.rules+"10.0.0.1:bogus\n"), 0o644)
 			}
 			before, _ := os.ReadFile("/etc/tcp.smtp.cdb")
+			// An SMTP host's cache of the grants in etcd (watch
+			// --source etcd writes it beside the CDB).
+			os.WriteFile("/etc/tcp.smtp.cdb.etcd", []byte("{}\n"), 0o600)
 
 			out, err := sh(route.uninstall...)
 			t.Logf("%s:\n%s", strings.Join(route.uninstall, " "), out)
@@ -125,7 +128,7 @@ func TestUninstallClosesRelays(t *testing.T) {
 				if _, err := os.Stat("/var/spool/poprelay"); err == nil || groupErr == nil {
 					t.Errorf("purge must remove the spool and the group")
 				}
-				for _, p := range []string{"/etc/tcp.smtp.cdb.state", "/etc/tcp.smtp.cdb.lock"} {
+				for _, p := range []string{"/etc/tcp.smtp.cdb.state", "/etc/tcp.smtp.cdb.lock", "/etc/tcp.smtp.cdb.etcd"} {
 					if _, err := os.Stat(p); err == nil {
 						t.Errorf("purge left %s", p)
 					}
