@@ -108,16 +108,22 @@ func (s *Store) Same(f *Folded) bool {
 	return err == nil && f.id == foldedID{st.Ino, st.Ctim.Nano(), st.Size}
 }
 
+// searchAddr finds where the address x is, or would be, in gs (address
+// order), parsing the addresses it compares with.
+func searchAddr(gs []Grant, x netip.Addr) (int, bool) {
+	return slices.BinarySearchFunc(gs, x, func(g Grant, x netip.Addr) int {
+		y, _ := netip.ParseAddr(g.IP)
+		return y.Compare(x)
+	})
+}
+
 // Find returns the folded grant for ip (canonical).
 func (f *Folded) Find(ip string) (Grant, bool) {
 	x, err := netip.ParseAddr(ip)
 	if err != nil {
 		return Grant{}, false
 	}
-	i, ok := slices.BinarySearchFunc(f.Grants, x, func(g Grant, x netip.Addr) int {
-		y, _ := netip.ParseAddr(g.IP)
-		return y.Compare(x)
-	})
+	i, ok := searchAddr(f.Grants, x)
 	if !ok {
 		return Grant{}, false
 	}
@@ -599,10 +605,7 @@ func Overlay(base, top []Grant) []Grant {
 		// A few: each finds its place by a binary search.
 		for _, t := range top {
 			x, _ := netip.ParseAddr(t.IP)
-			i, found := slices.BinarySearchFunc(base, x, func(g Grant, x netip.Addr) int {
-				y, _ := netip.ParseAddr(g.IP)
-				return y.Compare(x)
-			})
+			i, found := searchAddr(base, x)
 			over(t, i, found)
 		}
 	} else {

@@ -634,10 +634,7 @@ func (s *Store) Remove(ip string) (bool, error) {
 		return gone, err
 	}
 	x, _ := netip.ParseAddr(c)
-	i, found := slices.BinarySearchFunc(f.Grants, x, func(g Grant, x netip.Addr) int {
-		y, _ := netip.ParseAddr(g.IP)
-		return y.Compare(x)
-	})
+	i, found := searchAddr(f.Grants, x)
 	if !found {
 		return gone, nil
 	}

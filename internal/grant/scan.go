@@ -414,10 +414,7 @@ func mergeSorted(a []Grant, ai []FileID, b []Grant, bi []FileID) ([]Grant, []Fil
 	pos := make([]int, len(b))
 	for j := range b {
 		x, _ := netip.ParseAddr(b[j].IP)
-		pos[j], _ = slices.BinarySearchFunc(a, x, func(g Grant, x netip.Addr) int {
-			y, _ := netip.ParseAddr(g.IP)
-			return y.Compare(x)
-		})
+		pos[j], _ = searchAddr(a, x)
 	}
 	return insertAt(a, b, pos), insertAt(ai, bi, pos)
 }
