@@ -179,7 +179,12 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 	write := func(fill func(f io.WriteSeeker) error) error {
 		return e.locked(func() error {
 			e.cleanDebris()
-			err := atomic.WriteFile(e.cfg.CDB, 0o644, func(f *os.File) error { return fill(cdbOutput(f)) })
+			old, err := atomic.Replace(e.cfg.CDB, 0o644, func(f *os.File) error { return fill(cdbOutput(f)) })
+			if old != nil {
+				// Its blocks are freed in this close, off the
+				// publish's path (see atomic.Replace).
+				go old.Close()
+			}
 			if err != nil {
 				return unable("write "+e.cfg.CDB, err)
 			}

@@ -155,3 +155,53 @@ func TestCleanAfterKill(t *testing.T) {
 		t.Errorf("Clean = %q, %v; want [%s]", gone, err, filepath.Base(tmp))
 	}
 }
+
+// TestReplaceHoldsOld: Replace publishes like WriteFile and hands back the
+// replaced file, still open and whole; nothing when there was none, or
+// when the name was a symlink (never followed).
+func TestReplaceHoldsOld(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "x.cdb")
+	put := func(s string) func(f *os.File) error {
+		return func(f *os.File) error { _, err := f.WriteString(s); return err }
+	}
+	old, err := Replace(p, 0o644, put("one"))
+	if err != nil || old != nil {
+		t.Fatalf("first Replace: old %v, err %v", old, err)
+	}
+	old, err = Replace(p, 0o644, put("two"))
+	if err != nil || old == nil {
+		t.Fatalf("second Replace: old %v, err %v", old, err)
+	}
+	b := make([]byte, 8)
+	n, _ := old.ReadAt(b, 0)
+	old.Close()
+	if got, _ := os.ReadFile(p); string(b[:n]) != "one" || string(got) != "two" {
+		t.Errorf("held %q, file %q; want one, two", b[:n], got)
+	}
+	if n := leftovers(t, dir); len(n) != 1 {
+		t.Errorf("files left: %v", n)
+	}
+
+	target := filepath.Join(dir, "target")
+	os.WriteFile(target, []byte("secret"), 0o600)
+	link := filepath.Join(dir, "link.cdb")
+	os.Symlink(target, link)
+	old, err = Replace(link, 0o644, put("three"))
+	if err != nil || old != nil {
+		t.Fatalf("Replace over a symlink: old %v, err %v", old, err)
+	}
+	if got, _ := os.ReadFile(target); string(got) != "secret" {
+		t.Errorf("symlink's target became %q", got)
+	}
+
+	// A failed write keeps the old file, and holds nothing.
+	boom := errors.New("boom")
+	old, err = Replace(p, 0o644, func(f *os.File) error { return boom })
+	if !errors.Is(err, boom) || old != nil {
+		t.Fatalf("failed Replace: old %v, err %v", old, err)
+	}
+	if got, _ := os.ReadFile(p); string(got) != "two" {
+		t.Errorf("after a failed Replace the file is %q", got)
+	}
+}
