@@ -16,8 +16,11 @@ import (
 	"errors"
 )
 
-// headerSize is the size of the fixed table of 256 (pos, len) pairs.
-const headerSize = 2048
+// HeaderSize is the size of the fixed table of 256 (pos, len) pairs at
+// the start of a database.
+const HeaderSize = 2048
+
+const headerSize = HeaderSize
 
 // maxSize is the largest file the format can address (32-bit offsets).
 const maxSize = 1<<32 - 1

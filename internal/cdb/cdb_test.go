@@ -2,6 +2,7 @@ package cdb
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -9,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/poprelay/poprelay/internal/cdbtest"
@@ -292,7 +294,11 @@ func FuzzRoundTrip(f *testing.F) {
 		for i := 0; i+1 < len(parts); i += 2 {
 			recs = append(recs, rec{string(parts[i]), string(parts[i+1])})
 		}
-		r, err := Bytes(build(t, recs))
+		db := build(t, recs)
+		if mem := buildTables(t, &Tables{}, recs); !bytes.Equal(mem, db) {
+			t.Fatalf("Tables.Append made\n%q\nthe Writer\n%q", mem, db)
+		}
+		r, err := Bytes(db)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -313,6 +319,49 @@ func FuzzRoundTrip(f *testing.F) {
 			}
 		}
 	})
+}
+
+// buildTables lays recs out in memory and completes them with t.
+func buildTables(tb testing.TB, t *Tables, recs []rec) []byte {
+	tb.Helper()
+	db := make([]byte, headerSize)
+	var slots []Slot
+	for _, r := range recs {
+		slots = append(slots, Slot{Hash([]byte(r.k)), uint32(len(db))})
+		db = binary.LittleEndian.AppendUint32(db, uint32(len(r.k)))
+		db = binary.LittleEndian.AppendUint32(db, uint32(len(r.v)))
+		db = append(append(db, r.k...), r.v...)
+	}
+	db, err := t.Append(db, slots)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return db
+}
+
+// TestTables: a database laid out in memory and completed by
+// Tables.Append is byte for byte the Writer's, with many records per
+// table (collisions, wrapping probes), duplicate keys, none at all, and a
+// Tables reused from a bigger database.
+func TestTables(t *testing.T) {
+	var tab Tables
+	for _, n := range []int{5000, 0, 1, 300, 17} {
+		recs := benchRecs(n)
+		for i := 0; i < n; i += 7 {
+			recs[i].v = strings.Repeat("v", i%13)
+		}
+		if n > 2 {
+			recs[n-1] = recs[1] // a duplicate key
+		}
+		if mem, db := buildTables(t, &tab, recs), build(t, recs); !bytes.Equal(mem, db) {
+			t.Fatalf("%d records: Tables.Append differs from the Writer", n)
+		}
+	}
+	defer func(l uint64) { limit = l }(limit)
+	limit = 4096
+	if _, err := tab.Append(make([]byte, headerSize+2040), make([]Slot, 1)); !errors.Is(err, ErrTooBig) {
+		t.Errorf("over the limit: err %v, want ErrTooBig", err)
+	}
 }
 
 func TestTooBig(t *testing.T) {

@@ -171,24 +171,13 @@ func (cw *Writer) Finish() error {
 		c := &cw.tables[i]
 		for _, chunk := range append(c.full, c.last) {
 			for _, s := range chunk {
-				where := (s.h >> 8) % slots
-				for table[where].pos != 0 {
-					where++
-					if where == slots {
-						where = 0
-					}
-				}
-				table[where] = s
+				place(table, s)
 			}
 		}
 		if !cw.keep {
 			*c = chunks{}
 		}
-		b := out[:8*slots]
-		for j, s := range table {
-			binary.LittleEndian.PutUint32(b[8*j:], s.h)
-			binary.LittleEndian.PutUint32(b[8*j+4:], s.pos)
-		}
+		b := encode(out[:0], table)
 		if _, err := cw.buf.Write(b); err != nil {
 			cw.err = err
 			return err
@@ -211,4 +200,92 @@ func (cw *Writer) Finish() error {
 		return err
 	}
 	return nil
+}
+
+// place puts s in table (of twice as many slots as it will hold, pos 0
+// meaning free) at its hash's slot or the next free one after, as
+// cdb_make does.
+func place(table []slot, s slot) {
+	n := uint32(len(table))
+	where := (s.h >> 8) % n
+	for table[where].pos != 0 {
+		where++
+		if where == n {
+			where = 0
+		}
+	}
+	table[where] = s
+}
+
+// encode appends table's slots to b as the file holds them.
+func encode(b []byte, table []slot) []byte {
+	for _, s := range table {
+		b = binary.LittleEndian.AppendUint32(b, s.h)
+		b = binary.LittleEndian.AppendUint32(b, s.pos)
+	}
+	return b
+}
+
+// Slot is one record for AppendTables: the Hash of its key and its offset
+// in the database.
+type Slot struct{ Hash, Pos uint32 }
+
+// Tables makes a database's hash tables in memory for a writer that keeps
+// the whole database there and lays its records out itself (merge.Set,
+// which copies the runs of records that did not change from its last
+// database). The zero value is ready; it keeps its buffers for the next
+// use.
+type Tables struct {
+	grouped []slot
+	table   []slot
+}
+
+// Append completes db, which holds headerSize bytes for the header, then
+// the records, as a database: it appends the hash tables of the records
+// slots describes, in the order they were written, and fills in the
+// header. The result is byte for byte what a Writer makes of the same
+// records added in the same order.
+func (t *Tables) Append(db []byte, slots []Slot) ([]byte, error) {
+	if len(db) < headerSize {
+		return db, errors.New("cdb: no room for the header")
+	}
+	if uint64(len(db))+16*uint64(len(slots)) > limit {
+		return db, ErrTooBig
+	}
+	// The slots grouped by table, each group in the order written (a
+	// counting sort).
+	var start [257]uint32
+	for _, s := range slots {
+		start[s.Hash&255+1]++
+	}
+	for i := range 256 {
+		start[i+1] += start[i]
+	}
+	if cap(t.grouped) < len(slots) {
+		t.grouped = make([]slot, len(slots))
+	}
+	g := t.grouped[:len(slots)]
+	next := start
+	for _, s := range slots {
+		k := s.Hash & 255
+		g[next[k]] = slot{s.Hash, s.Pos}
+		next[k]++
+	}
+	pos := uint32(len(db))
+	for i := range 256 {
+		n := 2 * (start[i+1] - start[i])
+		binary.LittleEndian.PutUint32(db[8*i:], pos)
+		binary.LittleEndian.PutUint32(db[8*i+4:], n)
+		if uint32(cap(t.table)) < n {
+			t.table = make([]slot, n)
+		}
+		table := t.table[:n]
+		clear(table)
+		for _, s := range g[start[i]:start[i+1]] {
+			place(table, s)
+		}
+		db = encode(db, table)
+		pos += 8 * n
+	}
+	return db, nil
 }

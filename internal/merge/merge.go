@@ -359,10 +359,14 @@ func (m *merger) forms(a netip.Addr) (fs [2]fate, n int, err error) {
 
 // screen says whether g is expired or refused, and returns its address
 // (16-byte form).
+// notCanonical is why a grant for an address not in canonical form gets
+// no record. Such a grant is counted as refused even once expired.
+const notCanonical = "not a canonical IP address"
+
 func (m *merger) screen(g *grant.Grant) (a netip.Addr, expired bool, refused string) {
 	a, ok := canonical(g.IP, m.abuf)
 	if !ok {
-		return a, false, "not a canonical IP address"
+		return a, false, notCanonical
 	}
 	if !g.Expiry(m.opt.MaxAge).After(m.opt.Now) {
 		return a, true, ""
