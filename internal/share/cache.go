@@ -34,6 +34,9 @@ type cachedGrant struct {
 // Call it before Run.
 func (m *Mirror) UseCache(path string) { m.cache = path }
 
+// cacheHook runs before each write of a cache (tests stall it).
+var cacheHook = func() {}
+
 // saveCache writes the cache if it is due.
 func (m *Mirror) saveCache() {
 	m.mu.RLock()
@@ -50,6 +53,7 @@ func (m *Mirror) saveCache() {
 	}
 	m.dirty = false
 	m.mu.RUnlock()
+	cacheHook()
 	err := atomic.WriteFile(m.cache, 0o600, func(f *os.File) error {
 		w := bufio.NewWriter(f)
 		if err := json.NewEncoder(w).Encode(cf); err != nil {

@@ -216,16 +216,30 @@ func (m *Mirror) watch(ctx context.Context) error {
 		clientv3.WithRev(m.Revision()+1), clientv3.WithPrevKV(), clientv3.WithProgressNotify())
 	prune := time.NewTicker(time.Minute)
 	defer prune.Stop()
-	m.saveCache()
-	save := time.NewTicker(cacheEvery)
-	defer save.Stop()
+	// The cache is written beside the watch, never in its way: encoding
+	// 100k grants and syncing them took hundreds of milliseconds, in which
+	// no login reached this host's CDB.
+	saving, stopSaving := context.WithCancel(wctx)
+	saved := make(chan struct{})
+	go func() {
+		defer close(saved)
+		m.saveCache()
+		save := time.NewTicker(cacheEvery)
+		defer save.Stop()
+		for {
+			select {
+			case <-saving.Done():
+				return
+			case <-save.C:
+				m.saveCache()
+			}
+		}
+	}()
+	defer func() { stopSaving(); <-saved }()
 	for {
 		select {
 		case <-prune.C:
 			m.prune()
-			continue
-		case <-save.C:
-			m.saveCache()
 			continue
 		case resp, ok := <-wch:
 			if !ok {

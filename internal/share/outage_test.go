@@ -327,3 +327,44 @@ func TestMirrorCache(t *testing.T) {
 	}
 	wait.For(t, "etcd's data", func() bool { return has(m2, "192.0.2.63") })
 }
+
+// TestMirrorCacheNotInTheWay: while the mirror writes its cache (100k
+// grants took hundreds of milliseconds to encode and sync), it goes on
+// taking in changes from etcd.
+func TestMirrorCacheNotInTheWay(t *testing.T) {
+	old := cacheEvery
+	cacheEvery = 10 * time.Millisecond
+	stall, writing := make(chan struct{}), make(chan struct{}, 1)
+	cacheHook = func() {
+		select {
+		case writing <- struct{}{}:
+		default:
+		}
+		<-stall
+	}
+	defer func() { cacheEvery, cacheHook = old, func() {} }()
+	e := etcdtest.Start(t)
+	c := open(t, Options{Host: "smtp1"}, e.Client)
+	ctx := context.Background()
+	now := time.Now()
+	if err := c.Allow(ctx, grant.Grant{IP: "192.0.2.71", User: "a", Time: now}); err != nil {
+		t.Fatal(err)
+	}
+	m := c.Mirror(nil)
+	m.UseCache(t.TempDir() + "/grants.json")
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { m.Run(rctx); close(done) }()
+	defer func() { cancel(); close(stall); <-done }()
+	<-m.Ready()
+	select {
+	case <-writing:
+	case <-time.After(wait.Patience):
+		t.Fatal("the cache was never written")
+	}
+	// The write is stalled; a login on another host still arrives.
+	if err := c.Allow(ctx, grant.Grant{IP: "192.0.2.72", User: "b", Time: now}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "a change while the cache is written", func() bool { return has(m, "192.0.2.72") })
+}
