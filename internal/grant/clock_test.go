@@ -38,12 +38,12 @@ func TestClockSetBack(t *testing.T) {
 	g, _, _ = s.Get("1.2.3.8")
 	check("Record", g)
 	// Expire rewrites the capped grant and removes it after its 2 hours.
-	if gone, err := s.Expire(now, time.Hour); err != nil || len(gone) != 0 {
+	if gone, err := expire(s, now, time.Hour); err != nil || len(gone) != 0 {
 		t.Fatalf("Expire(now) = %v, %v", gone, err)
 	}
 	g, _, _ = s.Get("1.2.3.7")
 	check("after Expire", g)
-	if gone, _ := s.Expire(now.Add(2*time.Hour+time.Second), time.Hour); len(gone) != 2 {
+	if gone, _ := expire(s, now.Add(2*time.Hour+time.Second), time.Hour); len(gone) != 2 {
 		t.Errorf("Expire 2h later removed %v, want both", gone)
 	}
 }

@@ -644,33 +644,6 @@ func (s *Store) Remove(ip string) (bool, error) {
 	return true, nil
 }
 
-// Expire removes every grant whose Expiry(maxAge) is at or before now and
-// returns the removed grants: it folds the spool (see Fold) without them.
-// A grant refreshed by a login while Expire runs is kept: its new file
-// stays. A login time more than Skew after now is folded as now, so a
-// clock that was set back leaves no immortal grant. The caller holds
-// relayctl's lock.
-func (s *Store) Expire(now time.Time, maxAge time.Duration) ([]Grant, error) {
-	gs, snap, err := s.list(now, false)
-	if err != nil {
-		return nil, err
-	}
-	capped := 0
-	for i := range gs {
-		if s.capTime(&gs[i], now) {
-			capped++
-		}
-	}
-	live, gone := Split(gs, now, maxAge)
-	if len(gone) == 0 && capped == 0 {
-		return nil, nil
-	}
-	if _, err := s.Fold(live, snap); err != nil {
-		return nil, err
-	}
-	return gone, s.Sweep(snap, All(len(snap.Grants)))
-}
-
 // Split splits gs into the grants still live at now and those expired,
 // in gs's memory (live is gs's, gone a new slice).
 func Split(gs []Grant, now time.Time, maxAge time.Duration) (live, gone []Grant) {

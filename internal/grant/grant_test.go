@@ -165,8 +165,8 @@ func TestNoDir(t *testing.T) {
 	if _, err := s.Remove("1.2.3.4"); !errors.Is(err, ErrNoDir) {
 		t.Errorf("Remove: %v", err)
 	}
-	if _, err := s.Expire(time.Now(), time.Hour); !errors.Is(err, ErrNoDir) {
-		t.Errorf("Expire: %v", err)
+	if _, err := expire(s, time.Now(), time.Hour); !errors.Is(err, ErrNoDir) {
+		t.Errorf("expire: %v", err)
 	}
 	if err := s.Clean(time.Now()); !errors.Is(err, ErrNoDir) {
 		t.Errorf("Clean: %v", err)
@@ -218,14 +218,14 @@ func TestFutureTime(t *testing.T) {
 		t.Errorf("log: %q", *logs)
 	}
 	// Expire rewrites it as now, so it ages from now on.
-	gone, err := s.Expire(now, time.Hour)
+	gone, err := expire(s, now, time.Hour)
 	if err != nil || len(gone) != 0 {
 		t.Fatalf("Expire = %v, %v", gone, err)
 	}
 	if g, _, _ := s.Get("1.2.3.6"); g.Time.Unix() != now.Unix() {
 		t.Errorf("after Expire: %v", g.Time)
 	}
-	gone, _ = s.Expire(now.Add(2*time.Hour), time.Hour)
+	gone, _ = expire(s, now.Add(2*time.Hour), time.Hour)
 	if len(gone) != 3 {
 		t.Errorf("later Expire removed %v", gone)
 	}
@@ -297,8 +297,8 @@ func TestListSkipsWhatIsNotAGrant(t *testing.T) {
 		}
 	}
 	// Expire neither follows nor deletes through the symlinks.
-	if _, err := s.Expire(time.Now().Add(100*time.Hour), time.Hour); err != nil {
-		t.Errorf("Expire: %v", err)
+	if _, err := expire(s, time.Now().Add(100*time.Hour), time.Hour); err != nil {
+		t.Errorf("expire: %v", err)
 	}
 	if b, err := os.ReadFile(secret); err != nil || string(b) != good {
 		t.Errorf("symlink target changed: %q, %v", b, err)
@@ -367,7 +367,7 @@ func TestExpire(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	gone, err := s.Expire(now, time.Hour)
+	gone, err := expire(s, now, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +394,7 @@ func TestExpire(t *testing.T) {
 		t.Errorf("after Expire: %q", ips)
 	}
 	// Folded grants expire too.
-	if gone, err := s.Expire(now.Add(2*time.Hour), time.Hour); err != nil || len(gone) != 2 {
+	if gone, err := expire(s, now.Add(2*time.Hour), time.Hour); err != nil || len(gone) != 2 {
 		t.Errorf("Expire of the folded grants: %v, %v", gone, err)
 	}
 	if gs, err := s.List(); err != nil || len(gs) != 0 {
