@@ -74,6 +74,7 @@ empty); durations are Go durations (90m, 2h) or a number of seconds.`))
 		{"/etc/tcp.smtp.cdb.lock", "the lock writers take"},
 		{"/etc/tcp.smtp.cdb.state", "the spool's grant files as last read, so the next run reads only those that changed"},
 		{"/etc/tcp.smtp.cdb.etcd", "watch --source etcd: a cache of the mirrored grants, for a start while etcd is down"},
+		{"/etc/.tcp.smtp.cdb.spare", "watch: the CDB it replaced last, written over for the next publish (removed when it stops)"},
 		{"/var/spool/poprelay", "the grants: a file per address for the logins since the last fold, the rest in .grants"},
 		{"/etc/poprelay/never", "addresses never granted, added to the built-in set"},
 		{"/etc/cron.d/poprelay", "runs relayctl expire every minute: it expires grants and publishes logins when no watcher runs"},

@@ -176,15 +176,15 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		o.Logf = once
 		return o, nil
 	}
+	// The CDB is written over the file it replaced last time, kept
+	// beside it as .tcp.smtp.cdb.spare (see atomic.Spare): no new inode
+	// and no blocks allocated and freed for each publish.
+	spare := &atomic.Spare{Path: e.cfg.CDB, Perm: 0o644}
+	defer spare.Remove()
 	write := func(fill func(f io.WriteSeeker) error) error {
 		return e.locked(func() error {
 			e.cleanDebris()
-			old, err := atomic.Replace(e.cfg.CDB, 0o644, func(f *os.File) error { return fill(cdbOutput(f)) })
-			if old != nil {
-				// Its blocks are freed in this close, off the
-				// publish's path (see atomic.Replace).
-				go old.Close()
-			}
+			err := spare.Write(func(f *os.File) error { return fill(cdbOutput(f)) })
 			if err != nil {
 				return unable("write "+e.cfg.CDB, err)
 			}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/poprelay/poprelay/internal/atomic"
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/wait"
@@ -52,6 +53,9 @@ func startWatch(t *testing.T, f *fixture, extra map[string]string) {
 		}
 		if s := errb.String(); strings.Contains(s, "fatal") {
 			t.Errorf("watch said: %s", s)
+		}
+		if _, err := os.Lstat(atomic.SpareName(f.db)); err == nil {
+			t.Errorf("%s left after the watcher stopped", atomic.SpareName(f.db))
 		}
 	})
 }

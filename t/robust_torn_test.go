@@ -1,6 +1,7 @@
 package t
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -294,5 +296,121 @@ func TestRobustTornReadsDetector(t *testing.T) {
 		t.Errorf("the prober saw no torn read in %d in-place rewrites: it cannot tell a torn CDB", i)
 	} else {
 		t.Logf("first torn read seen: %s", p.errs[0])
+	}
+}
+
+// TestRobustTornReadsWatch: relayctl watch writes each CDB over the one it
+// replaced the time before (atomic.Spare, two inodes in turn). While it
+// publishes back and forth between two grant sets (100 times; 500 under
+// make stress), real tcpserver connections and lookups in the file see
+// one answer or the other, never a part; and a reader that keeps the CDB
+// open across two publishes and more reads, to the end, the very bytes it
+// opened (the spare is never written over while anything has it open).
+func TestRobustTornReadsWatch(t *testing.T) {
+	n := sized(100, 500)
+	s := newRelayctlSite(t, bigRules(2000, tornTail))
+	var probes []string
+	for i := range 12 {
+		probes = append(probes, fmt.Sprintf("127.0.0.%d", 30+i))
+	}
+	for _, ip := range probes[:6] {
+		recordAt(t, s.spool, ip, "a")
+	}
+	flip := probes[8] // granted in B, not in A
+	var want [2][]string
+	for i := range want {
+		if i == 1 {
+			recordAt(t, s.spool, flip, "b")
+		}
+		if r := s.run(t, "rebuild"); r.code != 0 {
+			t.Fatalf("rebuild: %d %s", r.code, r.stderr)
+		}
+		var err error
+		if want[i], err = view(s.cdb, probes); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if slices.Equal(want[0], want[1]) {
+		t.Fatal("the two grant sets give the same answers")
+	}
+	ts := startTcpserver(t, baseEnv(), []string{"-x", s.cdb, "-R", "-H"}, "/usr/bin/env")
+	start(t, s.env, false, bin("relayctl"), "watch")
+	wait.For(t, "the watcher's first publish", func() bool {
+		got, err := view(s.cdb, probes)
+		return err == nil && slices.Equal(got, want[1])
+	})
+
+	file := newProber(probes, want[0], want[1])
+	file.file(s.cdb)
+	tcp := newProber(probes, want[0], want[1])
+	tcp.tcp(ts.Port)
+	// The holder opens the CDB, waits for two publishes, then reads the
+	// file it holds again.
+	var flips atomic.Int64
+	var held, changed atomic.Int64
+	holder := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-holder:
+				return
+			default:
+			}
+			f, err := os.Open(s.cdb)
+			if err != nil {
+				continue
+			}
+			first, err := io.ReadAll(f)
+			from := flips.Load()
+			for flips.Load() < from+2 {
+				select {
+				case <-holder:
+					f.Close()
+					return
+				case <-time.After(time.Millisecond): // pacing of the holder's check
+				}
+			}
+			again, err2 := io.ReadAll(io.NewSectionReader(f, 0, 1<<30))
+			f.Close()
+			held.Add(1)
+			if err != nil || err2 != nil || !bytes.Equal(first, again) {
+				changed.Add(1)
+			}
+		}
+	}()
+
+	for i := range n {
+		which := i % 2 // 0: A, 1: B
+		// A grant no probe asks about makes every publish's bytes
+		// new, so a held file written over cannot go unnoticed.
+		recordAt(t, s.spool, fmt.Sprintf("172.20.%d.%d", i/256, i%256), "x")
+		if which == 1 {
+			recordAt(t, s.spool, flip, "b")
+		} else if err := os.Remove(filepath.Join(s.spool, flip)); err != nil {
+			t.Fatal(err)
+		}
+		wait.For(t, "the CDB with the grant set flipped", func() bool {
+			got, err := view(s.cdb, probes)
+			return err == nil && slices.Equal(got, want[which])
+		})
+		flips.Add(1)
+	}
+	close(holder)
+	<-done
+	file.finish()
+	tcp.finish()
+	t.Logf("%d publishes; file prober: %v; tcpserver prober: %v; %d files held across two publishes, %d of them changed", n, file, tcp, held.Load(), changed.Load())
+	for _, p := range []*prober{file, tcp} {
+		for _, e := range p.errs {
+			t.Error(e)
+		}
+		if p.seen[0] == 0 || p.seen[1] == 0 {
+			t.Errorf("a prober never saw both answers (%v): it did not run during the publishes", p)
+		}
+	}
+	if held.Load() == 0 || changed.Load() != 0 {
+		t.Errorf("of %d files held open across two publishes, %d changed under the reader", held.Load(), changed.Load())
 	}
 }

@@ -80,6 +80,8 @@ func TestUninstallClosesRelays(t *testing.T) {
 			// An SMTP host's cache of the grants in etcd (watch
 			// --source etcd writes it beside the CDB).
 			os.WriteFile("/etc/tcp.smtp.cdb.etcd", []byte("{}\n"), 0o600)
+			// The spare a watcher killed with -9 leaves beside it.
+			os.WriteFile("/etc/.tcp.smtp.cdb.spare", before, 0o644)
 
 			out, err := sh(route.uninstall...)
 			t.Logf("%s:\n%s", strings.Join(route.uninstall, " "), out)
@@ -128,7 +130,7 @@ func TestUninstallClosesRelays(t *testing.T) {
 				if _, err := os.Stat("/var/spool/poprelay"); err == nil || groupErr == nil {
 					t.Errorf("purge must remove the spool and the group")
 				}
-				for _, p := range []string{"/etc/tcp.smtp.cdb.state", "/etc/tcp.smtp.cdb.lock", "/etc/tcp.smtp.cdb.etcd"} {
+				for _, p := range []string{"/etc/tcp.smtp.cdb.state", "/etc/tcp.smtp.cdb.lock", "/etc/tcp.smtp.cdb.etcd", "/etc/.tcp.smtp.cdb.spare"} {
 					if _, err := os.Stat(p); err == nil {
 						t.Errorf("purge left %s", p)
 					}

@@ -19,24 +19,7 @@ import (
 // file keeps the mode of the file it replaces, or gets perm (less the
 // umask) if there is none. fn gets the temporary file, positioned at 0; it
 // may seek in it.
-func WriteFile(path string, perm fs.FileMode, fn func(f *os.File) error) error {
-	_, err := write(path, perm, fn, false)
-	return err
-}
-
-// Replace is WriteFile for a writer that publishes often (relayctl
-// watch): it keeps the file it replaces open across the rename and
-// returns it, nil if there was none. A file system frees a file's blocks
-// when its last name and descriptor go: in the rename, unless the file is
-// still open. For a 7 MB CDB on a discard-mounted disk that took 6 ms of
-// a 45 ms publish. The caller closes old once it is off the path that
-// matters (in the background, after the publish). A symlink or a file
-// that is not regular is not held.
-func Replace(path string, perm fs.FileMode, fn func(f *os.File) error) (old *os.File, err error) {
-	return write(path, perm, fn, true)
-}
-
-func write(path string, perm fs.FileMode, fn func(f *os.File) error, hold bool) (old *os.File, err error) {
+func WriteFile(path string, perm fs.FileMode, fn func(f *os.File) error) (err error) {
 	dir, base := filepath.Split(path)
 	if dir == "" {
 		dir = "."
@@ -44,27 +27,23 @@ func write(path string, perm fs.FileMode, fn func(f *os.File) error, hold bool) 
 	mode, keep := perm, false
 	if st, err := os.Stat(path); err == nil {
 		if !st.Mode().IsRegular() {
-			return nil, &fs.PathError{Op: "replace", Path: path, Err: errors.New("not a regular file")}
+			return &fs.PathError{Op: "replace", Path: path, Err: errors.New("not a regular file")}
 		}
 		mode, keep = st.Mode().Perm(), true
 	}
 	f, err := os.CreateTemp(dir, "."+base+".tmp*")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	tmp := f.Name()
 	defer func() {
 		if err != nil {
 			f.Close()
 			os.Remove(tmp)
-			if old != nil {
-				old.Close()
-				old = nil
-			}
 		}
 	}()
 	if err := fn(f); err != nil {
-		return nil, err
+		return err
 	}
 	if keep {
 		err = f.Chmod(mode)
@@ -73,36 +52,18 @@ func write(path string, perm fs.FileMode, fn func(f *os.File) error, hold bool) 
 		err = f.Chmod(mode &^ umask())
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := f.Sync(); err != nil {
-		return nil, fmt.Errorf("sync %s: %w", tmp, err)
+		return fmt.Errorf("sync %s: %w", tmp, err)
 	}
 	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("close %s: %w", tmp, err)
-	}
-	if hold && keep {
-		old = openOld(path)
+		return fmt.Errorf("close %s: %w", tmp, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return old, err
+		return err
 	}
-	return old, syncDir(dir)
-}
-
-// openOld opens the regular file at path for Replace to hold, never
-// following a symlink nor waiting on a FIFO; nil if it cannot.
-func openOld(path string) *os.File {
-	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil
-	}
-	var st syscall.Stat_t
-	if syscall.Fstat(fd, &st) != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG {
-		syscall.Close(fd)
-		return nil
-	}
-	return os.NewFile(uintptr(fd), path)
+	return syncDir(dir)
 }
 
 // syncDir makes a rename in dir durable.
