@@ -164,7 +164,8 @@ func scaleSizes(def ...int) []int {
 // TestScaleRebuild: relayctl rebuild as a new process at 100k and 1M
 // grants, against tcprules on the equivalent text file: with the spool
 // unchanged since the last run, after 100 logins since (their files
-// read, not yet folded), and the same without the state file. The 100k
+// read, not yet folded), and the same without the state file; each the
+// best of three runs, as tcprules' time is. The 100k
 // site starts as the last release left it, a grant file each (the first
 // run folds and removes them: the upgrade, once); the 1M site starts
 // from relayctl import of vpopmail's open-smtp.
@@ -189,14 +190,21 @@ func TestScaleRebuild(t *testing.T) {
 		}
 		syscall.Sync()
 		floor, floorRSS := tcprulesTime(t, eq, 3)
+		// Each figure is the best of three runs, as tcprules' is.
 		warm, warmRSS := best(3, rc)
-		// A few logins since the last run.
-		for i := range 100 {
-			os.WriteFile(filepath.Join(s.spool, fmt.Sprintf("198.18.0.%d", i)), []byte(fmt.Sprintf("user=new\nservice=pop3\ntime=%d\n", time.Now().Unix())), 0o640)
-		}
-		more, moreRSS := rc()
-		os.Remove(s.cdb + ".state")
-		cold, coldRSS := rc()
+		// 100 logins since the last run, new ones for each run.
+		round := 0
+		more, moreRSS := best(3, func() (time.Duration, float64) {
+			for i := range 100 {
+				os.WriteFile(filepath.Join(s.spool, fmt.Sprintf("198.18.%d.%d", round, i)), []byte(fmt.Sprintf("user=new\nservice=pop3\ntime=%d\n", time.Now().Unix())), 0o640)
+			}
+			round++
+			return rc()
+		})
+		cold, coldRSS := best(3, func() (time.Duration, float64) {
+			os.Remove(s.cdb + ".state")
+			return rc()
+		})
 		t.Logf("%d grants: tcprules %v (%.0f MB); relayctl rebuild, spool unchanged %v (%.1fx, %.0f MB), after 100 logins %v (%.1fx, %.0f MB), the same without the state file %v (%.1fx, %.0f MB); setup: %s",
 			n, floor.Round(time.Millisecond), floorRSS, warm.Round(time.Millisecond), ratio(warm, floor), warmRSS,
 			more.Round(time.Millisecond), ratio(more, floor), moreRSS, cold.Round(time.Millisecond), ratio(cold, floor), coldRSS, setup)
