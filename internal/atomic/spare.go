@@ -3,6 +3,7 @@ package atomic
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -29,8 +30,9 @@ import (
 // the one open file of an inode, and holds it while it writes. When the
 // spare is in use, is not a regular file of ours with one link, or the
 // lease is refused, Write removes its name (never following a symlink; a
-// reader keeps its file) and writes a new file in its place. Where
-// RENAME_EXCHANGE is not supported, the new file is renamed over Path.
+// reader keeps its file) and writes a new file in its place; if even
+// that cannot be, it publishes as WriteFile does. Where RENAME_EXCHANGE
+// is not supported, the new file is renamed over Path.
 type Spare struct {
 	Path string
 	Perm fs.FileMode // the mode of a new Path, less the umask; an existing Path's mode is kept
@@ -61,7 +63,9 @@ func (s *Spare) Write(fn func(f *os.File) error) (err error) {
 	f := reuse(spare)
 	if f == nil {
 		if f, err = fresh(spare); err != nil {
-			return err
+			// No spare to be had (a directory has its name, say): a
+			// new file, as WriteFile writes it.
+			return WriteFile(s.Path, s.Perm, fn)
 		}
 	}
 	leased := true
@@ -74,7 +78,7 @@ func (s *Spare) Write(fn func(f *os.File) error) (err error) {
 	if err := fn(f); err != nil {
 		return err
 	}
-	end, err := f.Seek(0, 1)
+	end, err := f.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return err
 	}

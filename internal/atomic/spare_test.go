@@ -110,6 +110,19 @@ func TestSpareNeverFollowed(t *testing.T) {
 	if b, _ := os.ReadFile(p); string(b) != "three" {
 		t.Errorf("published %q", b)
 	}
+	// A directory at the spare's name: published all the same.
+	os.Remove(SpareName(p))
+	if err := os.Mkdir(SpareName(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(put("four")); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "four" {
+		t.Errorf("published %q beside a directory named as the spare", b)
+	}
+	os.Remove(SpareName(p))
+	s.Write(put("three"))
 	boom := errors.New("boom")
 	if err := s.Write(func(f *os.File) error { f.WriteString("half"); return boom }); !errors.Is(err, boom) {
 		t.Fatalf("err %v", err)
