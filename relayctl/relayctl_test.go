@@ -833,3 +833,34 @@ func TestBadFolded(t *testing.T) {
 		t.Fatal("the CDB changed")
 	}
 }
+
+// TestClaimedLeftFolded: a grant file a killed fold left claimed
+// (renamed to .fold-IP) is listed and published, and the next rebuild
+// folds it: the claimed name is gone, the grant is in the folded file.
+func TestClaimedLeftFolded(t *testing.T) {
+	f := newFixture(t)
+	f.ok("allow", "192.0.2.7", "--user", "bob")
+	f.ok("allow", "192.0.2.8", "--user", "carol")
+	f.ok("revoke", "192.0.2.7") // folds: carol's grant is in the folded file
+	f.ok("allow", "192.0.2.9", "--user", "dave")
+	claimed := filepath.Join(f.spool, ".fold-192.0.2.9")
+	if err := os.Rename(filepath.Join(f.spool, "192.0.2.9"), claimed); err != nil {
+		t.Fatal(err)
+	}
+	if out := f.ok("list"); !strings.Contains(out, "192.0.2.9") || !strings.Contains(out, "192.0.2.8") {
+		t.Fatalf("list with a claimed file:\n%s", out)
+	}
+	f.ok("rebuild")
+	if _, err := os.Lstat(claimed); err == nil {
+		t.Errorf("rebuild left %s", claimed)
+	}
+	b, _ := os.ReadFile(filepath.Join(f.spool, ".grants"))
+	if !strings.Contains(string(b), "192.0.2.9\t") {
+		t.Errorf("the claimed grant is not in the folded file:\n%s", b)
+	}
+	for _, ip := range []string{"192.0.2.8", "192.0.2.9"} {
+		if got := f.decide(ip); !strings.Contains(got, "RELAYCLIENT") {
+			t.Errorf("%s: %s", ip, got)
+		}
+	}
+}

@@ -76,7 +76,7 @@ func (e *env) grants(save bool) ([]grant.Grant, error) {
 	e.vlogf("spool %s: %d grants (%d grant files: %d from the state, %d read, %d new or changed, %d gone)",
 		e.cfg.Spool, len(gs), len(snap.Grants), st.Kept, st.Read, st.New, st.Gone)
 	e.snap = snap
-	if save && !e.noFold && (len(snap.Grants) >= foldAt || capped > 0 || len(snap.Capped) > 0) {
+	if save && !e.noFold && (len(snap.Grants) >= foldAt || capped > 0 || len(snap.Capped) > 0 || len(snap.Claimed) > 0) {
 		if err := e.fold(gs, nil); err != nil {
 			e.logf("warning: %s", why(err))
 		} else {

@@ -501,8 +501,8 @@ func (s *Store) list(now time.Time, capFuture bool) ([]Grant, *Snapshot, error) 
 // inbox over them (see Overlay), in address order. Login times in the
 // future (beyond Skew) of folded and claimed grants are capped to the
 // present, as Scan caps those of files; capped counts them, so that the
-// caller can fold them as capped (as it must the claimed files: capped
-// counts those too). The folded file is read after the spool's files: a
+// caller can fold them as capped (as it must inbox.Claimed, the files a
+// killed fold left claimed). The folded file is read after the spool's files: a
 // fold that ran meanwhile removed only files whose grants the folded
 // file read has. If the folded file is still prev (what Fold returned),
 // it is not read again: Load takes prev's grants over.
@@ -528,7 +528,7 @@ func (s *Store) load(inbox *Snapshot, prev *Folded, now time.Time, capFuture boo
 		}
 	}
 	gs := Overlay(Overlay(f.Grants, claimed), inbox.Grants)
-	return gs, capped + len(claimed), nil
+	return gs, capped, nil
 }
 
 // readers is how many goroutines read grant files at once in List.
