@@ -74,19 +74,20 @@ func (l lister) List() ([]grant.Grant, error) { return l() }
 // than a cluster-wide revocation at at.
 func (e *env) dropRevoked(ip string, at time.Time) {
 	s := e.store()
-	if g, ok, err := s.Get(ip); err == nil && ok && !g.Time.After(at) {
-		// Under the lock: a folded grant goes by rewriting the folded
-		// file.
-		var ok bool
-		err := e.locked(func() (err error) {
-			ok, err = s.Remove(ip)
-			return err
-		})
-		if err != nil {
-			e.logf("warning: unable to remove %s revoked cluster-wide: %s", ip, why(err))
-		} else if ok {
-			e.logf("revoked cluster-wide at %s: removed %s", at.Format(time.RFC3339), ip)
-		}
+	if _, ok, err := s.Get(ip); err != nil || !ok {
+		return // nothing here: no lock taken
+	}
+	// Under the lock: a folded grant goes by rewriting the folded file.
+	// A login since the revocation stays, even one that lands now.
+	var ok bool
+	err := e.locked(func() (err error) {
+		ok, err = s.RemoveBefore(ip, at)
+		return err
+	})
+	if err != nil {
+		e.logf("warning: unable to remove %s revoked cluster-wide: %s", ip, why(err))
+	} else if ok {
+		e.logf("revoked cluster-wide at %s: removed %s", at.Format(time.RFC3339), ip)
 	}
 }
 

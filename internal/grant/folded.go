@@ -517,6 +517,69 @@ func (s *Store) Sweep(inbox *Snapshot, idx []int) error {
 	return errors.Join(errs...)
 }
 
+// RemoveBefore removes the grant for ip if it was recorded at or before
+// at (a revocation made at at), and reports whether it removed one: a
+// login since stays, even one that lands while RemoveBefore runs (the
+// file is claimed, then read again before it goes, as Sweep does). The
+// caller holds relayctl's lock: a folded grant goes by rewriting the
+// folded file.
+func (s *Store) RemoveBefore(ip string, at time.Time) (bool, error) {
+	c, err := CanonicalIP(ip)
+	if err != nil {
+		return false, err
+	}
+	if s.Dir == "" {
+		return false, ErrNoDir
+	}
+	dfd, err := openDir(s.Dir)
+	if err != nil {
+		return false, err
+	}
+	defer syscall.Close(dfd)
+	old := func(name string) bool {
+		g, err := s.read(name)
+		return err == nil && !g.Time.After(at)
+	}
+	gone := false
+	claim := claimPrefix + c
+	// A file a killed fold left claimed: only folds, under the lock,
+	// make those, so it stands still.
+	if old(claim) {
+		if err := unix.Unlinkat(dfd, claim, 0); err != nil && err != unix.ENOENT {
+			return gone, &fs.PathError{Op: "remove", Path: filepath.Join(s.Dir, claim), Err: err}
+		}
+		gone = true
+	}
+	switch err := unix.Renameat(dfd, c, dfd, claim); {
+	case err == unix.ENOENT:
+	case err != nil:
+		return gone, &fs.PathError{Op: "rename", Path: filepath.Join(s.Dir, c), Err: err}
+	default:
+		if old(claim) {
+			gone = true
+		} else if err := unix.Linkat(dfd, claim, dfd, c, 0); err != nil && err != unix.EEXIST {
+			// Left claimed: readers and the next fold take it.
+			return gone, &fs.PathError{Op: "link", Path: filepath.Join(s.Dir, c), Err: err}
+		}
+		if err := unix.Unlinkat(dfd, claim, 0); err != nil && err != unix.ENOENT {
+			return gone, &fs.PathError{Op: "remove", Path: filepath.Join(s.Dir, claim), Err: err}
+		}
+	}
+	f, err := s.ReadFolded(0)
+	if err != nil {
+		return gone, err
+	}
+	x, _ := netip.ParseAddr(c)
+	i, found := searchAddr(f.Grants, x)
+	if !found || f.Grants[i].Time.After(at) {
+		return gone, nil
+	}
+	if _, err := s.writeFolded(slices.Delete(f.Grants, i, i+1)); err != nil {
+		return gone, fmt.Errorf("unable to write %s: %w", filepath.Join(s.Dir, FoldedName), err)
+	}
+	return true, nil
+}
+
 // All numbers the n grant files of a Snapshot, for Sweep.
 func All(n int) []int {
 	idx := make([]int, n)

@@ -542,3 +542,63 @@ func TestFoldedFuture(t *testing.T) {
 		t.Errorf("Get = %+v, %v", g, ok)
 	}
 }
+
+// TestRemoveBefore: a revocation made at a time removes the grants for
+// the address recorded until then, in a file, a claimed file or the
+// folded file, and leaves a login since.
+func TestRemoveBefore(t *testing.T) {
+	s, _ := logStore(t)
+	at := time.Unix(1764150000, 0)
+	rec := func(ip string, when time.Time) {
+		t.Helper()
+		if err := s.Record(Grant{IP: ip, User: "u", Service: "pop3", Time: when}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Folded: .1 before, .2 after, .3 before (with a later login in a file).
+	rec("192.0.2.1", at.Add(-time.Hour))
+	rec("192.0.2.2", at.Add(time.Minute))
+	rec("192.0.2.3", at.Add(-time.Hour))
+	gs, snap, err := s.list(at, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Fold(gs, snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sweep(snap, All(len(snap.Grants))); err != nil {
+		t.Fatal(err)
+	}
+	rec("192.0.2.3", at.Add(time.Second))
+	rec("192.0.2.4", at)                   // a file, at the very time: goes
+	rec("192.0.2.5", at.Add(time.Second))  // a file, after: stays
+	rec("192.0.2.6", at.Add(-time.Second)) // claimed by a killed fold: goes
+	if err := os.Rename(filepath.Join(s.Dir, "192.0.2.6"), filepath.Join(s.Dir, claimPrefix+"192.0.2.6")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		ip   string
+		gone bool
+	}{{"192.0.2.1", true}, {"192.0.2.2", false}, {"192.0.2.3", true}, {"192.0.2.4", true}, {"192.0.2.5", false}, {"192.0.2.6", true}, {"192.0.2.7", false}} {
+		gone, err := s.RemoveBefore(c.ip, at)
+		if err != nil || gone != c.gone {
+			t.Errorf("RemoveBefore(%s) = %v, %v; want %v", c.ip, gone, err, c.gone)
+		}
+	}
+	var left []string
+	gs, err = s.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range gs {
+		left = append(left, fmt.Sprintf("%s %d", g.IP, g.Time.Sub(at)/time.Second))
+	}
+	if want := []string{"192.0.2.2 60", "192.0.2.3 1", "192.0.2.5 1"}; !slices.Equal(left, want) {
+		t.Errorf("left %q, want %q", left, want)
+	}
+	for _, n := range names(t, s.Dir) {
+		if strings.HasPrefix(n, claimPrefix) {
+			t.Errorf("claimed file left: %s", n)
+		}
+	}
+}
