@@ -16,10 +16,9 @@ type slot struct {
 // copied or reallocated (as cdb_make's hplist), so memory stays close to 8
 // bytes per record with no garbage to collect.
 type chunks struct {
-	full  [][]slot
-	last  []slot
-	n     int
-	spare [][]slot // emptied chunks for reuse, after Reset
+	full [][]slot
+	last []slot
+	n    int
 }
 
 func (c *chunks) add(s slot) {
@@ -27,26 +26,10 @@ func (c *chunks) add(s slot) {
 		if c.last != nil {
 			c.full = append(c.full, c.last)
 		}
-		if k := len(c.spare); k > 0 {
-			c.last, c.spare = c.spare[k-1][:0], c.spare[:k-1]
-		} else {
-			c.last = make([]slot, 0, min(max(16, 2*cap(c.last)), 1024))
-		}
+		c.last = make([]slot, 0, min(max(16, 2*cap(c.last)), 1024))
 	}
 	c.last = append(c.last, s)
 	c.n++
-}
-
-// reset empties c, keeping its chunks for reuse.
-func (c *chunks) reset() {
-	for _, ch := range c.full {
-		c.spare = append(c.spare, ch[:0])
-	}
-	if c.last != nil {
-		c.spare = append(c.spare, c.last[:0])
-	}
-	clear(c.full)
-	c.full, c.last, c.n = c.full[:0], nil, 0
 }
 
 // Writer streams records to an io.WriteSeeker and writes the hash tables and
@@ -62,9 +45,6 @@ type Writer struct {
 	err    error // sticky: once set, every later call returns it
 	done   bool
 	hdr    [8]byte // Add's record header, here so it is not allocated per call
-	keep   bool    // set by Reset: Finish keeps its memory for the next use
-	table  []slot  // Finish's buffers, kept with keep
-	out    []byte
 }
 
 // NewWriter returns a Writer that writes a database to w, starting at its
@@ -74,19 +54,6 @@ func NewWriter(w io.WriteSeeker) *Writer {
 	var zero [headerSize]byte
 	_, cw.err = cw.buf.Write(zero[:])
 	return cw
-}
-
-// Reset makes cw write a new database to w, as NewWriter does, reusing
-// the memory of the last one: a writer reset for every publish allocates
-// nothing once it has seen the largest database.
-func (cw *Writer) Reset(w io.WriteSeeker) {
-	for i := range cw.tables {
-		cw.tables[i].reset()
-	}
-	cw.w, cw.pos, cw.n, cw.err, cw.done, cw.keep = w, headerSize, 0, nil, false, true
-	cw.buf.Reset(w)
-	var zero [headerSize]byte
-	_, cw.err = cw.buf.Write(zero[:])
 }
 
 // Add appends one record. Keys may repeat; readers find the first.
@@ -152,7 +119,8 @@ func (cw *Writer) Finish() error {
 	// Each table holds its records in insertion order, as cdb_make's
 	// split does.
 	var header [headerSize]byte
-	table, out := cw.table, cw.out
+	var table []slot
+	var out []byte
 	for i := range 256 {
 		n := uint32(cw.tables[i].n)
 		slots := 2 * n
@@ -174,18 +142,13 @@ func (cw *Writer) Finish() error {
 				place(table, s)
 			}
 		}
-		if !cw.keep {
-			*c = chunks{}
-		}
+		*c = chunks{}
 		b := encode(out[:0], table)
 		if _, err := cw.buf.Write(b); err != nil {
 			cw.err = err
 			return err
 		}
 		cw.pos += 8 * uint64(slots)
-	}
-	if cw.keep {
-		cw.table, cw.out = table, out
 	}
 	if err := cw.buf.Flush(); err != nil {
 		cw.err = err
