@@ -489,28 +489,13 @@ func (s *Store) Sweep(inbox *Snapshot, idx []int) error {
 	parallel(len(idx), func(k int) {
 		i := idx[k]
 		name := inbox.Grants[i].IP
-		claim := claimPrefix + name
-		if err := unix.Renameat(dfd, name, dfd, claim); err != nil {
-			if err != unix.ENOENT {
-				errs[k] = &fs.PathError{Op: "rename", Path: filepath.Join(s.Dir, name), Err: err}
-			}
-			return
-		}
-		// The claimed file is read again: unless it is the grant read
-		// (a login replaced it in between), it goes back under its
-		// name, unless an even later login is there already. (Its
-		// inode number cannot tell: a file system reuses a freed one.)
-		g, err := s.read(claim)
-		g.IP = name
-		if err != nil || !sameFile(g, inbox.Grants[i], capped[name], now) {
-			if err := unix.Linkat(dfd, claim, dfd, name, 0); err != nil && err != unix.EEXIST {
-				errs[k] = &fs.PathError{Op: "link", Path: filepath.Join(s.Dir, name), Err: err}
-				return // left claimed: the next fold reads it
-			}
-		}
-		if err := unix.Unlinkat(dfd, claim, 0); err != nil && err != unix.ENOENT {
-			errs[k] = &fs.PathError{Op: "remove", Path: filepath.Join(s.Dir, claim), Err: err}
-		}
+		// Unless it is the grant read: a login replaced it in between.
+		// (Its inode number cannot tell: a file system reuses a freed
+		// one.)
+		_, errs[k] = s.reclaim(dfd, name, func(g Grant, err error) bool {
+			g.IP = name
+			return err == nil && sameFile(g, inbox.Grants[i], capped[name], now)
+		})
 	})
 	// No sync of the spool: a removal lost in a crash leaves a file
 	// whose grant the folded file has; the next Fold syncs them first.
@@ -536,46 +521,66 @@ func (s *Store) RemoveBefore(ip string, at time.Time) (bool, error) {
 		return false, err
 	}
 	defer syscall.Close(dfd)
-	old := func(name string) bool {
-		g, err := s.read(name)
-		return err == nil && !g.Time.After(at)
-	}
+	old := func(g Grant, err error) bool { return err == nil && !g.Time.After(at) }
 	gone := false
 	claim := claimPrefix + c
 	// A file a killed fold left claimed: only folds, under the lock,
 	// make those, so it stands still.
-	if old(claim) {
+	if old(s.read(claim)) {
 		if err := unix.Unlinkat(dfd, claim, 0); err != nil && err != unix.ENOENT {
 			return gone, &fs.PathError{Op: "remove", Path: filepath.Join(s.Dir, claim), Err: err}
 		}
 		gone = true
 	}
-	switch err := unix.Renameat(dfd, c, dfd, claim); {
-	case err == unix.ENOENT:
-	case err != nil:
-		return gone, &fs.PathError{Op: "rename", Path: filepath.Join(s.Dir, c), Err: err}
-	default:
-		if old(claim) {
-			gone = true
-		} else if err := unix.Linkat(dfd, claim, dfd, c, 0); err != nil && err != unix.EEXIST {
-			// Left claimed: readers and the next fold take it.
-			return gone, &fs.PathError{Op: "link", Path: filepath.Join(s.Dir, c), Err: err}
+	if file, err := s.reclaim(dfd, c, old); err != nil {
+		return gone, err
+	} else if file {
+		gone = true
+	}
+	folded, err := s.removeFolded(c, func(g Grant) bool { return !g.Time.After(at) })
+	return gone || folded, err
+}
+
+// reclaim claims the grant file name (a rename to .fold-NAME), reads it
+// again and removes it if drop says so of what it read; otherwise it goes
+// back under its name, unless a later login is there already. A file
+// left claimed when that fails is taken by readers and the next fold. It
+// reports whether it removed the file; none there is no error.
+func (s *Store) reclaim(dfd int, name string, drop func(Grant, error) bool) (bool, error) {
+	claim := claimPrefix + name
+	if err := unix.Renameat(dfd, name, dfd, claim); err != nil {
+		if err == unix.ENOENT {
+			return false, nil
 		}
-		if err := unix.Unlinkat(dfd, claim, 0); err != nil && err != unix.ENOENT {
-			return gone, &fs.PathError{Op: "remove", Path: filepath.Join(s.Dir, claim), Err: err}
+		return false, &fs.PathError{Op: "rename", Path: filepath.Join(s.Dir, name), Err: err}
+	}
+	gone := drop(s.read(claim))
+	if !gone {
+		if err := unix.Linkat(dfd, claim, dfd, name, 0); err != nil && err != unix.EEXIST {
+			return false, &fs.PathError{Op: "link", Path: filepath.Join(s.Dir, name), Err: err}
 		}
 	}
+	if err := unix.Unlinkat(dfd, claim, 0); err != nil && err != unix.ENOENT {
+		return gone, &fs.PathError{Op: "remove", Path: filepath.Join(s.Dir, claim), Err: err}
+	}
+	return gone, nil
+}
+
+// removeFolded removes the folded grant for the canonical address c, if
+// there is one and drop says so, by rewriting the folded file; it reports
+// whether it did. The caller holds relayctl's lock.
+func (s *Store) removeFolded(c string, drop func(Grant) bool) (bool, error) {
 	f, err := s.ReadFolded(0)
 	if err != nil {
-		return gone, err
+		return false, err
 	}
 	x, _ := netip.ParseAddr(c)
 	i, found := searchAddr(f.Grants, x)
-	if !found || f.Grants[i].Time.After(at) {
-		return gone, nil
+	if !found || !drop(f.Grants[i]) {
+		return false, nil
 	}
 	if _, err := s.writeFolded(slices.Delete(f.Grants, i, i+1)); err != nil {
-		return gone, fmt.Errorf("unable to write %s: %w", filepath.Join(s.Dir, FoldedName), err)
+		return false, fmt.Errorf("unable to write %s: %w", filepath.Join(s.Dir, FoldedName), err)
 	}
 	return true, nil
 }

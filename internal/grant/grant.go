@@ -629,19 +629,8 @@ func (s *Store) Remove(ip string) (bool, error) {
 		return gone, err
 	}
 	c, _ := CanonicalIP(ip)
-	f, err := s.ReadFolded(0)
-	if err != nil {
-		return gone, err
-	}
-	x, _ := netip.ParseAddr(c)
-	i, found := searchAddr(f.Grants, x)
-	if !found {
-		return gone, nil
-	}
-	if _, err := s.writeFolded(slices.Delete(f.Grants, i, i+1)); err != nil {
-		return gone, fmt.Errorf("unable to write %s: %w", filepath.Join(s.Dir, FoldedName), err)
-	}
-	return true, nil
+	folded, err := s.removeFolded(c, func(Grant) bool { return true })
+	return gone || folded, err
 }
 
 // Split splits gs into the grants still live at now and those expired,
