@@ -73,15 +73,12 @@ func (l lister) List() ([]grant.Grant, error) { return l() }
 // dropRevoked removes ip from the local spool if its login is not newer
 // than a cluster-wide revocation at at.
 func (e *env) dropRevoked(ip string, at time.Time) {
-	s := e.store()
-	if _, ok, err := s.Get(ip); err != nil || !ok {
-		return // nothing here: no lock taken
-	}
-	// Under the lock: a folded grant goes by rewriting the folded file.
-	// A login since the revocation stays, even one that lands now.
+	// Under the lock: a folded grant goes by rewriting the folded file
+	// (read once, there). A login since the revocation stays, even one
+	// that lands now.
 	var ok bool
 	err := e.locked(func() (err error) {
-		ok, err = s.RemoveBefore(ip, at)
+		ok, err = e.store().RemoveBefore(ip, at)
 		return err
 	})
 	if err != nil {
