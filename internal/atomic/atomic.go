@@ -24,12 +24,9 @@ func WriteFile(path string, perm fs.FileMode, fn func(f *os.File) error) (err er
 	if dir == "" {
 		dir = "."
 	}
-	mode, keep := perm, false
-	if st, err := os.Stat(path); err == nil {
-		if !st.Mode().IsRegular() {
-			return &fs.PathError{Op: "replace", Path: path, Err: errors.New("not a regular file")}
-		}
-		mode, keep = st.Mode().Perm(), true
+	mode, err := modeFor(path, perm)
+	if err != nil {
+		return err
 	}
 	f, err := os.CreateTemp(dir, "."+base+".tmp*")
 	if err != nil {
@@ -45,13 +42,8 @@ func WriteFile(path string, perm fs.FileMode, fn func(f *os.File) error) (err er
 	if err := fn(f); err != nil {
 		return err
 	}
-	if keep {
-		err = f.Chmod(mode)
-	} else {
-		// CreateTemp makes 0600; honour the umask as open(2) would.
-		err = f.Chmod(mode &^ umask())
-	}
-	if err != nil {
+	// CreateTemp makes 0600.
+	if err := f.Chmod(mode); err != nil {
 		return err
 	}
 	if err := f.Sync(); err != nil {
@@ -64,6 +56,20 @@ func WriteFile(path string, perm fs.FileMode, fn func(f *os.File) error) (err er
 		return err
 	}
 	return syncDir(dir)
+}
+
+// modeFor is the mode of a file that replaces path: path's own, or perm
+// less the umask (as open(2) would make it) if there is none. A path
+// that is not a regular file is not replaced.
+func modeFor(path string, perm fs.FileMode) (fs.FileMode, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return perm &^ umask(), nil
+	}
+	if !st.Mode().IsRegular() {
+		return 0, &fs.PathError{Op: "replace", Path: path, Err: errors.New("not a regular file")}
+	}
+	return st.Mode().Perm(), nil
 }
 
 // syncDir makes a rename in dir durable.

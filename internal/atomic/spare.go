@@ -49,15 +49,9 @@ func SpareName(path string) string {
 // On any failure Path stays as it was.
 func (s *Spare) Write(fn func(f *os.File) error) (err error) {
 	dir := filepath.Dir(s.Path)
-	mode, keep := s.Perm, false
-	if st, err := os.Stat(s.Path); err == nil {
-		if !st.Mode().IsRegular() {
-			return &fs.PathError{Op: "replace", Path: s.Path, Err: errors.New("not a regular file")}
-		}
-		mode, keep = st.Mode().Perm(), true
-	}
-	if !keep {
-		mode &^= umask()
+	mode, err := modeFor(s.Path, s.Perm)
+	if err != nil {
+		return err
 	}
 	spare := SpareName(s.Path)
 	f := reuse(spare)
