@@ -181,7 +181,7 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 	// and no blocks allocated and freed for each publish.
 	spare := &atomic.Spare{Path: e.cfg.CDB, Perm: 0o644}
 	defer spare.Remove()
-	write := func(fill func(f io.WriteSeeker) error) error {
+	write := func(fill func(f io.Writer) error) error {
 		return e.locked(func() error {
 			e.cleanDebris()
 			err := spare.Write(func(f *os.File) error { return fill(cdbOutput(f)) })

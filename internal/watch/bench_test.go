@@ -65,7 +65,7 @@ func BenchmarkLoginStorm(b *testing.B) {
 	rebuilds := 0
 	// The watcher's incremental merge (Write, as relayctl watch runs
 	// it); after each publish the new CDB is read for the pending logins.
-	write := func(fill func(f io.WriteSeeker) error) error {
+	write := func(fill func(f io.Writer) error) error {
 		if err := atomic.WriteFile(cdbPath, 0o644, func(f *os.File) error { return fill(f) }); err != nil {
 			return err
 		}

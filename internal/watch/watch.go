@@ -88,8 +88,8 @@ type Config struct {
 	// merge current (a merge.Set: each grant's records computed once per
 	// change of it, all of them once per change of the rules or
 	// Options), and Write must publish the CDB atomically, its content
-	// written by fill (which calls Finish) to a file at offset 0.
-	Write func(fill func(f io.WriteSeeker) error) error
+	// written whole by fill to a file at offset 0.
+	Write func(fill func(f io.Writer) error) error
 	// Share, if set, is told before each publish what to share with
 	// other hosts: after a start, rescan, reload or retry every live
 	// grant (Sync), after a change or an expiry only the grants that
@@ -421,7 +421,7 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 	w.share(reason, now)
 	live := 0
 	if w.cfg.Write != nil {
-		err = w.cfg.Write(func(f io.WriteSeeker) error {
+		err = w.cfg.Write(func(f io.Writer) error {
 			sum, nx, err := w.set.Write(f, now)
 			live, next = sum.Grants-sum.Expired, nx
 			return err
