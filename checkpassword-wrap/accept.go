@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // PortsFile lists the local ports, besides the privileged ones, on which
@@ -22,7 +24,12 @@ const PortsFile = "/etc/poprelay/ports"
 // and an ordinary user can neither bind nor listen on a privileged port.
 // So its local port must be privileged (below 1024, or below the
 // system's ip_unprivileged_port_start if lower, and below the ephemeral
-// range) or listed in the ports file. If not, why says so for the log.
+// range) or listed in the ports file. And it must be a socket of the
+// wrapper's own network namespace: in one of its own (unshare -Urn: a
+// user namespace and a network namespace, no privilege needed) a user may
+// listen on port 110, put any address on lo, connect from it and hand the
+// accepted socket, by SCM_RIGHTS, to a process outside that runs the
+// wrapper. If not, why says so for the log.
 func stdinAccepted(portsFile string) (ok bool, why string) {
 	return accepted(0, portsFile)
 }
@@ -31,6 +38,9 @@ func stdinAccepted(portsFile string) (ok bool, why string) {
 func accepted(fd int, portsFile string) (ok bool, why string) {
 	if v, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err != nil || v != 0 {
 		return false, "standard input is a listening socket"
+	}
+	if ok, why := ownNetns(fd); !ok {
+		return false, why
 	}
 	sa, err := syscall.Getsockname(fd)
 	if err != nil {
@@ -55,9 +65,46 @@ func accepted(fd int, portsFile string) (ok bool, why string) {
 	return false, fmt.Sprintf("standard input is a connection to local port %d, which is neither privileged nor listed in %s%s: only a connection a service accepted proves where the client is", port, portsFile, note)
 }
 
+// netnsCookie returns the cookie of the network namespace the socket fd
+// belongs to (SO_NETNS_COOKIE, Linux 5.14 and later): it is set when the
+// namespace is made and never given to another. A var so that a test can
+// stand for a kernel without it.
+var netnsCookie = func(fd int) (uint64, error) {
+	return unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+}
+
+// ownNetns tells whether the socket fd belongs to the wrapper's own
+// network namespace, told by comparing its SO_NETNS_COOKIE with that of a
+// socket the wrapper makes. Where that cannot be told (an older kernel:
+// ENOPROTOOPT) the answer is no: a socket of a namespace the caller made
+// proves nothing about where the client is.
+func ownNetns(fd int) (ok bool, why string) {
+	cantTell := "unable to tell whether standard input is a socket of this host's network namespace"
+	theirs, err := netnsCookie(fd)
+	if err != nil {
+		return false, fmt.Sprintf("%s (SO_NETNS_COOKIE: %v; Linux 5.14 or later tells it)", cantTell, err)
+	}
+	s, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Sprintf("%s (socket: %v)", cantTell, err)
+	}
+	defer syscall.Close(s)
+	ours, err := netnsCookie(s)
+	if err != nil {
+		return false, fmt.Sprintf("%s (SO_NETNS_COOKIE: %v; Linux 5.14 or later tells it)", cantTell, err)
+	}
+	if theirs != ours {
+		return false, "standard input is a connection of another network namespace (in one of their own, made with unshare -Urn, users may listen on any port)"
+	}
+	return true, ""
+}
+
 // privilegedBelow is the first port an ordinary user may bind, or that
 // the kernel may give an outgoing connection, whichever is lower, at most
-// 1024.
+// 1024. The /proc/sys/net files are those of the network namespace of the
+// process that reads them, the wrapper's own; that is the right one only
+// because ownNetns has made sure the socket is of that namespace too (the
+// limits of a namespace a user made are the user's to set).
 func privilegedBelow() int {
 	below := 1024
 	if v, ok := procInt("/proc/sys/net/ipv4/ip_unprivileged_port_start", 0); ok && v < below {

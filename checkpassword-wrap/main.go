@@ -48,8 +48,10 @@
 // privilege before running the program. Unless the caller is root or a
 // member of that group, it records only when standard input is a TCP
 // connection from the client address that a service accepted (its local
-// port privileged, or listed in /etc/poprelay/ports): a local user cannot
-// forge a grant, not even by connecting out to the address.
+// port privileged, or listed in /etc/poprelay/ports) in the wrapper's own
+// network namespace: a local user cannot forge a grant, not even by
+// connecting out to the address, nor by accepting a connection from it
+// on port 110 in a network namespace of the user's own (unshare -Urn).
 package main
 
 import (

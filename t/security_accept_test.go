@@ -54,20 +54,30 @@ func startTcpserverPriv(t *testing.T, env []string, host string, opts []string, 
 	return launchTcpserver(t, need(t, "tcpserver"), host, pick, env, opts, prog...)
 }
 
-// TestSecurityAcceptedSocket: a local user cannot forge a grant with a
-// socket of their own. Run as nobody, the setgid wrapper refuses (one
-// stderr line, the next program runs, nothing recorded) when standard
-// input is a connection nobody opened to the forged address (over IPv4,
-// or IPv6 to its ::ffff: form), one accepted by a listener on a high port
-// (anyone can listen there), a connected UDP socket, a unix socket or a
-// listening socket. A real login, accepted by tcpserver on a privileged
-// port and run as nobody (-u/-g), is recorded.
-func TestSecurityAcceptedSocket(t *testing.T) {
-	needRoot(t, "the test installs a setgid wrapper and runs it as nobody")
-	need(t, "tcpserver")
+// setgidWrap is a copy of the wrapper installed setgid to a group nobody
+// is not in, and its spool (root:group 2770): scripts/install's model.
+type setgidWrap struct {
+	wrap  string // the setgid wrapper, which only nobody and root may reach
+	spool string
+	gid   int    // the spool's group
+	dir   string // the test's directory, which nobody may read and search
+}
 
-	// A setgid wrapper and its spool, with an existing group nobody is
-	// not in (the test writes no group database).
+// spoolHas lists the names in the spool.
+func (w setgidWrap) spoolHas() []string {
+	ents, _ := os.ReadDir(w.spool)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// installSetgidWrap installs the wrapper setgid to an existing system
+// group that nobody is not in (the test writes no group database), with
+// its spool, in a directory of the test's.
+func installSetgidWrap(t *testing.T) setgidWrap {
+	t.Helper()
 	var gid int
 	for _, name := range []string{"mail", "news", "daemon"} {
 		if g, err := user.LookupGroup(name); err == nil {
@@ -102,14 +112,23 @@ func TestSecurityAcceptedSocket(t *testing.T) {
 	os.Mkdir(spool, 0o770)
 	os.Chown(spool, 0, gid)
 	os.Chmod(spool, 0o770|os.ModeSetgid)
-	spoolHas := func() []string {
-		ents, _ := os.ReadDir(spool)
-		var names []string
-		for _, e := range ents {
-			names = append(names, e.Name())
-		}
-		return names
-	}
+	return setgidWrap{wrap: wrap, spool: spool, gid: gid, dir: dir}
+}
+
+// TestSecurityAcceptedSocket: a local user cannot forge a grant with a
+// socket of their own. Run as nobody, the setgid wrapper refuses (one
+// stderr line, the next program runs, nothing recorded) when standard
+// input is a connection nobody opened to the forged address (over IPv4,
+// or IPv6 to its ::ffff: form), one accepted by a listener on a high port
+// (anyone can listen there), a connected UDP socket, a unix socket or a
+// listening socket. A real login, accepted by tcpserver on a privileged
+// port and run as nobody (-u/-g), is recorded.
+func TestSecurityAcceptedSocket(t *testing.T) {
+	needRoot(t, "the test installs a setgid wrapper and runs it as nobody")
+	need(t, "tcpserver")
+
+	w := installSetgidWrap(t)
+	wrap, spool, spoolHas := w.wrap, w.spool, w.spoolHas
 
 	forge := func(what, ip string, stdin *os.File, want string) {
 		t.Helper()
