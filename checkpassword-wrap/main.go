@@ -29,7 +29,8 @@
 // Dovecot logs the audit line as info, not as an error. Nothing is ever
 // written on standard output: it is the client's session. A failure to
 // record never stops the login: the program runs with the environment
-// unchanged. If it cannot be run, checkpassword-wrap exits 111; a usage
+// unchanged, exactly as the caller gave it (not the Go runtime's copy,
+// which a setgid program gets with GOTRACEBACK=none). If it cannot be run, checkpassword-wrap exits 111; a usage
 // error exits 100.
 //
 // Flags stop at the first argument that is not one, or after "--".
@@ -64,11 +65,18 @@ import (
 )
 
 func main() {
-	res := run(os.Args[1:], os.Environ(), os.Stderr, realSystem())
+	// The caller's environment as given, not the Go runtime's copy,
+	// which has GOTRACEBACK=none when the wrapper is setgid (env.go).
+	setgid := os.Getegid() != os.Getgid() || os.Geteuid() != os.Getuid()
+	env, warning := nextEnviron(callerEnviron, os.Environ(), setgid)
+	res := run(os.Args[1:], env, os.Stderr, realSystem())
 	if res.argv == nil {
 		os.Exit(res.code)
 	}
-	os.Exit(execNext(res, os.Environ(), res.stderr))
+	if warning != "" {
+		fmt.Fprintf(res.stderr, "%s: %s\n", prog, warning)
+	}
+	os.Exit(execNext(res, env, res.stderr))
 }
 
 // execNext drops the setgid privilege and execs the next program. It
