@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -128,10 +129,17 @@ func inner(ip, victim string) {
 	if err != nil {
 		fail("listen: %v", err)
 	}
+	// The kernel routes an IPv6 address added to lo only once its work
+	// queue has run: until then a connection to it is unreachable.
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(victim)}}
-	c, err := d.Dial("tcp", addr)
-	if err != nil {
-		fail("dial: %v", err)
+	var c net.Conn
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		if c, err = d.Dial("tcp", addr); err == nil {
+			break
+		}
+		if !errors.Is(err, unix.ENETUNREACH) || time.Now().After(deadline) {
+			fail("dial: %v", err)
+		}
 	}
 	defer c.Close()
 	a, err := ln.Accept()
