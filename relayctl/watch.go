@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/poprelay/poprelay/internal/atomic"
+	"github.com/poprelay/poprelay/internal/confirmed"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/metrics"
 	"github.com/poprelay/poprelay/internal/never"
-	"github.com/poprelay/poprelay/internal/rules"
 	"github.com/poprelay/poprelay/internal/share"
 	"github.com/poprelay/poprelay/internal/watch"
 )
@@ -216,18 +216,26 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		MaxDelay: opt.maxDelay,
 		Rescan:   opt.rescan,
 		Settle:   opt.settle,
-		CDB:      e.cfg.CDB,
 		Source:   src,
 		Write:    write,
 		Share:    sharer(pub),
 		Options:  options,
-		LoadRules: func() ([]rules.Rule, error) {
-			rs, err := e.readRules()
+
+		Confirmed: e.cfg.confirmedPath(),
+		// The same guard as every other writer's, on the same copy
+		// of the confirmed rules, under the lock: a rebuild's
+		// confirmation is never overwritten by a read that began
+		// before it. SIGHUP confirms.
+		LoadRules: func(confirm bool) (res confirmed.Result, err error) {
+			err = e.lockedOnce(func() error {
+				res, err = e.guardRules(confirm)
+				return err
+			})
 			var ee *exitError
 			if errors.As(err, &ee) {
-				return nil, errors.New(ee.msg)
+				return res, errors.New(ee.msg)
 			}
-			return rs, err
+			return res, err
 		},
 		Logf:    e.logf,
 		Observe: m.Observe,
