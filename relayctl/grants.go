@@ -26,7 +26,10 @@ yet (a login since the last rebuild: expire compares each grant's
 records with the CDB's). So cron alone publishes a login within its
 period; without relayctl watch, run it every minute, as
 /etc/cron.d/poprelay (installed by scripts/install and the package) does.
-Silent when there is nothing to do.`,
+Silent when there is nothing to do. A rules file that became empty or
+lost more than half its rules is held back, as by watch: a rebuild of
+expire publishes the last confirmed rules (CDB.rules) with the grants
+and warns, until relayctl rebuild confirms the file.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		return func(e *env, args []string) error {
 			if len(args) > 0 {

@@ -48,7 +48,14 @@ expire, revoke and import fold too. The grant files as read are saved
 beside the CDB in CDB.state, so the next run reads only those that
 changed since; a state file that is missing, damaged, for another
 spool, or writable by anyone but its owner (root) is ignored with a
-warning and replaced.`,
+warning and replaced. rebuild takes the rules file as it is and saves
+it beside the CDB as CDB.rules, the rules last confirmed (before the
+CDB: a save that fails is exit 111, the CDB unchanged). The other
+commands that write the CDB (watch, expire, allow, revoke, import) hold
+back a rules file that became empty or lost more than half its rules
+against CDB.rules: they publish the grants with the confirmed rules and
+warn "FILE has N rules where the CDB was built from M"; run relayctl
+rebuild (or send the watcher SIGHUP) to publish the file as it is.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		return func(e *env, args []string) error {
 			if len(args) > 0 {

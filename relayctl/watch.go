@@ -38,9 +38,11 @@ The spool is rescanned in full at start, after lost events and every
 --rescan. The rules file is read once writes to it have stopped for
 --settle (an editor caught between truncating and rewriting it is not
 published). A bad edit of the rules file is reported (file:line) and the
-last good rules stay in use; so do they when the file suddenly became
-empty or lost more than half its rules, with a warning, until SIGHUP or
-relayctl rebuild confirms it. A spool that cannot be read never empties
+last good rules stay in use; so do the last confirmed rules (CDB.rules,
+shared with expire and the other commands, so cron's expire confirms
+nothing either) when the file suddenly became empty or lost more than
+half its rules, with a warning, until SIGHUP or relayctl rebuild
+confirms it. A spool that cannot be read never empties
 the CDB. SIGHUP re-reads everything; SIGTERM and SIGINT exit after finishing a
 rebuild in flight. One line per rebuild goes to standard error (for
 multilog or journald). --metrics ADDR serves Prometheus metrics on
