@@ -41,6 +41,15 @@ func TestRulesHeldBack(t *testing.T) {
 		t.Errorf("static deny while held back: %s", got)
 	}
 	f.ok("expire") // nothing to do: silent, though held back
+	// list and check show the rules published, and say so.
+	code, out, errs := f.run("check", "198.51.100.1")
+	if code != 0 || !strings.Contains(out, "from: static rule "+f.rules+":5") || !strings.Contains(errs, "held back, shown as the last confirmed rules") {
+		t.Errorf("check while held back: exit %d, %q, %q", code, out, errs)
+	}
+	code, out, errs = f.run("list")
+	if code != 0 || !strings.Contains(out, "as "+f.rules+":4") || !strings.Contains(errs, "held back, shown as the last confirmed rules") {
+		t.Errorf("list while held back: exit %d, %q, %q", code, out, errs)
+	}
 	heldBack(0, 5, "revoke", "192.0.2.7")
 	if got := f.decide("198.51.100.1"); got != "deny 198.51.100." {
 		t.Errorf("static deny after revoke: %s", got)
@@ -81,7 +90,7 @@ func TestRulesHeldBack(t *testing.T) {
 	f.ok("rebuild")
 	os.Chmod(copyPath, 0o666)
 	f.write(f.rules, "")
-	code, _, errs := f.run("allow", "192.0.2.12")
+	code, _, errs = f.run("allow", "192.0.2.12")
 	if code != 0 || !strings.Contains(errs, "writable by group or others") || strings.Contains(errs, "held back") {
 		t.Errorf("world-writable copy: exit %d, %q", code, errs)
 	}

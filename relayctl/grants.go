@@ -83,6 +83,8 @@ set, or a key tcpserver would match as a prefix), "denied: FILE:LINE" (an
 address, prefix or range deny), "static: FILE:LINE" (an exact static record
 wins). A rules file that is missing or does not parse is one warning line;
 the grants are still listed, live ones as "unknown: rules unreadable".
+One the writers hold back (see rebuild) is read as the last confirmed
+rules they publish, CDB.rules, with a warning.
 --json prints an array of objects for scripts, times in RFC 3339 and
 durations in seconds.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
@@ -135,7 +137,7 @@ func (e *env) list(src interface{ List() ([]grant.Grant, error) }, where string,
 	}
 	// Unreadable rules still list the grants, saying so: the status of a
 	// live grant then depends on rules no one can see.
-	rs, rerr := e.readRules()
+	rs, rerr := e.publishedRules()
 	if rerr != nil {
 		e.logf("warning: %s: the status of each live grant is unknown", why(rerr))
 	}

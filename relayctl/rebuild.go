@@ -165,10 +165,31 @@ func (e *env) guardRules(confirm bool) (confirmed.Result, error) {
 	if err != nil {
 		return res, unable("save "+e.cfg.confirmedPath()+" (the rules as confirmed; the CDB is unchanged)", err)
 	}
-	if res.First && e.cfg.CDB != "" {
+	if res.First {
 		e.vlogf("no confirmed copy of %s yet: taking it as it is, saved as %s", e.cfg.Rules, e.cfg.confirmedPath())
 	}
 	return res, nil
+}
+
+// publishedRules reads the static rules as the writers publish them, for
+// a command that only reads (list, check): a rules file held back is
+// shown as the last confirmed rules, with a warning. Nothing is saved; a
+// copy this user may not read is not compared with.
+func (e *env) publishedRules() ([]rules.Rule, error) {
+	text, rs, err := e.readRulesText()
+	if err != nil || e.cfg.Rules == "" {
+		return rs, err
+	}
+	g := &confirmed.Guard{Path: e.cfg.confirmedPath(), Source: e.cfg.Rules, ReadOnly: true}
+	res, err := g.Apply(text, rs, false)
+	if err != nil {
+		return rs, nil
+	}
+	if res.Held {
+		e.logf("warning: %s has %d rules where the CDB was built from %d: held back, shown as the last confirmed rules (%s); run relayctl rebuild to publish %s as it is",
+			e.cfg.Rules, res.File, res.Last, e.cfg.confirmedPath(), e.cfg.Rules)
+	}
+	return res.Rules, nil
 }
 
 // writerRules is guardRules for a command that writes the CDB, saying
