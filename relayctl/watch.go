@@ -229,13 +229,18 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		// confirmation is never overwritten by a read that began
 		// before it. SIGHUP confirms.
 		LoadRules: func(confirm bool) (res confirmed.Result, err error) {
+			locked := false
 			err = e.lockedOnce(func() error {
+				locked = true
 				res, err = e.guardRules(confirm)
 				return err
 			})
 			var ee *exitError
 			if errors.As(err, &ee) {
-				return res, errors.New(ee.msg)
+				err = errors.New(ee.msg)
+			}
+			if err != nil && !locked {
+				err = fmt.Errorf("%w: %w", err, watch.ErrTryAgain)
 			}
 			return res, err
 		},

@@ -63,9 +63,22 @@ func Shrunk(old, new int) bool { return 2*new < old }
 
 // Copy is the last confirmed rules.
 type Copy struct {
-	Source string       // the rules file it is a copy of
-	Text   []byte       // that file's text, as it was confirmed
-	Rules  []rules.Rule // Text parsed, its lines named as Source's
+	Source string // the rules file it is a copy of
+	Text   []byte // that file's text, as it was confirmed
+	N      int    // the rules it holds, as its header says
+}
+
+// Rules parses the copy's text, its lines named as Source's; a text that
+// does not parse, or holds another number of rules than N, is an error.
+func (c *Copy) Rules() ([]rules.Rule, error) {
+	rs, err := rules.Parse(bytes.NewReader(c.Text), c.Source)
+	if err != nil {
+		return nil, err
+	}
+	if len(rs) != c.N {
+		return nil, fmt.Errorf("%d rules where the header says %d", len(rs), c.N)
+	}
+	return rs, nil
 }
 
 // Encode writes text, the content of the rules file source holding n
@@ -81,7 +94,9 @@ func Encode(w io.Writer, source string, text []byte, n int) error {
 	return err
 }
 
-// Decode parses a copy's content. The copy's text is a part of buf.
+// Decode reads a copy's content: whole (its checksum) and of version 1.
+// Its text is a part of buf, not parsed yet (Rules does): a writer that
+// finds the rules file equal to it parses the file alone.
 func Decode(buf []byte) (*Copy, error) {
 	const tail = len("\nend 01234567\n")
 	if len(buf) < tail || !bytes.HasPrefix(buf[len(buf)-tail:], []byte("\nend ")) || buf[len(buf)-1] != '\n' {
@@ -108,15 +123,7 @@ func Decode(buf []byte) (*Copy, error) {
 	if size != len(text)-1 {
 		return nil, fmt.Errorf("%d bytes of text where the header says %d", len(text)-1, size)
 	}
-	text = text[:size]
-	rs, err := rules.Parse(bytes.NewReader(text), source)
-	if err != nil {
-		return nil, err
-	}
-	if len(rs) != n {
-		return nil, fmt.Errorf("%d rules where the header says %d", len(rs), n)
-	}
-	return &Copy{Source: source, Text: text, Rules: rs}, nil
+	return &Copy{Source: source, Text: text[:size], N: n}, nil
 }
 
 // Read reads the copy at path. The file must be a regular file owned by
@@ -217,6 +224,14 @@ type memo struct {
 	rules []rules.Rule
 }
 
+// base is the last confirmed rules to compare a read with: n of them,
+// parsed only if the read is held back.
+type base struct {
+	sum   [sha256.Size]byte
+	n     int
+	rules func() ([]rules.Rule, error)
+}
+
 // Apply takes text, the rules file's content, and rs, its parse, and
 // returns the rules to publish. With confirm (relayctl rebuild, SIGHUP)
 // the file is taken as it is. Otherwise, when it shrank (Shrunk) against
@@ -246,28 +261,45 @@ func (g *Guard) Apply(text []byte, rs []rules.Rule, confirm bool) (Result, error
 	// The rules remembered are handed back as the very same slice while
 	// they are the same text: the watcher's merge then classifies no
 	// grant again.
-	var base *memo
+	remembered := func(m *memo) *base {
+		return &base{m.sum, len(m.rules), func() ([]rules.Rule, error) { return m.rules, nil }}
+	}
+	var b *base
 	switch {
 	case disk != nil:
-		base = &memo{sha256.Sum256(disk.Text), disk.Rules}
-		if g.last != nil && g.last.sum == base.sum {
-			base = g.last
+		b = &base{sha256.Sum256(disk.Text), disk.N, disk.Rules}
+		if g.last != nil && g.last.sum == b.sum {
+			b = remembered(g.last)
 		}
 	case g.last != nil:
-		base = g.last
+		b = remembered(g.last)
 	}
 	res.File = len(rs)
-	if base != nil {
-		res.Last = len(base.rules)
+	if b != nil {
+		res.Last = b.n
 	}
-	if !confirm && base != nil && base.sum != sum && Shrunk(len(base.rules), len(rs)) {
-		res.Held = true
-		res.Rules = base.rules
-		g.last = base
-		return res, nil
+	if !confirm && b != nil && b.sum != sum && Shrunk(b.n, len(rs)) {
+		held, err := b.rules()
+		if err == nil {
+			res.Held = true
+			res.Rules = held
+			g.last = &memo{b.sum, held}
+			return res, nil
+		}
+		// A copy whose checksum holds but whose text no longer parses
+		// (a later release's stricter parser): not to be believed.
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%v: %s: %v; not compared with", ErrUnusable, g.Path, err))
+		disk, b = nil, nil
+		if g.last != nil {
+			b = remembered(g.last)
+		}
+		if b != nil && b.sum != sum && Shrunk(b.n, len(rs)) {
+			res.Held, res.Rules, res.Last = true, g.last.rules, b.n
+			return res, nil
+		}
 	}
-	res.First = base == nil
-	res.Matched = !confirm && disk != nil && g.last != nil && g.last.sum != sum && base.sum == sum
+	res.First = b == nil
+	res.Matched = !confirm && disk != nil && g.last != nil && g.last.sum != sum && b.sum == sum
 	if g.last == nil || g.last.sum != sum {
 		g.last = &memo{sum, rs}
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/poprelay/poprelay/internal/atomic"
 	"github.com/poprelay/poprelay/internal/rules"
 )
 
@@ -48,8 +49,9 @@ func TestRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", text, err)
 		}
-		if c.Source != src || string(c.Text) != text || len(c.Rules) != len(rs) {
-			t.Errorf("%q: got %q %q %d rules", text, c.Source, c.Text, len(c.Rules))
+		got, err := c.Rules()
+		if c.Source != src || string(c.Text) != text || c.N != len(rs) || err != nil || len(got) != len(rs) {
+			t.Errorf("%q: got %q %q %d rules: %v", text, c.Source, c.Text, len(got), err)
 		}
 	}
 }
@@ -76,12 +78,16 @@ func TestDecodeRejects(t *testing.T) {
 	}
 	var w bytes.Buffer
 	Encode(&w, "/etc/tcp.smtp", []byte(three), 2)
-	if _, err := Decode(w.Bytes()); err == nil {
+	if c, err := Decode(w.Bytes()); err != nil {
+		t.Error(err)
+	} else if _, err := c.Rules(); err == nil {
 		t.Error("a rule count that does not match the text: believed")
 	}
 	var p bytes.Buffer
 	Encode(&p, "/etc/tcp.smtp", []byte("10.0.0.1:bogus\n"), 1)
-	if _, err := Decode(p.Bytes()); err == nil {
+	if c, err := Decode(p.Bytes()); err != nil {
+		t.Error(err)
+	} else if _, err := c.Rules(); err == nil {
 		t.Error("text that does not parse: believed")
 	}
 	v2 := bytes.Replace(good, []byte("poprelay-rules 1 "), []byte("poprelay-rules 2 "), 1)
@@ -105,7 +111,7 @@ func TestReadRefused(t *testing.T) {
 	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o640 {
 		t.Errorf("mode %v, want 0640", fi.Mode().Perm())
 	}
-	if c, err := Read(path); err != nil || len(c.Rules) != 3 {
+	if c, err := Read(path); err != nil || c.N != 3 {
 		t.Fatalf("Read: %v", err)
 	}
 	for _, mode := range []os.FileMode{0o660, 0o642, 0o666} {
@@ -137,7 +143,7 @@ func TestReadRefused(t *testing.T) {
 	if err := Write(path, "/etc/tcp.smtp", []byte(":allow\n"), 1); err != nil {
 		t.Fatal(err)
 	}
-	if c, err := Read(path); err != nil || len(c.Rules) != 1 {
+	if c, err := Read(path); err != nil || c.N != 1 {
 		t.Errorf("rewritten: %v", err)
 	}
 }
@@ -205,6 +211,17 @@ func TestGuard(t *testing.T) {
 	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o640 {
 		t.Errorf("the refused copy was not replaced: %v", fi.Mode())
 	}
+	// A copy that is whole but does not parse (a stricter parser since):
+	// not believed, replaced.
+	atomic.WriteFile(path, 0o640, func(f *os.File) error {
+		return Encode(f, "/etc/tcp.smtp", []byte("10.0.0.1:bogus\n"), 1)
+	})
+	if res := apply(fresh(), "", false); res.Held || len(res.Warnings) == 0 || !strings.Contains(res.Warnings[0], "unable to parse") {
+		t.Errorf("copy that does not parse: %+v", res)
+	}
+	if c, err := Read(path); err != nil || c.N != 0 {
+		t.Errorf("the copy that does not parse was not replaced: %v", err)
+	}
 	// A long-running writer whose copy went keeps its memory.
 	apply(w, three, true)
 	os.Remove(path)
@@ -245,9 +262,11 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		var again bytes.Buffer
-		Encode(&again, c.Source, c.Text, len(c.Rules))
-		if _, err := Decode(again.Bytes()); err != nil {
-			t.Fatalf("re-encoded copy refused: %v", err)
+		Encode(&again, c.Source, c.Text, c.N)
+		d, err := Decode(again.Bytes())
+		if err != nil || d.Source != c.Source || !bytes.Equal(d.Text, c.Text) || d.N != c.N {
+			t.Fatalf("re-encoded copy: %v", err)
 		}
+		c.Rules() // never panics
 	})
 }

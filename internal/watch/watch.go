@@ -124,6 +124,12 @@ type Config struct {
 	Now func() time.Time
 }
 
+// ErrTryAgain, wrapped by an error of LoadRules, says the rules could
+// not be read for a passing reason (the lock they are read under was
+// busy): the next publish, or its retry, reads them again. Any other
+// error waits for the next change of the rules file.
+var ErrTryAgain = errors.New("try again")
+
 // eventBuffer is how many fsnotify events may wait while a rebuild runs;
 // beyond it fsnotify's reader waits (the kernel queues the rest).
 const eventBuffer = 8192
@@ -275,6 +281,7 @@ func (w *Watcher) loadRules() {
 		w.copyID = statID(w.cfg.Confirmed)
 	}
 	if err != nil {
+		w.rulesStale = errors.Is(err, ErrTryAgain)
 		w.fail("rules", "bad or unreadable rules"+w.keeping(), err)
 		return
 	}

@@ -446,3 +446,53 @@ func (s *sharer) shared() string {
 	}
 	return strings.Join(out, ", ")
 }
+
+// TestRulesTryAgain: a rules read that failed for a passing reason
+// (ErrTryAgain: relayctl's lock was busy) is made again at the next
+// publish, not left until the rules file changes again.
+func TestRulesTryAgain(t *testing.T) {
+	dir := t.TempDir()
+	spool := filepath.Join(dir, "spool")
+	os.Mkdir(spool, 0o755)
+	store := grant.New(spool)
+	parse := func(text string) []rules.Rule {
+		rs, err := rules.Parse(strings.NewReader(text), "tcp.smtp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
+	var mu sync.Mutex
+	calls, published := 0, -1
+	w := New(Config{
+		Spool: spool, Rules: filepath.Join(dir, "tcp.smtp"), MaxAge: time.Hour, Rescan: time.Hour, Source: store, Logf: t.Logf,
+		LoadRules: func(bool) (confirmed.Result, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			switch calls {
+			case 1:
+				return confirmed.Result{Rules: parse(":deny\n")}, nil
+			case 2:
+				return confirmed.Result{}, fmt.Errorf("unable to lock: busy: %w", ErrTryAgain)
+			}
+			return confirmed.Result{Rules: parse("10.:deny\n127.:deny\n:allow\n")}, nil
+		},
+		Publish: func(static []rules.Rule, _ []grant.Grant, _ time.Time) error {
+			mu.Lock()
+			published = len(static)
+			mu.Unlock()
+			return nil
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	state := func() (int, int) { mu.Lock(); defer mu.Unlock(); return calls, published }
+	wait.For(t, "the first publish", func() bool { _, p := state(); return p == 1 })
+	w.Reload()
+	wait.For(t, "the failed read", func() bool { c, _ := state(); return c >= 2 })
+	store.Record(grant.Grant{IP: "192.0.2.1", User: "u", Service: "pop3"})
+	wait.For(t, "the rules read again at the next publish", func() bool { _, p := state(); return p == 3 })
+}
