@@ -66,6 +66,28 @@ type Copy struct {
 	Source string // the rules file it is a copy of
 	Text   []byte // that file's text, as it was confirmed
 	N      int    // the rules it holds, as its header says
+	ID     FileID // the file it was read from (Read)
+}
+
+// FileID tells a copy replaced or changed from the same one: its device,
+// inode and inode change time.
+type FileID struct {
+	Dev, Ino uint64
+	Ctime    int64
+}
+
+func fileID(st *syscall.Stat_t) FileID {
+	return FileID{uint64(st.Dev), uint64(st.Ino), st.Ctim.Nano()}
+}
+
+// StatID is the FileID of path (not followed if a symlink), or the zero
+// FileID if there is none.
+func StatID(path string) FileID {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(path, &st); err != nil {
+		return FileID{}
+	}
+	return fileID(&st)
 }
 
 // Rules parses the copy's text, its lines named as Source's; a text that
@@ -164,6 +186,7 @@ func Read(path string) (*Copy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrUnusable, path, err)
 	}
+	c.ID = fileID(st)
 	return c, nil
 }
 
@@ -202,6 +225,9 @@ type Result struct {
 	// upgrade from a release that kept none); the file was taken as it
 	// is.
 	First bool
+	// CopyID is the copy as this read found or saved it (zero: none): a
+	// copy with another FileID since is another writer's.
+	CopyID FileID
 }
 
 // Guard applies the hold-back to each read of one rules file. It keeps
@@ -246,6 +272,9 @@ func (g *Guard) Apply(text []byte, rs []rules.Rule, confirm bool) (Result, error
 	var disk *Copy
 	if g.Path != "" {
 		c, err := Read(g.Path)
+		if c != nil {
+			res.CopyID = c.ID
+		}
 		switch {
 		case err == nil && filepath.Clean(c.Source) != filepath.Clean(g.Source):
 			res.Warnings = append(res.Warnings, fmt.Sprintf("%s is a copy of %s, not of %s: not compared with", g.Path, c.Source, g.Source))
@@ -307,7 +336,9 @@ func (g *Guard) Apply(text []byte, rs []rules.Rule, confirm bool) (Result, error
 	if g.Path == "" || g.ReadOnly || (disk != nil && bytes.Equal(disk.Text, text)) {
 		return res, nil
 	}
-	if err := Write(g.Path, g.Source, text, len(rs)); err != nil {
+	err := Write(g.Path, g.Source, text, len(rs))
+	res.CopyID = StatID(g.Path)
+	if err != nil {
 		if confirm {
 			return res, err
 		}

@@ -27,7 +27,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -156,21 +155,7 @@ type Watcher struct {
 	held        int  // rules in the file held back; -1: nothing held
 	heldLast    int  // the confirmed rules published meanwhile
 	guard       *confirmed.Guard
-	copyID      fileID // Confirmed as this watcher last saw it
-}
-
-// fileID tells a replaced or changed file from the same one.
-type fileID struct {
-	dev, ino uint64
-	ctime    int64
-}
-
-func statID(path string) fileID {
-	var st syscall.Stat_t
-	if err := syscall.Lstat(path, &st); err != nil {
-		return fileID{}
-	}
-	return fileID{uint64(st.Dev), uint64(st.Ino), st.Ctim.Nano()}
+	copyID      confirmed.FileID // Confirmed as the last rules read found or saved it
 }
 
 // New returns a Watcher for cfg, with defaults filled in.
@@ -276,10 +261,9 @@ func (w *Watcher) loadRules() {
 		load = w.readRules
 	}
 	res, err := load(confirm)
-	if w.cfg.Confirmed != "" {
-		// This read's own save of the copy is no news.
-		w.copyID = statID(w.cfg.Confirmed)
-	}
+	// This read's own save of the copy is no news; a copy saved since
+	// is (it has another FileID).
+	w.copyID = res.CopyID
 	if err != nil {
 		w.rulesStale = errors.Is(err, ErrTryAgain)
 		w.fail("rules", "bad or unreadable rules"+w.keeping(), err)
@@ -532,7 +516,7 @@ func (w *Watcher) classify(ev fsnotify.Event) (ip string, spool, rulesChanged bo
 	name := filepath.Clean(ev.Name)
 	switch {
 	case w.cfg.Confirmed != "" && w.cfg.Rules != "" && name == filepath.Clean(w.cfg.Confirmed):
-		if id := statID(w.cfg.Confirmed); id != w.copyID {
+		if id := confirmed.StatID(w.cfg.Confirmed); id != w.copyID {
 			w.copyID = id
 			return "", false, true
 		}
