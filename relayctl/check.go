@@ -30,7 +30,9 @@ decision (allow or deny), the key that matched, where the record came from
 it overrides), what became of the address's grant when its record did not
 decide (refused, denied, expired), and every variable the record sets, one
 NAME=VALUE per line. When a grant decided and the rules file has host-name
-rules (=host, =.domain), a warning says the grant overrides them.`,
+rules (=host, =.domain), a warning says the grant overrides them. A rules
+file the writers hold back (see rebuild) is read as the last confirmed
+rules they publish, CDB.rules, with a warning.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		host := fs.String("host", "", "the client's host name `H` (TCPREMOTEHOST)")
 		info := fs.String("info", "", "the client's ident answer `I` (TCPREMOTEINFO)")
@@ -75,7 +77,7 @@ func (e *env) check(q rules.Query, a netip.Addr, arg string) error {
 		decision = "deny"
 	}
 	fmt.Fprintf(out, "decision: %s\n", decision)
-	rs, rerr := e.readRules()
+	rs, rerr := e.publishedRules()
 	var ix *rules.Index
 	if rerr == nil {
 		ix = rules.NewIndex(rs)

@@ -246,6 +246,7 @@ configuration lets others open the relay. A password is never shown.`,
 			}
 			rows = append(rows, [3]string{"lock", c.Lock(), "derived from cdb"})
 			rows = append(rows, [3]string{"state", c.statePath(), "derived from cdb"})
+			rows = append(rows, [3]string{"confirmed-rules", c.confirmedPath(), "derived from cdb"})
 			rows = append(rows, e.watchRows()...)
 			for _, st := range etcdFlags.Settings() {
 				rows = append(rows, [3]string{st.Name, st.Value, st.Source})

@@ -26,7 +26,10 @@ yet (a login since the last rebuild: expire compares each grant's
 records with the CDB's). So cron alone publishes a login within its
 period; without relayctl watch, run it every minute, as
 /etc/cron.d/poprelay (installed by scripts/install and the package) does.
-Silent when there is nothing to do.`,
+Silent when there is nothing to do. A rules file that became empty or
+lost more than half its rules is held back, as by watch: a rebuild of
+expire publishes the last confirmed rules (CDB.rules) with the grants
+and warns, until relayctl rebuild confirms the file.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		return func(e *env, args []string) error {
 			if len(args) > 0 {
@@ -80,6 +83,8 @@ set, or a key tcpserver would match as a prefix), "denied: FILE:LINE" (an
 address, prefix or range deny), "static: FILE:LINE" (an exact static record
 wins). A rules file that is missing or does not parse is one warning line;
 the grants are still listed, live ones as "unknown: rules unreadable".
+One the writers hold back (see rebuild) is read as the last confirmed
+rules they publish, CDB.rules, with a warning.
 --json prints an array of objects for scripts, times in RFC 3339 and
 durations in seconds.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
@@ -132,7 +137,7 @@ func (e *env) list(src interface{ List() ([]grant.Grant, error) }, where string,
 	}
 	// Unreadable rules still list the grants, saying so: the status of a
 	// live grant then depends on rules no one can see.
-	rs, rerr := e.readRules()
+	rs, rerr := e.publishedRules()
 	if rerr != nil {
 		e.logf("warning: %s: the status of each live grant is unknown", why(rerr))
 	}

@@ -73,6 +73,7 @@ empty); durations are Go durations (90m, 2h) or a number of seconds.`))
 		{"/etc/tcp.smtp.cdb", "the CDB tcpserver -x reads"},
 		{"/etc/tcp.smtp.cdb.lock", "the lock writers take"},
 		{"/etc/tcp.smtp.cdb.state", "the spool's grant files as last read, so the next run reads only those that changed"},
+		{"/etc/tcp.smtp.cdb.rules", "a copy of /etc/tcp.smtp as last confirmed (by rebuild, SIGHUP, or a read where it did not shrink by half): every other writer holds back a rules file that shrank against it"},
 		{"/etc/tcp.smtp.cdb.etcd", "watch --source etcd: a cache of the mirrored grants, for a start while etcd is down"},
 		{"/etc/.tcp.smtp.cdb.spare", "watch: the CDB it replaced last, written over for the next publish (removed when it stops)"},
 		{"/var/spool/poprelay", "the grants: a file per address for the logins since the last fold, the rest in .grants"},
@@ -102,7 +103,8 @@ error: "relayctl: fatal: unable to WHAT: WHY", a rule error as
 error as "relayctl: usage: ...". Warnings ("relayctl: warning: ...") report
 grants the never-grant set refuses, spool entries that are not grants, a
 state file or lock file that was ignored or repaired, host-name rules a
-grant overrides, a rules file the watcher holds back, and an etcd
+grant overrides, a rules file held back ("FILE has N rules where the CDB
+was built from M": run relayctl rebuild to publish it as it is), and an etcd
 connection others could use to open the relay.`))
 	p(".SH " + "EXIT STATUS")
 	p("%s", roff("0 success; 100 permanent error (usage, syntax, bad address, no such grant, etcd refused the credentials); 111 temporary error (I/O, lock held past --lock-timeout, etcd unreachable)."))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/atomic"
 	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/confirmed"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/lock"
 	"github.com/poprelay/poprelay/internal/merge"
@@ -46,12 +48,21 @@ expire, revoke and import fold too. The grant files as read are saved
 beside the CDB in CDB.state, so the next run reads only those that
 changed since; a state file that is missing, damaged, for another
 spool, or writable by anyone but its owner (root) is ignored with a
-warning and replaced.`,
+warning and replaced. rebuild takes the rules file as it is and saves
+it beside the CDB as CDB.rules, the rules last confirmed (before the
+CDB: a save that fails is exit 111, the CDB unchanged). The other
+commands that write the CDB (watch, expire, allow, revoke, import) hold
+back a rules file that became empty or lost more than half its rules
+against CDB.rules: they publish the grants with the confirmed rules and
+warn "FILE has N rules where the CDB was built from M"; run relayctl
+rebuild (or send the watcher SIGHUP) to publish the file as it is.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		return func(e *env, args []string) error {
 			if len(args) > 0 {
 				return usagef("no arguments expected")
 			}
+			// The one confirmation of a rules file that shrank.
+			e.confirmRules = true
 			return e.locked(func() error {
 				_, err := e.rebuild()
 				if err == nil {
@@ -95,33 +106,117 @@ func (e *env) store() *grant.Store {
 	return s
 }
 
-// readRules parses the static rules file. A parse error is permanent; a
-// file that cannot be read is temporary, except one that is not a regular
-// file (a directory, a FIFO: opened without blocking).
+// readRules parses the static rules file as it is. A parse error is
+// permanent; a file that cannot be read is temporary, except one that is
+// not a regular file (a directory, a FIFO: opened without blocking).
 func (e *env) readRules() ([]rules.Rule, error) {
+	_, rs, err := e.readRulesText()
+	return rs, err
+}
+
+// readRulesText is readRules, with the text parsed.
+func (e *env) readRulesText() ([]byte, []rules.Rule, error) {
 	path := e.cfg.Rules
 	if path == "" {
-		return nil, nil
+		return nil, nil, nil
 	}
 	f, _, err := regular.Open(path)
 	if errors.Is(err, regular.ErrNotRegular) {
-		return nil, perm("unable to read %s: not a regular file", path)
+		return nil, nil, perm("unable to read %s: not a regular file", path)
 	}
 	if err != nil {
-		return nil, unable("read "+path, err)
+		return nil, nil, unable("read "+path, err)
 	}
 	defer f.Close()
-	rs, err := rules.Parse(f, path)
+	text, err := io.ReadAll(f)
+	if err != nil {
+		return nil, nil, unable("read "+path, err)
+	}
+	rs, err := rules.Parse(bytes.NewReader(text), path)
 	var pe *rules.ParseError
 	switch {
 	case errors.As(err, &pe):
-		return nil, perm("%s", pe.Error())
+		return nil, nil, perm("%s", pe.Error())
 	case errors.Is(err, rules.ErrLineTooLong):
-		return nil, perm("unable to read %s: %v", path, err)
+		return nil, nil, perm("unable to read %s: %v", path, err)
 	case err != nil:
-		return nil, unable("read "+path, err)
+		return nil, nil, unable("read "+path, err)
 	}
-	return rs, nil
+	return text, rs, nil
+}
+
+// guardRules reads the static rules a writer of the CDB publishes: the
+// rules file, unless it became empty or lost more than half its rules
+// against the last confirmed ones (CDB.rules), which are then returned
+// instead, Held. With confirm (relayctl rebuild) the file is taken as it
+// is; every other writer (watch, expire, allow, revoke, import) applies
+// the guard, so none of them confirms a truncated file by publishing it.
+// Rules taken are saved as CDB.rules. A file that cannot be read or
+// parsed is an error, as before. The caller holds the lock.
+func (e *env) guardRules(confirm bool) (confirmed.Result, error) {
+	text, rs, err := e.readRulesText()
+	if err != nil || e.cfg.Rules == "" {
+		return confirmed.Result{Rules: rs, File: len(rs)}, err
+	}
+	if e.guard == nil {
+		e.guard = &confirmed.Guard{Path: e.cfg.confirmedPath(), Source: e.cfg.Rules}
+	}
+	res, err := e.guard.Apply(text, rs, confirm)
+	if err != nil {
+		return res, unable("save "+e.cfg.confirmedPath()+" (the rules as confirmed; the CDB is unchanged)", err)
+	}
+	if res.First {
+		e.vlogf("no confirmed copy of %s yet: taking it as it is, saved as %s", e.cfg.Rules, e.cfg.confirmedPath())
+	}
+	return res, nil
+}
+
+// publishedRules reads the static rules as the writers publish them, for
+// a command that only reads (list, check): a rules file held back is
+// shown as the last confirmed rules, with a warning. Nothing is saved; a
+// copy this user may not read is not compared with.
+func (e *env) publishedRules() ([]rules.Rule, error) {
+	text, rs, err := e.readRulesText()
+	if err != nil || e.cfg.Rules == "" {
+		return rs, err
+	}
+	g := &confirmed.Guard{Path: e.cfg.confirmedPath(), Source: e.cfg.Rules, ReadOnly: true}
+	res, err := g.Apply(text, rs, false)
+	if err != nil {
+		return rs, nil
+	}
+	if res.Held {
+		e.logf("warning: %s has %d rules where the CDB was built from %d: held back, shown as the last confirmed rules (%s); run relayctl rebuild to publish %s as it is",
+			e.cfg.Rules, res.File, res.Last, e.cfg.confirmedPath(), e.cfg.Rules)
+	}
+	return res.Rules, nil
+}
+
+// writerRules is guardRules for a command that writes the CDB, saying
+// once per run what the guard did.
+func (e *env) writerRules() ([]rules.Rule, error) {
+	res, err := e.guardRules(e.confirmRules)
+	if err != nil {
+		return nil, err
+	}
+	var msgs []string
+	for _, w := range res.Warnings {
+		msgs = append(msgs, "warning: "+w)
+	}
+	if res.Held {
+		msgs = append(msgs, fmt.Sprintf("warning: %s has %d rules where the CDB was built from %d: held back, the CDB keeps the last confirmed rules (%s) with the grants; run relayctl rebuild to publish %s as it is",
+			e.cfg.Rules, res.File, res.Last, e.cfg.confirmedPath(), e.cfg.Rules))
+	}
+	for _, m := range msgs {
+		if !e.said[m] {
+			if e.said == nil {
+				e.said = map[string]bool{}
+			}
+			e.said[m] = true
+			e.logf("%s", m)
+		}
+	}
+	return res.Rules, nil
 }
 
 // mergeOptions are the merge settings of this run.
@@ -146,7 +241,7 @@ var cdbOutput = func(f *os.File) io.WriteSeeker { return f }
 // rebuild writes the CDB; the caller holds the lock.
 func (e *env) rebuild() (merge.Summary, error) {
 	var sum merge.Summary
-	rs, err := e.readRules()
+	rs, err := e.writerRules()
 	if err != nil {
 		return sum, err
 	}

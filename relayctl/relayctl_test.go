@@ -311,12 +311,13 @@ func TestCDBUnwritable(t *testing.T) {
 		os.Chmod(ro, 0o555)
 		defer os.Chmod(ro, 0o755)
 		f.env["POPRELAY_CDB"] = rodb
-		f.fails(111, "relayctl: fatal: unable to write "+rodb, "rebuild")
+		f.fails(111, "relayctl: fatal: unable to save "+rodb+".rules", "rebuild")
 	} else {
 		// root writes anywhere: run the test binary as nobody.
 		os.Chown(rodb+".lock", 65534, 65534)
+		// rebuild saves the confirmed rules beside the CDB first.
 		code, errs := runAsNobody(t, f, "rebuild", "--cdb", rodb)
-		if code != 111 || !strings.Contains(errs, "relayctl: fatal: unable to write "+rodb+": permission denied") {
+		if code != 111 || !strings.Contains(errs, "relayctl: fatal: unable to save "+rodb+".rules (the rules as confirmed; the CDB is unchanged): permission denied") {
 			t.Errorf("as nobody: exit %d, stderr %q", code, errs)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/poprelay/poprelay/internal/confirmed"
 	"github.com/poprelay/poprelay/internal/grant"
 )
 
@@ -29,6 +30,9 @@ type env struct {
 	folded         *grant.Folded   // the folded grants as this run's fold wrote them
 	sweep          *grant.Snapshot // grant files folded by this run, to remove after the lock
 	noFold         bool            // reads never fold the spool (the watcher)
+	confirmRules   bool            // rebuild: the rules file is taken as it is
+	guard          *confirmed.Guard
+	said           map[string]bool // warnings already logged by this run
 }
 
 // command is one subcommand.

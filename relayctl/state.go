@@ -16,6 +16,11 @@ import (
 // (grant.Snapshot), beside the CDB, in a directory only root writes.
 func (c *config) statePath() string { return c.CDB + ".state" }
 
+// confirmedPath is the copy of the last confirmed rules (package
+// confirmed), beside the CDB like the state file: every writer of the
+// CDB holds a rules file that shrank back against it.
+func (c *config) confirmedPath() string { return c.CDB + ".rules" }
+
 // foldAt is how many grant files a locked run lets the spool hold before
 // it folds them into the folded file (grant.Fold). Below it, reading
 // them costs a run a few milliseconds; folding costs a write of every

@@ -17,15 +17,19 @@ import (
 // alone publishes a login: expire compares the CDB with the spool, so no
 // clock, time stamp or extra file is trusted. A CDB that is missing or
 // cannot be read counts as not published; a rules file that cannot be
-// read is an error (a rebuild would fail on it too).
+// read is an error (a rebuild would fail on it too). The rules are those
+// a rebuild of this run would publish: a rules file held back is
+// compared as the last confirmed rules, and expire says nothing of it
+// unless it rebuilds.
 func (e *env) unpublished(gs []grant.Grant) (string, error) {
 	if len(gs) == 0 {
 		return "", nil
 	}
-	rs, err := e.readRules()
+	res, err := e.guardRules(e.confirmRules)
 	if err != nil {
 		return "", err
 	}
+	rs := res.Rules // said by the rebuild that follows, if any
 	opt, err := e.mergeOptions()
 	if err != nil {
 		return "", err

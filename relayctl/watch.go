@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/poprelay/poprelay/internal/atomic"
+	"github.com/poprelay/poprelay/internal/confirmed"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/metrics"
 	"github.com/poprelay/poprelay/internal/never"
-	"github.com/poprelay/poprelay/internal/rules"
 	"github.com/poprelay/poprelay/internal/share"
 	"github.com/poprelay/poprelay/internal/watch"
 )
@@ -38,9 +38,11 @@ The spool is rescanned in full at start, after lost events and every
 --rescan. The rules file is read once writes to it have stopped for
 --settle (an editor caught between truncating and rewriting it is not
 published). A bad edit of the rules file is reported (file:line) and the
-last good rules stay in use; so do they when the file suddenly became
-empty or lost more than half its rules, with a warning, until SIGHUP or
-relayctl rebuild confirms it. A spool that cannot be read never empties
+last good rules stay in use; so do the last confirmed rules (CDB.rules,
+shared with expire and the other commands, so cron's expire confirms
+nothing either) when the file suddenly became empty or lost more than
+half its rules, with a warning, until SIGHUP or relayctl rebuild
+confirms it. A spool that cannot be read never empties
 the CDB. SIGHUP re-reads everything; SIGTERM and SIGINT exit after finishing a
 rebuild in flight. One line per rebuild goes to standard error (for
 multilog or journald). --metrics ADDR serves Prometheus metrics on
@@ -216,18 +218,31 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		MaxDelay: opt.maxDelay,
 		Rescan:   opt.rescan,
 		Settle:   opt.settle,
-		CDB:      e.cfg.CDB,
 		Source:   src,
 		Write:    write,
 		Share:    sharer(pub),
 		Options:  options,
-		LoadRules: func() ([]rules.Rule, error) {
-			rs, err := e.readRules()
+
+		Confirmed: e.cfg.confirmedPath(),
+		// The same guard as every other writer's, on the same copy
+		// of the confirmed rules, under the lock: a rebuild's
+		// confirmation is never overwritten by a read that began
+		// before it. SIGHUP confirms.
+		LoadRules: func(confirm bool) (res confirmed.Result, err error) {
+			locked := false
+			err = e.lockedOnce(func() error {
+				locked = true
+				res, err = e.guardRules(confirm)
+				return err
+			})
 			var ee *exitError
 			if errors.As(err, &ee) {
-				return nil, errors.New(ee.msg)
+				err = errors.New(ee.msg)
 			}
-			return rs, err
+			if err != nil && !locked {
+				err = fmt.Errorf("%w: %w", err, watch.ErrTryAgain)
+			}
+			return res, err
 		},
 		Logf:    e.logf,
 		Observe: m.Observe,

@@ -67,6 +67,9 @@ func TestUninstallClosesRelays(t *testing.T) {
 			if out := must(route.relayctl, "check", "192.0.2.7"); !strings.Contains(out, "RELAYCLIENT") {
 				t.Fatalf("the grant does not relay before the uninstall:\n%s", out)
 			}
+			if _, err := os.Stat("/etc/tcp.smtp.cdb.rules"); err != nil {
+				t.Errorf("relayctl allow saved no copy of the confirmed rules: %v", err)
+			}
 			// An edited cron file is the admin's.
 			cronEdited := false
 			if b, err := os.ReadFile("/etc/cron.d/poprelay"); err == nil && !route.deb {
@@ -130,7 +133,7 @@ func TestUninstallClosesRelays(t *testing.T) {
 				if _, err := os.Stat("/var/spool/poprelay"); err == nil || groupErr == nil {
 					t.Errorf("purge must remove the spool and the group")
 				}
-				for _, p := range []string{"/etc/tcp.smtp.cdb.state", "/etc/tcp.smtp.cdb.lock", "/etc/tcp.smtp.cdb.etcd", "/etc/.tcp.smtp.cdb.spare"} {
+				for _, p := range []string{"/etc/tcp.smtp.cdb.state", "/etc/tcp.smtp.cdb.lock", "/etc/tcp.smtp.cdb.rules", "/etc/tcp.smtp.cdb.etcd", "/etc/.tcp.smtp.cdb.spare"} {
 					if _, err := os.Stat(p); err == nil {
 						t.Errorf("purge left %s", p)
 					}

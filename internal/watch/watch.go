@@ -11,12 +11,14 @@
 // stopped for Settle, so an editor that truncates and rewrites it is not
 // caught halfway; a bad edit of it is logged and the last good rules stay
 // in use, and so does a file that suddenly became empty or lost most of
-// its rules, until Reload (SIGHUP) or a CDB written by someone else
-// (relayctl rebuild) confirms it. A failed publish is logged and retried,
-// and the previous CDB stays in place meanwhile.
+// its rules (see package confirmed), until Reload (SIGHUP) or relayctl
+// rebuild (which saves the file as the confirmed copy, Config.Confirmed)
+// confirms it. A failed publish is logged and retried, and the previous
+// CDB stays in place meanwhile.
 package watch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,11 +27,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/poprelay/poprelay/internal/confirmed"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/regular"
@@ -75,10 +77,13 @@ type Config struct {
 	// Settle is how long the rules file must see no write before it is
 	// read (default 250ms).
 	Settle time.Duration
-	// CDB is the file Publish or Write writes. While a shrunken rules file is
-	// held back, that file replaced by another writer (relayctl
-	// rebuild, which read the rules as they are) confirms the change.
-	CDB string
+	// Confirmed is the copy of the last confirmed rules (CDB.rules, see
+	// package confirmed) that every writer of the CDB compares the rules
+	// file with. The watcher watches it: another writer replacing it
+	// (relayctl rebuild confirming the file) makes it read the rules
+	// again. With the default LoadRules it is also the copy compared
+	// with; "" keeps the last confirmed rules in memory alone.
+	Confirmed string
 
 	Source Source
 	// Publish writes the CDB for the static rules and the live grants
@@ -101,8 +106,11 @@ type Config struct {
 	// While they have not changed it must return the same Never set
 	// (by identity), or every grant is classified again.
 	Options func() (merge.Options, error)
-	// LoadRules reads the static rules file; nil parses Rules as is.
-	LoadRules func() ([]rules.Rule, error)
+	// LoadRules reads the static rules file through the guard every
+	// writer applies (a confirmed.Guard), confirm telling it to take the
+	// file as it is (Reload); nil parses Rules and applies a Guard on
+	// Confirmed.
+	LoadRules func(confirm bool) (confirmed.Result, error)
 	// Logf logs one line; nil discards.
 	Logf func(format string, args ...any)
 	// Observe is called after each successful publish; nil ignores.
@@ -114,6 +122,12 @@ type Config struct {
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 }
+
+// ErrTryAgain, wrapped by an error of LoadRules, says the rules could
+// not be read for a passing reason (the lock they are read under was
+// busy): the next publish, or its retry, reads them again. Any other
+// error waits for the next change of the rules file.
+var ErrTryAgain = errors.New("try again")
 
 // eventBuffer is how many fsnotify events may wait while a rebuild runs;
 // beyond it fsnotify's reader waits (the kernel queues the rest).
@@ -137,30 +151,12 @@ type Watcher struct {
 	scanned     bool // a full scan ran since the last Share
 	scanFailing bool // the last full scan failed; read again on the next timer
 	rulesStale  bool
-	confirm     bool   // the next rules read is taken whatever its size
-	held        int    // rules in the file held back; -1: nothing held
-	cdbID       fileID // the CDB as this watcher last wrote it
+	confirm     bool // the next rules read is taken whatever its size
+	held        int  // rules in the file held back; -1: nothing held
+	heldLast    int  // the confirmed rules published meanwhile
+	guard       *confirmed.Guard
+	copyID      confirmed.FileID // Confirmed as the last rules read found or saved it
 }
-
-// fileID tells a replaced file from the same one.
-type fileID struct{ dev, ino uint64 }
-
-func statID(path string) (fileID, bool) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fileID{}, false
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fileID{}, false
-	}
-	return fileID{uint64(st.Dev), uint64(st.Ino)}, true
-}
-
-// shrunk tells whether a rules file going from old to new rules looks
-// like one caught mid-write or truncated by accident: empty now, or
-// fewer than half the rules.
-func shrunk(old, new int) bool { return 2*new < old }
 
 // New returns a Watcher for cfg, with defaults filled in.
 func New(cfg Config) *Watcher {
@@ -200,6 +196,7 @@ func New(cfg Config) *Watcher {
 		changed: map[string]time.Time{},
 		shared:  map[string]bool{},
 		held:    -1,
+		guard:   &confirmed.Guard{Path: cfg.Confirmed, Source: cfg.Rules},
 	}
 }
 
@@ -246,9 +243,11 @@ func (w *Watcher) fail(kind, what string, err error) {
 // loadRules re-reads the static rules file, keeping the last good rules
 // on any error. A missing file is an error too, as for relayctl rebuild: a
 // CDB without the admin's rules would silently drop them. A file that
-// became empty or lost more than half its rules is held back (the last
-// good rules stay) unless the read is confirmed. An empty Rules path
-// means no static rules.
+// became empty or lost more than half its rules, against the last
+// confirmed rules, is held back (those rules are published) unless the
+// read is confirmed: the same guard as every other writer's, on the same
+// copy of the confirmed rules, so no other writer's publish confirms it.
+// An empty Rules path means no static rules.
 func (w *Watcher) loadRules() {
 	w.rulesStale = false
 	confirm := w.confirm
@@ -261,42 +260,61 @@ func (w *Watcher) loadRules() {
 	if load == nil {
 		load = w.readRules
 	}
-	rs, err := load()
+	res, err := load(confirm)
+	// This read's own save of the copy is no news; a copy saved since
+	// is (it has another FileID).
+	w.copyID = res.CopyID
 	if err != nil {
+		w.rulesStale = errors.Is(err, ErrTryAgain)
 		w.fail("rules", "bad or unreadable rules"+w.keeping(), err)
 		return
 	}
-	if w.haveRules && !confirm && shrunk(len(w.static), len(rs)) {
-		if w.held != len(rs) {
-			w.held = len(rs)
-			w.fail("rules", fmt.Sprintf("%s has %d rules where the CDB was built from %d", w.cfg.Rules, len(rs), len(w.static)),
-				errors.New("held back until relayctl rebuild or SIGHUP confirms it (keeping the last good rules)"))
+	for _, msg := range res.Warnings {
+		w.cfg.Logf("warning: %s", msg)
+	}
+	if res.Held {
+		if w.held != res.File || w.heldLast != res.Last {
+			w.held, w.heldLast = res.File, res.Last
+			w.fail("rules", fmt.Sprintf("%s has %d rules where the CDB was built from %d", w.cfg.Rules, res.File, res.Last),
+				errors.New("held back until relayctl rebuild or SIGHUP confirms it (publishing the last confirmed rules)"))
 		}
+		w.static, w.haveRules = res.Rules, true
 		return
 	}
 	if w.held >= 0 {
 		what := "no longer held back"
-		if confirm {
+		switch {
+		case confirm:
 			what = "confirmed"
+		case res.Matched:
+			what = "confirmed by another writer (relayctl rebuild)"
 		}
-		w.cfg.Logf("%s: %d rules, %s", w.cfg.Rules, len(rs), what)
+		w.cfg.Logf("%s: %d rules, %s", w.cfg.Rules, res.File, what)
 		w.held = -1
 	}
-	w.static, w.haveRules = rs, true
+	w.static, w.haveRules = res.Rules, true
 }
 
-// readRules parses the rules file; a FIFO or a directory is an error,
-// never a hang.
-func (w *Watcher) readRules() ([]rules.Rule, error) {
+// readRules parses the rules file through the watcher's own Guard; a
+// FIFO or a directory is an error, never a hang.
+func (w *Watcher) readRules(confirm bool) (confirmed.Result, error) {
 	f, _, err := regular.Open(w.cfg.Rules)
 	if errors.Is(err, regular.ErrNotRegular) {
-		return nil, fmt.Errorf("%s: not a regular file", w.cfg.Rules)
+		return confirmed.Result{}, fmt.Errorf("%s: not a regular file", w.cfg.Rules)
 	}
 	if err != nil {
-		return nil, err
+		return confirmed.Result{}, err
 	}
 	defer f.Close()
-	return rules.Parse(f, w.cfg.Rules)
+	text, err := io.ReadAll(f)
+	if err != nil {
+		return confirmed.Result{}, err
+	}
+	rs, err := rules.Parse(bytes.NewReader(text), w.cfg.Rules)
+	if err != nil {
+		return confirmed.Result{}, err
+	}
+	return w.guard.Apply(text, rs, confirm)
 }
 
 func (w *Watcher) keeping() string {
@@ -455,9 +473,6 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 		st.Latency = append(st.Latency, done.Sub(seen))
 	}
 	clear(w.changed)
-	if w.cfg.CDB != "" {
-		w.cdbID, _ = statID(w.cfg.CDB)
-	}
 	w.cfg.Logf("rebuilt: %s: %d grants in %.1f ms", reason, st.Grants, float64(st.Duration.Microseconds())/1000)
 	if w.cfg.Observe != nil {
 		w.cfg.Observe(st)
@@ -473,8 +488,8 @@ func (w *Watcher) addWatches(fw *fsnotify.Watcher) {
 	if w.cfg.Rules != "" {
 		dirs = append(dirs, filepath.Dir(w.cfg.Rules))
 	}
-	if w.cfg.CDB != "" {
-		dirs = append(dirs, filepath.Dir(filepath.Clean(w.cfg.CDB)))
+	if w.cfg.Confirmed != "" {
+		dirs = append(dirs, filepath.Dir(filepath.Clean(w.cfg.Confirmed)))
 	}
 	have := map[string]bool{}
 	for _, d := range fw.WatchList() {
@@ -492,17 +507,17 @@ func (w *Watcher) addWatches(fw *fsnotify.Watcher) {
 }
 
 // classify tells what an event means: a grant file changed (its IP), the
-// spool itself appeared or vanished, or the rules file changed. An event
-// on the CDB while rules are held back is a rules event if another writer
-// replaced it: that confirms the rules.
+// spool itself appeared or vanished, or the rules file changed. The copy
+// of the confirmed rules changed by another writer (relayctl rebuild
+// confirming the file) is a rules event too: the rules are read again
+// and compared with it. A CDB another writer published confirms nothing:
+// cron's relayctl expire publishes the rules it held back.
 func (w *Watcher) classify(ev fsnotify.Event) (ip string, spool, rulesChanged bool) {
 	name := filepath.Clean(ev.Name)
 	switch {
-	case w.held >= 0 && w.cfg.CDB != "" && name == filepath.Clean(w.cfg.CDB):
-		if id, ok := statID(w.cfg.CDB); ok && id != w.cdbID {
-			w.cfg.Logf("%s was rebuilt by another writer: taking %s as it is", w.cfg.CDB, w.cfg.Rules)
-			w.cdbID = id
-			w.confirm = true
+	case w.cfg.Confirmed != "" && w.cfg.Rules != "" && name == filepath.Clean(w.cfg.Confirmed):
+		if id := confirmed.StatID(w.cfg.Confirmed); id != w.copyID {
+			w.copyID = id
 			return "", false, true
 		}
 		return "", false, false
@@ -598,8 +613,6 @@ func (w *Watcher) Run(ctx context.Context) error {
 	handle := func(ev fsnotify.Event) bool {
 		ip, spool, rc := w.classify(ev)
 		switch {
-		case rc && w.confirm:
-			w.rulesStale = true
 		case rc:
 			settle.Reset(w.cfg.Settle)
 			return false

@@ -13,6 +13,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/atomic"
 	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/confirmed"
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/rules"
@@ -35,26 +36,34 @@ type rig struct {
 func newRig(t *testing.T, static string, maxAge time.Duration) *rig {
 	t.Helper()
 	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "spool"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tcp.smtp"), []byte(static), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return startRig(t, dir, maxAge, "")
+}
+
+// startRig starts a watcher on the spool and rules in dir, comparing the
+// rules with the copy of the confirmed ones at confirmedPath ("" none).
+func startRig(t *testing.T, dir string, maxAge time.Duration, confirmedPath string) *rig {
+	t.Helper()
 	r := &rig{
 		dir:   dir,
 		spool: filepath.Join(dir, "spool"),
 		rules: filepath.Join(dir, "tcp.smtp"),
 		cdb:   filepath.Join(dir, "tcp.smtp.cdb"),
 	}
-	if err := os.Mkdir(r.spool, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(r.rules, []byte(static), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	r.store = grant.New(r.spool)
 	w := New(Config{
-		Spool:  r.spool,
-		Rules:  r.rules,
-		MaxAge: maxAge,
-		Rescan: time.Hour,
-		Retry:  50 * time.Millisecond,
-		Source: r.store,
+		Spool:     r.spool,
+		Rules:     r.rules,
+		Confirmed: confirmedPath,
+		MaxAge:    maxAge,
+		Rescan:    time.Hour,
+		Retry:     50 * time.Millisecond,
+		Source:    r.store,
 		Publish: func(static []rules.Rule, grants []grant.Grant, now time.Time) error {
 			return atomic.WriteFile(r.cdb, 0o644, func(f *os.File) error {
 				cw := cdb.NewWriter(f)
@@ -269,6 +278,80 @@ func TestShrunkRulesHeldBack(t *testing.T) {
 	r.waitFor(t, "10.0.0.1", func(s string) bool { return s == "allow" })
 }
 
+// TestShrunkRulesHeldAcrossWriters: with the copy of the confirmed rules
+// on disk (Config.Confirmed), shared with every other writer, an emptied
+// rules file stays held back whoever else publishes: another writer
+// holding it back too and replacing the CDB (cron's relayctl expire)
+// confirms nothing; one that confirms it (relayctl rebuild saving the
+// copy) does; a watcher restarted over an emptied file holds it back
+// from its first publish.
+func TestShrunkRulesHeldAcrossWriters(t *testing.T) {
+	t.Parallel()
+	const static = "10.:deny\n127.0.0.1:allow,RELAYCLIENT=\"\"\n:allow\n"
+	dir := t.TempDir()
+	copyPath := filepath.Join(dir, "tcp.smtp.cdb.rules")
+	os.Mkdir(filepath.Join(dir, "spool"), 0o755)
+	os.WriteFile(filepath.Join(dir, "tcp.smtp"), []byte(static), 0o644)
+	r := startRig(t, dir, time.Hour, copyPath)
+	r.waitFor(t, "10.0.0.1", func(s string) bool { return s == "deny" })
+	if _, err := confirmed.Read(copyPath); err != nil {
+		t.Fatalf("the first read saved no copy: %v", err)
+	}
+	said := func(s string) bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return strings.Contains(strings.Join(r.errs, "\n"), s)
+	}
+	other := func(confirm bool) confirmed.Result {
+		t.Helper()
+		text, _ := os.ReadFile(r.rules)
+		rs, err := rules.Parse(strings.NewReader(string(text)), r.rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := (&confirmed.Guard{Path: copyPath, Source: r.rules}).Apply(text, rs, confirm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	os.Truncate(r.rules, 0)
+	wait.For(t, "the emptied file held back", func() bool { return said("has 0 rules where the CDB was built from 3") })
+	// Another writer holds it back too, and publishes the CDB.
+	if res := other(false); !res.Held || len(res.Rules) != 3 {
+		t.Fatalf("another writer: %+v", res)
+	}
+	before, _ := os.ReadFile(r.cdb)
+	atomic.WriteFile(r.cdb, 0o644, func(f *os.File) error { _, err := f.Write(before); return err })
+	r.store.Record(grant.Grant{IP: "127.0.0.9", User: "carol", Service: "pop3", Time: time.Now()})
+	r.waitFor(t, "127.0.0.9", relays)
+	if got := r.lookup(t, "10.0.0.1"); got != "deny" {
+		t.Errorf("another writer's CDB was taken as a confirmation: 10.0.0.1 is %q", got)
+	}
+	// A writer that confirms it.
+	if res := other(true); res.Held {
+		t.Fatalf("confirming writer: %+v", res)
+	}
+	r.waitFor(t, "10.0.0.1", func(s string) bool { return s == "allow" })
+	r.waitFor(t, "127.0.0.9", relays)
+
+	// The full file back and confirmed, then emptied while no watcher
+	// runs: the next one holds it back from the start.
+	r.stop()
+	os.WriteFile(r.rules, []byte(static), 0o644)
+	other(false)
+	os.Truncate(r.rules, 0)
+	os.Remove(r.cdb)
+	r2 := startRig(t, dir, time.Hour, copyPath)
+	r2.waitFor(t, "10.0.0.1", func(s string) bool { return s == "deny" })
+	r2.waitFor(t, "127.0.0.9", relays)
+	r2.w.Reload()
+	r2.waitFor(t, "10.0.0.1", func(s string) bool { return s == "allow" })
+	if res := other(false); res.Held {
+		t.Errorf("after the watcher's reload another writer still holds it back: %+v", res)
+	}
+}
+
 // sharer records what a watcher shares.
 type sharer struct {
 	mu  sync.Mutex
@@ -362,4 +445,54 @@ func (s *sharer) shared() string {
 		}
 	}
 	return strings.Join(out, ", ")
+}
+
+// TestRulesTryAgain: a rules read that failed for a passing reason
+// (ErrTryAgain: relayctl's lock was busy) is made again at the next
+// publish, not left until the rules file changes again.
+func TestRulesTryAgain(t *testing.T) {
+	dir := t.TempDir()
+	spool := filepath.Join(dir, "spool")
+	os.Mkdir(spool, 0o755)
+	store := grant.New(spool)
+	parse := func(text string) []rules.Rule {
+		rs, err := rules.Parse(strings.NewReader(text), "tcp.smtp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
+	var mu sync.Mutex
+	calls, published := 0, -1
+	w := New(Config{
+		Spool: spool, Rules: filepath.Join(dir, "tcp.smtp"), MaxAge: time.Hour, Rescan: time.Hour, Source: store, Logf: t.Logf,
+		LoadRules: func(bool) (confirmed.Result, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			switch calls {
+			case 1:
+				return confirmed.Result{Rules: parse(":deny\n")}, nil
+			case 2:
+				return confirmed.Result{}, fmt.Errorf("unable to lock: busy: %w", ErrTryAgain)
+			}
+			return confirmed.Result{Rules: parse("10.:deny\n127.:deny\n:allow\n")}, nil
+		},
+		Publish: func(static []rules.Rule, _ []grant.Grant, _ time.Time) error {
+			mu.Lock()
+			published = len(static)
+			mu.Unlock()
+			return nil
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	state := func() (int, int) { mu.Lock(); defer mu.Unlock(); return calls, published }
+	wait.For(t, "the first publish", func() bool { _, p := state(); return p == 1 })
+	w.Reload()
+	wait.For(t, "the failed read", func() bool { c, _ := state(); return c >= 2 })
+	store.Record(grant.Grant{IP: "192.0.2.1", User: "u", Service: "pop3"})
+	wait.For(t, "the rules read again at the next publish", func() bool { _, p := state(); return p == 3 })
 }
