@@ -19,8 +19,8 @@ import (
 // host. None is ever granted: a login through the wrapper (root, a
 // trusted caller) is not recorded, allow exits 100, import skips it, a
 // grant already in the spool is refused at every rebuild, list shows it
-// refused and check finds no record; the CDB holds the static key and
-// the one good grant alone.
+// refused and check finds no record of it and says why; the CDB holds
+// the static key and the one good grant alone.
 func TestSecurityLinkLocal(t *testing.T) {
 	s := newRelayctlSite(t, ":allow\n")
 	s.relayctl(t, "rebuild")
@@ -81,7 +81,8 @@ func TestSecurityLinkLocal(t *testing.T) {
 		if want := "refused: link-local address " + ip; status[ip] != want {
 			t.Errorf("list --json: %s is %q; want %q", ip, status[ip], want)
 		}
-		if out := s.relayctl(t, "check", ip); !strings.Contains(out, `key: ""`) || strings.Contains(out, "RELAYCLIENT") {
+		if out := s.relayctl(t, "check", ip); !strings.Contains(out, `key: ""`) || strings.Contains(out, "RELAYCLIENT") ||
+			!strings.Contains(out, `grant: for `+ip+` (user "mallory"): refused: link-local address `+ip+"\n") {
 			t.Errorf("check %s:\n%s", ip, out)
 		}
 	}
