@@ -17,8 +17,8 @@ import (
 const (
 	// MaxConns is how many connections the server holds at once. One
 	// more is accepted and closed at once (with a reset, leaving no
-	// TIME_WAIT): at most MaxConns+1 descriptors ever go to the
-	// endpoint, whatever the number of clients.
+	// TIME_WAIT): besides the listener, at most MaxConns+1 descriptors
+	// ever go to the endpoint, whatever the number of clients.
 	MaxConns = 64
 	// ReadHeaderTimeout bounds the time from a connection's start (or a
 	// kept-alive connection's next request) to the end of its request
