@@ -12,6 +12,7 @@ import (
 	"github.com/poprelay/poprelay/internal/addr"
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/merge"
+	"github.com/poprelay/poprelay/internal/quote"
 	"github.com/poprelay/poprelay/internal/rules"
 )
 
@@ -29,7 +30,10 @@ decision (allow or deny), the key that matched, where the record came from
 (the static rule FILE:LINE, or the grant, its user, and the catch-all deny
 it overrides), what became of the address's grant when its record did not
 decide (refused, denied, expired), and every variable the record sets, one
-NAME=VALUE per line. When a grant decided and the rules file has host-name
+NAME=VALUE per line. A user name is shown Go-quoted, and a service name
+or value that holds anything but printable characters (a control, bidi
+or format character, invalid UTF-8, a backslash or a double quote) is
+too. When a grant decided and the rules file has host-name
 rules (=host, =.domain), a warning says the grant overrides them. A rules
 file the writers hold back (see rebuild) is read as the last confirmed
 rules they publish, CDB.rules, with a warning.`,
@@ -98,7 +102,8 @@ func (e *env) check(q rules.Query, a netip.Addr, arg string) error {
 	}
 	if d.Matched && !d.Deny {
 		for _, v := range d.Environ() {
-			fmt.Fprintf(out, "env: %s=%s\n", v.Name, v.Value)
+			// TCPREMOTEINFO may be a user's name.
+			fmt.Fprintf(out, "env: %s=%s\n", v.Name, quote.Value(v.Value))
 		}
 	}
 	if _, err = e.stdout.Write(out.Bytes()); err != nil {
@@ -138,7 +143,7 @@ func (e *env) origin(db *cdb.Reader, ix *rules.Index, rerr error, key string) (s
 	}
 	left := g.Expiry(e.cfg.MaxAge).Sub(e.now()).Round(time.Second)
 	s := fmt.Sprintf("grant for %s: user %q, service %s, login %s, expires in %s",
-		g.IP, g.User, g.Service, g.Time.Format(time.RFC3339), left)
+		g.IP, g.User, quote.Name(g.Service), g.Time.Format(time.RFC3339), left)
 	if opt, err := e.mergeOptions(); err == nil {
 		if en, err := merge.Classify(ix, g, opt); err == nil {
 			for _, k := range en.Keys {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/merge"
+	"github.com/poprelay/poprelay/internal/quote"
 	"github.com/poprelay/poprelay/internal/rules"
 	"github.com/poprelay/poprelay/internal/share"
 )
@@ -86,7 +88,11 @@ the grants are still listed, live ones as "unknown: rules unreadable".
 One the writers hold back (see rebuild) is read as the last confirmed
 rules they publish, CDB.rules, with a warning.
 --json prints an array of objects for scripts, times in RFC 3339 and
-durations in seconds.`,
+durations in seconds. A user or service name is shown as it is only when
+it holds nothing but printable characters (no control, bidi or other
+format character, no invalid UTF-8, no space, backslash or double quote);
+any other is shown Go-quoted ("evil\u202egnp", "x\x9b"), and --json
+writes such characters as \u escapes.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		asJSON := fs.Bool("json", false, "print JSON")
 		source := fs.String("source", "spool", "list the grants of `SOURCE`: spool, or etcd (the whole cluster)")
@@ -168,9 +174,16 @@ func (e *env) list(src interface{ List() ([]grant.Grant, error) }, where string,
 		rows = append(rows, r)
 	}
 	if asJSON {
-		enc := json.NewEncoder(e.stdout)
+		// Names as they are, but no control, format or bidi
+		// character raw: \u escapes (quote.JSON).
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
+		if err := enc.Encode(rows); err != nil {
+			return err
+		}
+		_, err := e.stdout.Write(quote.JSON(b.Bytes()))
+		return err
 	}
 	w := newTable(e.stdout)
 	fmt.Fprintln(w, "IP\tUSER\tSERVICE\tLOGIN\tAGE\tEXPIRES IN\tSTATUS")
@@ -180,11 +193,13 @@ func (e *env) list(src interface{ List() ([]grant.Grant, error) }, where string,
 		if r.Reason != "" {
 			st += ": " + r.Reason
 		}
-		user := r.User
-		if user == "" {
+		// A name is shown as it is only if it holds nothing but
+		// printable characters, else Go-quoted (quote.Name).
+		user := quote.Name(r.User)
+		if r.User == "" {
 			user = "-"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.IP, user, r.Service,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.IP, user, quote.Name(r.Service),
 			login.Local().Format("2006-01-02 15:04:05"), secs(r.Age), secs(r.ExpiresIn), st)
 	}
 	return w.Flush()

@@ -6,8 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"sync"
@@ -46,7 +44,9 @@ confirms it. A spool that cannot be read never empties
 the CDB. SIGHUP re-reads everything; SIGTERM and SIGINT exit after finishing a
 rebuild in flight. One line per rebuild goes to standard error (for
 multilog or journald). --metrics ADDR serves Prometheus metrics on
-http://ADDR/metrics. These five flags also come from the environment:
+http://ADDR/metrics, to at most 64 connections at once (more are closed
+at once), each cut off after 5 s without its request headers, 10 s to
+read a request, 30 s to write a response or 2 minutes idle. These five flags also come from the environment:
 POPRELAY_METRICS, POPRELAY_DEBOUNCE, POPRELAY_MAXDELAY, POPRELAY_RESCAN,
 POPRELAY_SETTLE. With --source etcd (an SMTP host) the grants come from a
 mirror of etcd instead of the spool; with --publish etcd (a POP/IMAP host)
@@ -250,13 +250,13 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 	})
 
 	if opt.metrics != "" {
-		ln, err := net.Listen("tcp", opt.metrics)
+		// At most metrics.MaxConns connections, each with timeouts:
+		// scrapers must never take the descriptors publishing needs.
+		ln, err := metrics.Listen(opt.metrics)
 		if err != nil {
 			return unable("listen on "+opt.metrics+" for metrics", err)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", m.Handler())
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		srv := m.Server(e.logf)
 		go srv.Serve(ln)
 		defer srv.Close()
 		e.logf("metrics on http://%s/metrics", ln.Addr())

@@ -183,17 +183,23 @@ func TestWatchEndToEnd(t *testing.T) {
 
 	// Metrics are served.
 	addr := strings.TrimSpace(strings.TrimPrefix(strings.TrimSuffix(w.waitLine(t, "metrics on http://"), "/metrics\n"), "relayctl: metrics on http://"))
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{"poprelay_grants_live 1\n", "poprelay_login_to_cdb_seconds_count", `poprelay_errors_total{kind="rules"} `} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %q", want)
+	// The watcher counts a publish just after the CDB's rename, which
+	// a client can see first: wait for the count.
+	var body []byte
+	wait.Succeeds(t, "metrics of the last publish", func() error {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return err
 		}
-	}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{"poprelay_grants_live 1\n", "poprelay_login_to_cdb_seconds_count", `poprelay_errors_total{kind="rules"} `} {
+			if !strings.Contains(string(body), want) {
+				return fmt.Errorf("metrics lack %q: %s", want, grepLines(string(body), "poprelay_"))
+			}
+		}
+		return nil
+	})
 	if strings.Contains(string(body), `poprelay_errors_total{kind="rules"} 0`) {
 		t.Errorf("the bad rules edit was not counted")
 	}
@@ -204,4 +210,15 @@ func TestWatchEndToEnd(t *testing.T) {
 	if err := w.cmd.Wait(); err != nil {
 		t.Errorf("watch exit after SIGTERM: %v", err)
 	}
+}
+
+// grepLines returns the lines of s that start with prefix, one line.
+func grepLines(s, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "; ")
 }

@@ -5,8 +5,11 @@
 // Built in (Default): 127.0.0.1 and ::1 (where a local proxy, forwarder or
 // webmail connects from; the rest of 127.0.0.0/8 stays grantable), the
 // unspecified addresses 0.0.0.0 and ::, multicast (224.0.0.0/4, ff00::/8),
-// the limited broadcast 255.255.255.255, and this host's own interface
-// addresses (the exact addresses, not their networks).
+// link-local (169.254.0.0/16, fe80::/10: such an address means one host on
+// each link, and a grant key has no zone, so it would relay that address
+// from every link of the SMTP host), the limited broadcast
+// 255.255.255.255, and this host's own interface addresses (the exact
+// addresses, not their networks).
 //
 // A never-grant file (Load) adds entries, one per line:
 //
@@ -125,8 +128,8 @@ func (s *Set) addExact(ip, reason string) {
 }
 
 // Default returns the built-in set: loopback 127.0.0.1 and ::1, the
-// unspecified addresses, multicast, broadcast and this host's interface
-// addresses. An error listing the interfaces leaves them out.
+// unspecified addresses, multicast, link-local, broadcast and this host's
+// interface addresses. An error listing the interfaces leaves them out.
 func Default() *Set {
 	s := &Set{}
 	s.addExact("127.0.0.1", "loopback 127.0.0.1")
@@ -136,7 +139,9 @@ func Default() *Set {
 	s.addExact("255.255.255.255", "broadcast address 255.255.255.255")
 	s.nets = append(s.nets,
 		netEntry{p: netip.MustParsePrefix("224.0.0.0/4"), kind: "multicast"},
-		netEntry{p: netip.MustParsePrefix("ff00::/8"), kind: "multicast"})
+		netEntry{p: netip.MustParsePrefix("ff00::/8"), kind: "multicast"},
+		netEntry{p: netip.MustParsePrefix("169.254.0.0/16"), kind: "link-local address"},
+		netEntry{p: netip.MustParsePrefix("fe80::/10"), kind: "link-local address"})
 	if addrs, err := interfaceAddrs(); err == nil {
 		for _, a := range addrs {
 			if a.IsValid() && a.Zone() == "" {
