@@ -49,7 +49,10 @@ POPRELAY_METRICS, POPRELAY_DEBOUNCE, POPRELAY_MAXDELAY, POPRELAY_RESCAN,
 POPRELAY_SETTLE. With --source etcd (an SMTP host) the grants come from a
 mirror of etcd instead of the spool; with --publish etcd (a POP/IMAP host)
 the spool's grants are also shared through etcd (docs/etcd.md). The two
-exclude each other.`,
+exclude each other. With --source etcd no CDB is written before the
+mirror serves grants: while etcd does not answer at start, the cache
+beside the CDB (CDB.etcd) after a second, or without one the previous
+CDB stays as it is, static rule changes included, until etcd answers.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on `ADDR` (host:port)")
 		debounce := fs.String("debounce", "", "quiet time before a rebuild, `DUR` (default 5ms)")

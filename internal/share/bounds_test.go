@@ -3,6 +3,7 @@ package share
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"syscall"
@@ -238,4 +239,25 @@ func TestMirrorCacheEtcdStopped(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait.For(t, "etcd's data after SIGCONT", func() bool { return has(m2, "192.0.2.82") && has(m2, "192.0.2.81") })
+}
+
+func TestSmaller(t *testing.T) {
+	old := maxResponse
+	maxResponse = 16 << 20
+	defer func() { maxResponse = old }()
+	for _, tc := range []struct {
+		n    int
+		err  string
+		want int
+	}{
+		{5000, "rpc error: code = ResourceExhausted desc = grpc: received message larger than max (1048576000 vs. 16777216)", 40},
+		{5000, "rpc error: code = ResourceExhausted desc = grpc: received message larger than max (20000000 vs. 16777216)", 2097},
+		{5000, "context deadline exceeded", 2500},
+		{2, "grpc: received message larger than max (99999999999 vs. 16777216)", 1},
+		{1, "x", 1},
+	} {
+		if got := smaller(tc.n, errors.New(tc.err)); got != tc.want {
+			t.Errorf("smaller(%d, %q) = %d, want %d", tc.n, tc.err, got, tc.want)
+		}
+	}
 }

@@ -233,7 +233,11 @@ func (m *Mirror) install(fresh map[string]Shared, caps *hostCaps, rev int64) {
 			changed = append(changed, ip)
 		}
 	}
-	caps.said = m.caps.said // keep the rate of the warnings
+	for host, at := range m.caps.said { // keep the rate of the warnings
+		if _, ok := caps.said[host]; !ok {
+			caps.said[host] = at
+		}
+	}
 	m.grants, m.caps, m.rev = fresh, caps, rev
 	m.reloads++
 	m.dirty, m.fromCache = true, false

@@ -43,6 +43,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -761,9 +762,12 @@ func tooLarge(err error) bool { return status.Code(err) == codes.ResourceExhaust
 // scan calls fn with every key under prefix as of one revision, in key
 // order, and returns that revision. It reads pages of at most page keys
 // and maxResponse bytes: a page too large for the limit, or too slow for
-// the timeout while etcd still answers a small read, is read again half
-// as long, down to one key, and grows back after each page that went
-// through; a single key too large even alone is skipped by name (a
+// the timeout while etcd still answers a small read, is read again
+// shorter (to what would fill half the limit, when gRPC tells the size;
+// else half as long), down to one key, and grows back after each page
+// that went through (at most doubling, to what would fill half the limit
+// at that page's size per key); a single key too large even alone is
+// skipped by name (a
 // keys-only read tells it), with a warning. So no set of keys, however
 // large or hostile, makes the read fail for good: it costs time in
 // proportion to their bytes.
@@ -801,7 +805,7 @@ func (c *Cluster) scan(ctx context.Context, prefix string, fn func(kv *mvccpb.Ke
 				return rev, nil // the keys left went meanwhile
 			}
 			if n > 1 {
-				n = max(n/2, 1)
+				n = smaller(n, err)
 				continue
 			}
 			if !tooLarge(err) {
@@ -814,15 +818,34 @@ func (c *Cluster) scan(ctx context.Context, prefix string, fn func(kv *mvccpb.Ke
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
+		size := 0
 		for _, kv := range resp.Kvs {
+			size += len(kv.Key) + len(kv.Value)
 			fn(kv)
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
 			return rev, nil
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-		n = min(2*n, page)
+		// The next page: as many keys as would fill half the limit
+		// at this page's size per key, at most twice as many.
+		n = min(page, 2*n, max(1, len(resp.Kvs)*(maxResponse/2)/max(size, 1)))
 	}
+}
+
+// tooLargeBy finds the size of a response over the receive limit in
+// gRPC's error ("received message larger than max (N vs. M)").
+var tooLargeBy = regexp.MustCompile(`larger than max \((\d+) vs\. \d+\)`)
+
+// smaller is the page length to try after n keys failed with err: what
+// would fill half the limit if the response's size is known, else half.
+func smaller(n int, err error) int {
+	if m := tooLargeBy.FindStringSubmatch(err.Error()); m != nil {
+		if size, perr := strconv.Atoi(m[1]); perr == nil && size > maxResponse {
+			return max(1, min(n/2, int(int64(n)*int64(maxResponse/2)/int64(size))))
+		}
+	}
+	return max(1, n/2)
 }
 
 // firstKey is the first key from from on (nil: none), by a keys-only
