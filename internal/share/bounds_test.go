@@ -11,6 +11,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/grant"
@@ -245,19 +247,21 @@ func TestSmaller(t *testing.T) {
 	old := maxResponse
 	maxResponse = 16 << 20
 	defer func() { maxResponse = old }()
+	big := func(msg string) error { return status.Error(codes.ResourceExhausted, msg) }
 	for _, tc := range []struct {
 		n    int
-		err  string
+		err  error
 		want int
 	}{
-		{5000, "rpc error: code = ResourceExhausted desc = grpc: received message larger than max (1048576000 vs. 16777216)", 40},
-		{5000, "rpc error: code = ResourceExhausted desc = grpc: received message larger than max (20000000 vs. 16777216)", 2097},
-		{5000, "context deadline exceeded", 2500},
-		{2, "grpc: received message larger than max (99999999999 vs. 16777216)", 1},
-		{1, "x", 1},
+		{5000, big("grpc: received message larger than max (1048576000 vs. 16777216)"), 40},
+		{5000, big("grpc: received message larger than max (20000000 vs. 16777216)"), 2097},
+		{5000, big("etcdserver: too many requests"), 2500},
+		{5000, context.DeadlineExceeded, 312},
+		{2, big("grpc: received message larger than max (99999999999 vs. 16777216)"), 1},
+		{1, errors.New("x"), 1},
 	} {
-		if got := smaller(tc.n, errors.New(tc.err)); got != tc.want {
-			t.Errorf("smaller(%d, %q) = %d, want %d", tc.n, tc.err, got, tc.want)
+		if got := smaller(tc.n, tc.err); got != tc.want {
+			t.Errorf("smaller(%d, %v) = %d, want %d", tc.n, tc.err, got, tc.want)
 		}
 	}
 }

@@ -764,7 +764,7 @@ func tooLarge(err error) bool { return status.Code(err) == codes.ResourceExhaust
 // and maxResponse bytes: a page too large for the limit, or too slow for
 // the timeout while etcd still answers a small read, is read again
 // shorter (to what would fill half the limit, when gRPC tells the size;
-// else half as long), down to one key, and grows back after each page
+// a sixteenth after a timeout; else half as long), down to one key, and grows back after each page
 // that went through (at most doubling, to what would fill half the limit
 // at that page's size per key); a single key too large even alone is
 // skipped by name (a
@@ -838,12 +838,19 @@ func (c *Cluster) scan(ctx context.Context, prefix string, fn func(kv *mvccpb.Ke
 var tooLargeBy = regexp.MustCompile(`larger than max \((\d+) vs\. \d+\)`)
 
 // smaller is the page length to try after n keys failed with err: what
-// would fill half the limit if the response's size is known, else half.
+// would fill half the limit if the response's size is known, a
+// sixteenth after a timeout, else half.
 func smaller(n int, err error) int {
 	if m := tooLargeBy.FindStringSubmatch(err.Error()); m != nil {
 		if size, perr := strconv.Atoi(m[1]); perr == nil && size > maxResponse {
 			return max(1, min(n/2, int(int64(n)*int64(maxResponse/2)/int64(size))))
 		}
+	}
+	if !tooLarge(err) {
+		// Too slow: a page of 5000 grants takes a fraction of a
+		// second, so one that took the whole timeout was far too
+		// long. Each try costs a timeout: shrink fast.
+		return max(1, n/16)
 	}
 	return max(1, n/2)
 }
