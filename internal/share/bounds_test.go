@@ -97,6 +97,18 @@ func TestReadBoundedPages(t *testing.T) {
 	put(t, cli, c.grants+"2001:db8::ffff", junk)
 	put(t, cli, c.grants+"192.0.2.99", value("late", "pop1", now))
 	wait.For(t, "a grant after junk in the watch", func() bool { return has(m, "192.0.2.99") })
+	// An event over the limit ends the watch; a full read (which skips
+	// that key) and a new watch follow.
+	reloads := m.Reloads()
+	put(t, cli, c.grants+"192.0.2.101", strings.Repeat("h", 1200<<10))
+	put(t, cli, c.grants+"192.0.2.98", value("later", "pop1", now))
+	wait.For(t, "a grant after an event over the limit", func() bool { return has(m, "192.0.2.98") })
+	if m.Reloads() == reloads {
+		t.Errorf("no full read after an event over the limit")
+	}
+	if got, _ := m.List(); len(got) != len(want)+2 {
+		t.Errorf("mirror after the new watch: %d grants, want %d", len(got), len(want)+2)
+	}
 }
 
 // TestPerHostCap: a host that shares more grants than the cap keeps its

@@ -687,10 +687,20 @@ func (c *Cluster) revoke(ctx context.Context, ip, by string) (bool, error) {
 
 // RevokeUser revokes every shared grant of user and returns their IPs.
 func (c *Cluster) RevokeUser(ctx context.Context, user, by string) ([]string, error) {
-	gs, err := c.List(ctx)
+	// Every key, not only those within the per-host cap: a revocation
+	// must also reach the grants a mirror dropped.
+	all, _, err := c.read(ctx, 0)
 	if err != nil {
-		return nil, err
+		return nil, c.explain(err)
 	}
+	now := c.opt.Now()
+	gs := make([]grant.Grant, 0, len(all))
+	for _, s := range all {
+		if s.Expires.After(now) {
+			gs = append(gs, s.Grant)
+		}
+	}
+	sort.Slice(gs, func(i, j int) bool { return gs[i].IP < gs[j].IP })
 	var ips []string
 	for _, g := range gs {
 		if g.User != user {
