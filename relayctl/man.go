@@ -89,7 +89,13 @@ empty); durations are Go durations (90m, 2h) or a number of seconds.`))
 whoever can write the grant keys opens the relay on every SMTP host.
 Every SMTP host checks each key and value it reads (canonical address,
 field limits) and applies its own never-grant set and static rules to it,
-but only etcd's access control stops a forged grant: use https://
+reads etcd in pages of at most 16 MiB (junk keys are skipped with a few
+warnings and never block the good ones), and keeps at most
+--etcd-max-per-host grants per origin host, the newest, warning with the
+host's name. A watch --source etcd started while etcd does not answer
+writes no CDB without the grants it knew: it serves the cache beside the
+CDB, or leaves the previous CDB as it is until etcd answers.
+Only etcd's access control stops a forged grant: use https://
 endpoints with client certificates and etcd's roles (docs/etcd.md).
 These commands warn at start about a plain http:// endpoint on an
 address other than loopback without authentication, and config shows

@@ -51,7 +51,10 @@ POPRELAY_METRICS, POPRELAY_DEBOUNCE, POPRELAY_MAXDELAY, POPRELAY_RESCAN,
 POPRELAY_SETTLE. With --source etcd (an SMTP host) the grants come from a
 mirror of etcd instead of the spool; with --publish etcd (a POP/IMAP host)
 the spool's grants are also shared through etcd (docs/etcd.md). The two
-exclude each other.`,
+exclude each other. With --source etcd no CDB is written before the
+mirror serves grants: while etcd does not answer at start, the cache
+beside the CDB (CDB.etcd) after a second, or without one the previous
+CDB stays as it is, static rule changes included, until etcd answers.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on `ADDR` (host:port)")
 		debounce := fs.String("debounce", "", "quiet time before a rebuild, `DUR` (default 5ms)")
@@ -301,13 +304,14 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 			stopMirror()
 			<-mirrorDone
 		}()
-		// Give etcd a moment, so the first rebuild has the grants;
-		// until it answers, the previous CDB stays.
-		select {
-		case <-mirror.Ready():
-		case <-ctx.Done():
-		case <-time.After(5 * time.Second):
-			e.logf("warning: etcd does not answer yet; %s stays as it is until it does", e.cfg.CDB)
+		// No CDB is written before the mirror serves grants (from
+		// etcd, or from its cache while etcd does not answer): a CDB
+		// written now would have lost every grant only because etcd
+		// could not be read. Without a cache, the previous CDB stays as
+		// it is, static rules included, until etcd answers. Only a
+		// host without any CDB yet gets its static rules at once.
+		if !e.waitMirror(ctx, mirror) {
+			return nil
 		}
 	}
 	e.logf("watching %s and %s for %s", e.cfg.Spool, e.cfg.Rules, e.cfg.CDB)
@@ -319,6 +323,34 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 	}
 	e.logf("exiting")
 	return nil
+}
+
+// waitMirror waits until the mirror serves grants, or ctx is done
+// (false), saying why while it waits. If there is no CDB yet, it
+// waits only a moment: there are no grants to lose, and without a CDB
+// tcpserver -x refuses every connection.
+func (e *env) waitMirror(ctx context.Context, mirror *share.Mirror) bool {
+	patience := time.NewTimer(5 * time.Second)
+	defer patience.Stop()
+	select {
+	case <-mirror.Ready():
+		return true
+	case <-ctx.Done():
+		return false
+	case <-patience.C:
+	}
+	if _, err := os.Lstat(e.cfg.CDB); errors.Is(err, os.ErrNotExist) {
+		e.logf("warning: etcd does not answer yet and there is no %s: writing it with the static rules alone until etcd answers", e.cfg.CDB)
+		return true
+	}
+	e.logf("warning: etcd does not answer yet and there is no usable grant cache (%s): %s stays as it is, static rule changes included, until etcd answers", e.cfg.CDB+".etcd", e.cfg.CDB)
+	select {
+	case <-mirror.Ready():
+		e.logf("etcd answers: publishing")
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // spoolSource is the spool as the watcher reads it: a full read goes

@@ -350,7 +350,9 @@ func TestEtcdHostileValues(t *testing.T) {
 	if env["QMAILQUEUE"] != "/var/qmail/bin/simscan" {
 		t.Errorf("B's static rules lost in the grant: %v", env)
 	}
-	wb.waitLine(t, `skipping share: key "/poprelay/v1/grants/127.0.0.76"`)
+	// The first five junk keys of a minute are logged by name, the rest
+	// counted (TestSecurityEtcdJunkKeys).
+	wb.waitLine(t, `skipping share: key "/poprelay/v1/grants/127.0.0."`)
 	for _, ip := range []string{"127.0.0.1", "127.0.0.60", "127.0.0.61", "127.0.0.62", "127.0.0.63", "127.0.0.64", "127.0.0.65", "127.0.0.66", "127.0.0.68", "127.0.0.69", "127.0.0.70", "127.0.0.76"} {
 		if ip == "127.0.0.1" {
 			continue // tcpserver's own address here; the CDB check below covers it

@@ -21,6 +21,7 @@ type cachedGrant struct {
 	IP      string    `json:"ip"`
 	User    string    `json:"user"`
 	Service string    `json:"service,omitempty"`
+	Host    string    `json:"host,omitempty"` // origin host; older caches have none
 	Time    time.Time `json:"time"`
 	Exp     time.Time `json:"exp"`
 }
@@ -48,7 +49,7 @@ func (m *Mirror) saveCache() {
 	cf := cacheFile{Revision: m.rev, Written: now.UTC(), Grants: make([]cachedGrant, 0, len(m.grants))}
 	for _, g := range m.grants {
 		if g.Expires.After(now) {
-			cf.Grants = append(cf.Grants, cachedGrant{IP: g.IP, User: g.User, Service: g.Service, Time: g.Time.UTC(), Exp: g.Expires.UTC()})
+			cf.Grants = append(cf.Grants, cachedGrant{IP: g.IP, User: g.User, Service: g.Service, Host: g.Host, Time: g.Time.UTC(), Exp: g.Expires.UTC()})
 		}
 	}
 	m.dirty = false
@@ -89,20 +90,25 @@ func (m *Mirror) loadCache() {
 		return
 	}
 	now := m.c.opt.Now()
-	gs := make(map[string]grant.Grant, len(cf.Grants))
+	gs := make(map[string]Shared, len(cf.Grants))
+	caps := newHostCaps(m.c.cfg.MaxPerHost)
 	for _, c := range cf.Grants {
 		if canon, err := grant.CanonicalIP(c.IP); err != nil || canon != c.IP || !c.Exp.After(now) ||
-			checkField(c.User) != nil || checkField(c.Service) != nil {
+			checkField(c.User) != nil || checkField(c.Service) != nil || checkField(c.Host) != nil {
 			continue
 		}
-		gs[c.IP] = grant.Grant{IP: c.IP, User: c.User, Service: c.Service, Time: c.Time, Expires: c.Exp}
+		s := Shared{Grant: grant.Grant{IP: c.IP, User: c.User, Service: c.Service, Time: c.Time, Expires: c.Exp}, Host: c.Host}
+		gs[c.IP] = s
+		if out, ok := caps.add(s); ok {
+			delete(gs, out.IP)
+		}
 	}
 	m.mu.Lock()
 	if m.loaded {
 		m.mu.Unlock()
 		return
 	}
-	m.grants, m.loaded, m.fromCache = gs, true, true
+	m.grants, m.caps, m.loaded, m.fromCache = gs, caps, true, true
 	m.mu.Unlock()
 	m.c.logf("etcd does not answer: serving %d grants from the cache written %s", len(gs), cf.Written.Format(time.RFC3339))
 	if m.onChange != nil && len(gs) > 0 {

@@ -24,7 +24,9 @@ type Mirror struct {
 	onChange func(ips []string)
 
 	mu      sync.RWMutex
-	grants  map[string]grant.Grant
+	grants  map[string]Shared
+	caps    *hostCaps // the grants counted per origin host
+	skips   *skipLog  // keys of the watch that hold no usable grant
 	rev     int64
 	ready   chan struct{}
 	loaded  bool
@@ -55,7 +57,9 @@ func (c *Cluster) Mirror(onChange func(ips []string)) *Mirror {
 	return &Mirror{
 		c:        c,
 		onChange: onChange,
-		grants:   map[string]grant.Grant{},
+		grants:   map[string]Shared{},
+		caps:     newHostCaps(c.cfg.MaxPerHost),
+		skips:    c.newSkips(c.grants),
 		ready:    make(chan struct{}),
 	}
 }
@@ -90,9 +94,9 @@ func (m *Mirror) List() ([]grant.Grant, error) {
 		return nil, ErrNotReady
 	}
 	out := make([]grant.Grant, 0, len(m.grants))
-	for _, g := range m.grants {
-		if g.Expires.After(now) {
-			out = append(out, g)
+	for _, s := range m.grants {
+		if s.Expires.After(now) {
+			out = append(out, s.Grant)
 		}
 	}
 	return out, nil
@@ -106,22 +110,29 @@ func (m *Mirror) Get(ip string) (grant.Grant, bool, error) {
 	if !m.loaded {
 		return grant.Grant{}, false, ErrNotReady
 	}
-	g, ok := m.grants[ip]
-	if !ok || !g.Expires.After(now) {
+	s, ok := m.grants[ip]
+	if !ok || !s.Expires.After(now) {
 		return grant.Grant{}, false, nil
 	}
-	return g, true, nil
+	return s.Grant, true, nil
 }
 
+// cacheGrace is how long the first full read of etcd may take before
+// the mirror serves its cache meanwhile.
+var cacheGrace = time.Second
+
 // Run keeps the mirror current until ctx is done, riding out etcd
-// failures with retries; it returns nil when ctx is done.
+// failures with retries; it returns nil when ctx is done. With a cache
+// (UseCache), if the first full read has not succeeded within a second
+// (etcd down, slow, or the read long), the mirror serves the cached
+// grants until it does.
 func (m *Mirror) Run(ctx context.Context) error {
 	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
 	backoff := minBackoff
 	failing := false
 	defer m.saveCache()
 	for ctx.Err() == nil {
-		if err := m.load(ctx); err != nil {
+		if err := m.firstLoad(ctx); err != nil {
 			if ctx.Err() != nil {
 				break
 			}
@@ -154,6 +165,44 @@ func (m *Mirror) Run(ctx context.Context) error {
 	return nil
 }
 
+// firstLoad is load; before the first successful read, with a cache, a
+// read that takes longer than cacheGrace has the cache served meanwhile
+// (on this goroutine, so onChange is never called twice at once).
+func (m *Mirror) firstLoad(ctx context.Context) error {
+	m.mu.RLock()
+	loaded := m.loaded
+	m.mu.RUnlock()
+	if loaded || m.cache == "" {
+		return m.load(ctx)
+	}
+	type read struct {
+		all  map[string]Shared
+		caps *hostCaps
+		rev  int64
+		err  error
+	}
+	done := make(chan read, 1)
+	go func() {
+		var r read
+		r.all, r.caps, r.rev, r.err = m.c.readCapped(ctx, m.c.cfg.MaxPerHost)
+		done <- r
+	}()
+	grace := time.NewTimer(cacheGrace)
+	defer grace.Stop()
+	for {
+		select {
+		case r := <-done:
+			if r.err != nil {
+				return r.err
+			}
+			m.install(r.all, r.caps, r.rev)
+			return nil
+		case <-grace.C:
+			m.loadCache()
+		}
+	}
+}
+
 func (m *Mirror) count() int {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
@@ -162,18 +211,20 @@ func (m *Mirror) count() int {
 
 // load replaces the copy by a full read and reports what changed.
 func (m *Mirror) load(ctx context.Context) error {
-	all, rev, err := m.c.read(ctx)
+	all, caps, rev, err := m.c.readCapped(ctx, m.c.cfg.MaxPerHost)
 	if err != nil {
 		return err
 	}
-	fresh := make(map[string]grant.Grant, len(all))
-	for ip, s := range all {
-		fresh[ip] = s.Grant
-	}
+	m.install(all, caps, rev)
+	return nil
+}
+
+// install makes a full read the copy and reports what changed.
+func (m *Mirror) install(fresh map[string]Shared, caps *hostCaps, rev int64) {
 	var changed []string
 	m.mu.Lock()
-	for ip, g := range fresh {
-		if old, ok := m.grants[ip]; !ok || !sameGrant(old, g) {
+	for ip, s := range fresh {
+		if old, ok := m.grants[ip]; !ok || !sameGrant(old.Grant, s.Grant) {
 			changed = append(changed, ip)
 		}
 	}
@@ -182,7 +233,12 @@ func (m *Mirror) load(ctx context.Context) error {
 			changed = append(changed, ip)
 		}
 	}
-	m.grants, m.rev = fresh, rev
+	for host, at := range m.caps.said { // keep the rate of the warnings
+		if _, ok := caps.said[host]; !ok {
+			caps.said[host] = at
+		}
+	}
+	m.grants, m.caps, m.rev = fresh, caps, rev
 	m.reloads++
 	m.dirty, m.fromCache = true, false
 	first := !m.loaded
@@ -194,7 +250,6 @@ func (m *Mirror) load(ctx context.Context) error {
 	if first {
 		close(m.ready) // after onChange: see Mirror
 	}
-	return nil
 }
 
 // cacheEvery is how often a changed cache is written.
@@ -212,8 +267,12 @@ func (m *Mirror) watch(ctx context.Context) error {
 	// that is still in the cluster.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
+	// No WithPrevKV: the old values are not needed, and a hostile
+	// writer's would double what each event costs. A response over the
+	// client's receive limit (maxResponse) ends the watch, and a fresh
+	// full read (bounded, see scan) follows.
 	wch := m.c.cli.Watch(wctx, m.c.grants, clientv3.WithPrefix(),
-		clientv3.WithRev(m.Revision()+1), clientv3.WithPrevKV(), clientv3.WithProgressNotify())
+		clientv3.WithRev(m.Revision()+1), clientv3.WithProgressNotify())
 	prune := time.NewTicker(time.Minute)
 	defer prune.Stop()
 	// The cache is written beside the watch, never in its way: encoding
@@ -256,33 +315,44 @@ func (m *Mirror) watch(ctx context.Context) error {
 	}
 }
 
-// apply takes one watch response into the copy.
+// apply takes one watch response into the copy, with the checks and the
+// per-host cap of a full read.
 func (m *Mirror) apply(resp clientv3.WatchResponse) {
 	var changed []string
 	m.mu.Lock()
+	drop := func(ip string) {
+		if old, ok := m.grants[ip]; ok {
+			m.caps.remove(old)
+			delete(m.grants, ip)
+			changed = append(changed, ip)
+		}
+	}
 	for _, ev := range resp.Events {
 		kv := ev.Kv
+		ip := string(kv.Key[min(len(m.c.grants), len(kv.Key)):])
 		switch ev.Type {
 		case mvccpb.PUT:
-			g, _, err := m.c.decode(kv.Key, kv.Value)
+			g, host, err := m.c.decode(kv.Key, kv.Value)
 			if err != nil {
 				// The key no longer holds a usable grant.
-				m.c.logf("warning: skipping %v", err)
-				ip := string(kv.Key[len(m.c.grants):])
-				if _, ok := m.grants[ip]; ok {
-					delete(m.grants, ip)
-					changed = append(changed, ip)
-				}
+				m.skips.add(err)
+				drop(ip)
 				continue
 			}
-			m.grants[g.IP] = g
-			changed = append(changed, g.IP)
-		case mvccpb.DELETE:
-			ip := string(kv.Key[len(m.c.grants):])
-			if _, ok := m.grants[ip]; ok {
-				delete(m.grants, ip)
-				changed = append(changed, ip)
+			s := Shared{Grant: g, Host: host}
+			if old, ok := m.grants[g.IP]; ok && old.Host != host {
+				m.caps.remove(old)
 			}
+			m.grants[g.IP] = s
+			changed = append(changed, g.IP)
+			if out, ok := m.caps.add(s); ok {
+				delete(m.grants, out.IP)
+				if out.IP != g.IP {
+					changed = append(changed, out.IP)
+				}
+			}
+		case mvccpb.DELETE:
+			drop(ip)
 		}
 	}
 	if rev := resp.Header.Revision; rev > m.rev {
@@ -291,20 +361,24 @@ func (m *Mirror) apply(resp clientv3.WatchResponse) {
 	if len(changed) > 0 {
 		m.dirty = true
 	}
+	m.caps.report(m.c, m.c.opt.Now(), time.Minute)
 	m.mu.Unlock()
 	if len(changed) > 0 && m.onChange != nil {
 		m.onChange(changed)
 	}
 }
 
-// prune forgets expired grants.
+// prune forgets expired grants, and logs what the rate limits held back.
 func (m *Mirror) prune() {
 	now := m.c.opt.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for ip, g := range m.grants {
-		if !g.Expires.After(now) {
+	for ip, s := range m.grants {
+		if !s.Expires.After(now) {
+			m.caps.remove(s)
 			delete(m.grants, ip)
 		}
 	}
+	m.skips.flush()
+	m.caps.report(m.c, now, time.Minute)
 }

@@ -394,7 +394,7 @@ func (p *Publisher) do(ctx context.Context, j *job) result {
 // differs: grants etcd lacks (or holds older), and keys of this host that
 // it no longer has.
 func (p *Publisher) resyncAll(ctx context.Context) error {
-	shared, _, err := p.c.read(ctx)
+	shared, _, err := p.c.read(ctx, 0) // every key: this host's own must all be seen
 	if err != nil {
 		return err
 	}

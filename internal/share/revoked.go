@@ -3,6 +3,7 @@ package share
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -28,22 +29,26 @@ import (
 func (c *Cluster) Revocations(ctx context.Context, fn func(ip string, at time.Time)) error {
 	const minBackoff, maxBackoff = 100 * time.Millisecond, 5 * time.Second
 	backoff := minBackoff
+	skips := c.newSkips(c.revoked)
 	seen := func(key, value []byte) {
 		ip := string(key[len(c.revoked):])
+		if len(ip) > maxIP {
+			return
+		}
 		if canon, err := grant.CanonicalIP(ip); err != nil || canon != ip {
 			return
 		}
 		var m marker
 		if len(value) > maxValue || json.Unmarshal(value, &m) != nil || m.Time.IsZero() {
-			c.logf("warning: skipping damaged marker %q", key)
+			skips.add(fmt.Errorf("damaged marker %s", quoteKey(key)))
 			return
 		}
 		fn(ip, m.Time)
 	}
 	for ctx.Err() == nil {
-		tctx, cancel := c.withTimeout(ctx)
-		resp, err := c.cli.Get(tctx, c.revoked, clientv3.WithPrefix())
-		cancel()
+		// In bounded pages, as the grants (see scan).
+		rev, err := c.scan(ctx, c.revoked, func(kv *mvccpb.KeyValue) { seen(kv.Key, kv.Value) }, skips)
+		skips.flush()
 		if err != nil {
 			select {
 			case <-ctx.Done():
@@ -53,11 +58,8 @@ func (c *Cluster) Revocations(ctx context.Context, fn func(ip string, at time.Ti
 			continue
 		}
 		backoff = minBackoff
-		for _, kv := range resp.Kvs {
-			seen(kv.Key, kv.Value)
-		}
 		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		wch := c.cli.Watch(wctx, c.revoked, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+		wch := c.cli.Watch(wctx, c.revoked, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 		for wr := range wch {
 			if wr.Err() != nil || wr.Canceled {
 				break

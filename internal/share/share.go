@@ -43,17 +43,22 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
 
 	"github.com/poprelay/poprelay/internal/grant"
 )
@@ -63,16 +68,21 @@ const DefaultPrefix = "/poprelay/v1/"
 
 // Environment variables read by FromEnv.
 const (
-	EnvEndpoints = "POPRELAY_ETCD_ENDPOINTS" // comma or space separated
-	EnvCert      = "POPRELAY_ETCD_CERT"      // client certificate (PEM file)
-	EnvKey       = "POPRELAY_ETCD_KEY"       // client key (PEM file)
-	EnvCA        = "POPRELAY_ETCD_CA"        // CA bundle (PEM file)
-	EnvUser      = "POPRELAY_ETCD_USER"
-	EnvPassword  = "POPRELAY_ETCD_PASSWORD"
-	EnvPassFile  = "POPRELAY_ETCD_PASSWORD_FILE" // the password, in a file
-	EnvPrefix    = "POPRELAY_ETCD_PREFIX"
-	EnvTimeout   = "POPRELAY_ETCD_TIMEOUT" // Go duration ("5s") or seconds
+	EnvEndpoints  = "POPRELAY_ETCD_ENDPOINTS" // comma or space separated
+	EnvCert       = "POPRELAY_ETCD_CERT"      // client certificate (PEM file)
+	EnvKey        = "POPRELAY_ETCD_KEY"       // client key (PEM file)
+	EnvCA         = "POPRELAY_ETCD_CA"        // CA bundle (PEM file)
+	EnvUser       = "POPRELAY_ETCD_USER"
+	EnvPassword   = "POPRELAY_ETCD_PASSWORD"
+	EnvPassFile   = "POPRELAY_ETCD_PASSWORD_FILE" // the password, in a file
+	EnvPrefix     = "POPRELAY_ETCD_PREFIX"
+	EnvTimeout    = "POPRELAY_ETCD_TIMEOUT"    // Go duration ("5s") or seconds
+	EnvMaxPerHost = "POPRELAY_ETCD_MAXPERHOST" // grants kept per origin host
 )
+
+// DefaultMaxPerHost is how many grants a mirror keeps per origin host
+// (the "host" of a grant's value) unless configured otherwise.
+const DefaultMaxPerHost = 100000
 
 var (
 	// ErrConfig reports an unusable etcd configuration.
@@ -103,6 +113,10 @@ type Config struct {
 	PassFile    string        // the file Password was read from, if any
 	Prefix      string        // key prefix; default DefaultPrefix
 	DialTimeout time.Duration // connect and request timeout; default 5s
+	// MaxPerHost caps the grants a mirror (and List) keeps per origin
+	// host: over it, that host's newest grants are kept. Default
+	// DefaultMaxPerHost.
+	MaxPerHost int
 
 	notes []string // warnings found while reading the configuration
 }
@@ -145,6 +159,13 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		}
 		c.DialTimeout = d
 	}
+	if s := getenv(EnvMaxPerHost); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return c, fmt.Errorf("%w: %s=%q: want a number of grants, at least 1", ErrConfig, EnvMaxPerHost, s)
+		}
+		c.MaxPerHost = n
+	}
 	return c, c.check()
 }
 
@@ -174,6 +195,7 @@ var flagDefs = []struct{ name, env, help string }{
 	{"etcd-password-file", EnvPassFile, "read the etcd password from `FILE` (one line; keep it mode 0600 or 0640)"},
 	{"etcd-prefix", EnvPrefix, "etcd key `PREFIX`, ending in / (default " + DefaultPrefix + ")"},
 	{"etcd-timeout", EnvTimeout, "etcd connect and request timeout, `DUR` (default 5s)"},
+	{"etcd-max-per-host", EnvMaxPerHost, "keep at most `N` grants shared by one host (the newest; default " + strconv.Itoa(DefaultMaxPerHost) + ")"},
 }
 
 // RegisterFlags adds the --etcd-* flags to fs. Call Resolve after
@@ -191,7 +213,7 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 func (f *Flags) Resolve(getenv func(string) string) (Config, error) {
 	given := map[string]bool{}
 	f.fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
-	defaults := map[string]string{EnvPrefix: DefaultPrefix, EnvTimeout: "5s"} // shown only
+	defaults := map[string]string{EnvPrefix: DefaultPrefix, EnvTimeout: "5s", EnvMaxPerHost: strconv.Itoa(DefaultMaxPerHost)} // shown only
 	env := map[string]string{}
 	f.set = f.set[:0]
 	for _, d := range flagDefs {
@@ -234,6 +256,9 @@ func (c Config) check() error {
 	}
 	if c.DialTimeout < 0 {
 		return fmt.Errorf("%w: negative timeout", ErrConfig)
+	}
+	if c.MaxPerHost < 0 {
+		return fmt.Errorf("%w: negative %s", ErrConfig, EnvMaxPerHost)
 	}
 	for _, e := range c.Endpoints {
 		ep := parseEndpoint(e)
@@ -352,6 +377,9 @@ func Open(cfg Config, opt Options) (*Cluster, error) {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
+	if cfg.MaxPerHost == 0 {
+		cfg.MaxPerHost = DefaultMaxPerHost
+	}
 	if opt.Host == "" {
 		opt.Host, _ = os.Hostname()
 	}
@@ -386,6 +414,10 @@ func Open(cfg Config, opt Options) (*Cluster, error) {
 		Username:             cfg.Username,
 		Password:             cfg.Password,
 		Logger:               zap.NewNop(),
+		// No response may be larger: a read that would be is read
+		// again in smaller pages (see scan), so no key set written
+		// into etcd, however large, makes a read fail for good.
+		MaxCallRecvMsgSize: maxResponse,
 		// Reconnect within a couple of seconds of etcd's return, not
 		// after gRPC's default backoff of up to two minutes.
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
@@ -453,6 +485,10 @@ type marker struct {
 // maxValue bounds what a key's value may hold.
 const maxValue = 4096
 
+// maxIP bounds the address in a key: the longest canonical text of
+// an address (IPv6 with an IPv4 tail) is 45 bytes.
+const maxIP = 45
+
 func (c *Cluster) encode(g grant.Grant, host string) []byte {
 	b, _ := json.Marshal(record{
 		User:    g.User,
@@ -468,26 +504,29 @@ func (c *Cluster) encode(g grant.Grant, host string) []byte {
 // must end in a canonical IP and the value must have a login time and an
 // expiry.
 func (c *Cluster) decode(key, value []byte) (grant.Grant, string, error) {
-	ip := string(bytes.TrimPrefix(key, []byte(c.grants)))
-	if canon, err := grant.CanonicalIP(ip); err != nil || canon != ip {
-		return grant.Grant{}, "", fmt.Errorf("share: key %q: not a canonical IP", key)
+	ip, ok := bytes.CutPrefix(key, []byte(c.grants))
+	if !ok || len(ip) > maxIP {
+		return grant.Grant{}, "", fmt.Errorf("share: %s: not a canonical IP", quoteKey(key))
+	}
+	if canon, err := grant.CanonicalIP(string(ip)); err != nil || canon != string(ip) {
+		return grant.Grant{}, "", fmt.Errorf("share: %s: not a canonical IP", quoteKey(key))
 	}
 	if len(value) > maxValue {
-		return grant.Grant{}, "", fmt.Errorf("share: key %q: value of %d bytes", key, len(value))
+		return grant.Grant{}, "", fmt.Errorf("share: %s: value of %d bytes", quoteKey(key), len(value))
 	}
 	var r record
 	if err := json.Unmarshal(value, &r); err != nil {
-		return grant.Grant{}, "", fmt.Errorf("share: key %q: %v", key, err)
+		return grant.Grant{}, "", fmt.Errorf("share: %s: %v", quoteKey(key), err)
 	}
 	if r.Time.IsZero() || r.Exp.IsZero() {
-		return grant.Grant{}, "", fmt.Errorf("share: key %q: no time or exp", key)
+		return grant.Grant{}, "", fmt.Errorf("share: %s: no time or exp", quoteKey(key))
 	}
 	for _, f := range []string{r.User, r.Service, r.Host} {
 		if err := checkField(f); err != nil {
-			return grant.Grant{}, "", fmt.Errorf("share: key %q: %v", key, err)
+			return grant.Grant{}, "", fmt.Errorf("share: %s: %v", quoteKey(key), err)
 		}
 	}
-	return grant.Grant{IP: ip, User: r.User, Service: r.Service, Time: r.Time, Expires: r.Exp}, r.Host, nil
+	return grant.Grant{IP: string(ip), User: r.User, Service: r.Service, Time: r.Time, Expires: r.Exp}, r.Host, nil
 }
 
 // maxField bounds a user, service or host name, as the spool does.
@@ -648,10 +687,20 @@ func (c *Cluster) revoke(ctx context.Context, ip, by string) (bool, error) {
 
 // RevokeUser revokes every shared grant of user and returns their IPs.
 func (c *Cluster) RevokeUser(ctx context.Context, user, by string) ([]string, error) {
-	gs, err := c.List(ctx)
+	// Every key, not only those within the per-host cap: a revocation
+	// must also reach the grants a mirror dropped.
+	all, _, err := c.read(ctx, 0)
 	if err != nil {
-		return nil, err
+		return nil, c.explain(err)
 	}
+	now := c.opt.Now()
+	gs := make([]grant.Grant, 0, len(all))
+	for _, s := range all {
+		if s.Expires.After(now) {
+			gs = append(gs, s.Grant)
+		}
+	}
+	sort.Slice(gs, func(i, j int) bool { return gs[i].IP < gs[j].IP })
 	var ips []string
 	for _, g := range gs {
 		if g.User != user {
@@ -674,7 +723,7 @@ type Shared struct {
 // List reads every live grant from etcd, sorted by IP. Damaged keys are
 // logged and skipped.
 func (c *Cluster) List(ctx context.Context) ([]grant.Grant, error) {
-	all, _, err := c.read(ctx)
+	all, _, err := c.read(ctx, c.cfg.MaxPerHost)
 	if err != nil {
 		return nil, c.explain(err)
 	}
@@ -691,7 +740,7 @@ func (c *Cluster) List(ctx context.Context) ([]grant.Grant, error) {
 
 // ListShared is List with each grant's origin host.
 func (c *Cluster) ListShared(ctx context.Context) ([]Shared, error) {
-	all, _, err := c.read(ctx)
+	all, _, err := c.read(ctx, c.cfg.MaxPerHost)
 	if err != nil {
 		return nil, c.explain(err)
 	}
@@ -706,18 +755,39 @@ func (c *Cluster) ListShared(ctx context.Context) ([]Shared, error) {
 	return out, nil
 }
 
-// page is how many keys one read returns.
+// page is how many keys one read returns at most.
 const page = 5000
 
-// read returns every grant key (expired ones too, raw values kept) as of
-// one revision, reading in pages.
-func (c *Cluster) read(ctx context.Context) (map[string]Shared, int64, error) {
-	end := clientv3.GetPrefixRangeEnd(c.grants)
-	all := map[string]Shared{}
+// maxResponse bounds one response from etcd, in bytes (the client's
+// receive limit). etcd refuses a request larger than its
+// --max-request-bytes (default 1.5 MiB), so one key and its value always
+// fit; a page of 5000 keys may not, and is then read again in smaller
+// pages.
+var maxResponse = 16 << 20
+
+// tooLarge tells a response over the receive limit (or one etcd refused
+// to send for its size).
+func tooLarge(err error) bool { return status.Code(err) == codes.ResourceExhausted }
+
+// scan calls fn with every key under prefix as of one revision, in key
+// order, and returns that revision. It reads pages of at most page keys
+// and maxResponse bytes: a page too large for the limit, or too slow for
+// the timeout while etcd still answers a small read, is read again
+// shorter (to what would fill half the limit, when gRPC tells the size;
+// a sixteenth after a timeout; else half as long), down to one key, and grows back after each page
+// that went through (at most doubling, to what would fill half the limit
+// at that page's size per key); a single key too large even alone is
+// skipped by name (a
+// keys-only read tells it), with a warning. So no set of keys, however
+// large or hostile, makes the read fail for good: it costs time in
+// proportion to their bytes.
+func (c *Cluster) scan(ctx context.Context, prefix string, fn func(kv *mvccpb.KeyValue), skips *skipLog) (int64, error) {
+	end := clientv3.GetPrefixRangeEnd(prefix)
 	var rev int64
-	from := c.grants
+	from := prefix
+	n := page
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(page)}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(n))}
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
@@ -725,24 +795,137 @@ func (c *Cluster) read(ctx context.Context) (map[string]Shared, int64, error) {
 		resp, err := c.cli.Get(tctx, from, opts...)
 		cancel()
 		if err != nil {
-			return nil, 0, err
+			slow := status.Code(err) == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded)
+			if ctx.Err() != nil || !(tooLarge(err) || slow) {
+				return 0, err
+			}
+			if slow && c.cli.ActiveConnection().GetState() != connectivity.Ready {
+				return 0, err // not connected: etcd is down, not slow
+			}
+			// Too large, or too slow: is etcd there at all? A
+			// keys-only read of one key says, and names the key.
+			key, r, perr := c.firstKey(ctx, from, end, rev)
+			if perr != nil {
+				return 0, err // etcd does not answer: the read fails
+			}
+			if rev == 0 {
+				rev = r
+			}
+			if key == nil {
+				return rev, nil // the keys left went meanwhile
+			}
+			if n > 1 {
+				n = smaller(n, err)
+				continue
+			}
+			if !tooLarge(err) {
+				return 0, err // one key too slow: etcd is in trouble
+			}
+			skips.add(fmt.Errorf("%s: %v", quoteKey(key), err))
+			from = string(key) + "\x00"
+			continue
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
 		}
+		size := 0
 		for _, kv := range resp.Kvs {
-			g, host, err := c.decode(kv.Key, kv.Value)
-			if err != nil {
-				c.logf("warning: skipping %v", err)
-				continue
-			}
-			all[g.IP] = Shared{Grant: g, Host: host}
+			size += len(kv.Key) + len(kv.Value)
+			fn(kv)
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return all, rev, nil
+			return rev, nil
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		// The next page: as many keys as would fill half the limit
+		// at this page's size per key, at most twice as many.
+		n = min(page, 2*n, max(1, len(resp.Kvs)*(maxResponse/2)/max(size, 1)))
 	}
+}
+
+// tooLargeBy finds the size of a response over the receive limit in
+// gRPC's error ("received message larger than max (N vs. M)").
+var tooLargeBy = regexp.MustCompile(`larger than max \((\d+) vs\. \d+\)`)
+
+// smaller is the page length to try after n keys failed with err: what
+// would fill half the limit if the response's size is known, a
+// sixteenth after a timeout, else half.
+func smaller(n int, err error) int {
+	if m := tooLargeBy.FindStringSubmatch(err.Error()); m != nil {
+		if size, perr := strconv.Atoi(m[1]); perr == nil && size > maxResponse {
+			return max(1, min(n/2, int(int64(n)*int64(maxResponse/2)/int64(size))))
+		}
+	}
+	if !tooLarge(err) {
+		// Too slow: a page of 5000 grants takes a fraction of a
+		// second, so one that took the whole timeout was far too
+		// long. Each try costs a timeout: shrink fast.
+		return max(1, n/16)
+	}
+	return max(1, n/2)
+}
+
+// firstKey is the first key from from on (nil: none), by a keys-only
+// read of one key, and the revision read.
+func (c *Cluster) firstKey(ctx context.Context, from, end string, rev int64) ([]byte, int64, error) {
+	opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(1), clientv3.WithKeysOnly()}
+	if rev != 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	tctx, cancel := c.withTimeout(ctx)
+	defer cancel()
+	resp, err := c.cli.Get(tctx, from, opts...)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, resp.Header.Revision, nil
+	}
+	return resp.Kvs[0].Key, resp.Header.Revision, nil
+}
+
+// quoteKey is a key for a log line: quoted, and cut after 80 bytes (a
+// hostile key may be megabytes long).
+func quoteKey(k []byte) string {
+	if len(k) > 80 {
+		return fmt.Sprintf("key %q... (%d bytes)", k[:80], len(k))
+	}
+	return fmt.Sprintf("key %q", k)
+}
+
+// read returns every grant as of one revision (expired ones too), reading
+// in bounded pages (see scan). Keys that hold no usable grant are
+// skipped, with a warning for the first few (see skipLog). With perHost
+// > 0, at most that many grants per origin host are kept, the newest
+// (see hostCaps), and each host over it is named in a warning.
+func (c *Cluster) read(ctx context.Context, perHost int) (map[string]Shared, int64, error) {
+	all, _, rev, err := c.readCapped(ctx, perHost)
+	return all, rev, err
+}
+
+// readCapped is read that also returns the count of each host's grants.
+func (c *Cluster) readCapped(ctx context.Context, perHost int) (map[string]Shared, *hostCaps, int64, error) {
+	all := map[string]Shared{}
+	caps := newHostCaps(perHost)
+	skips := c.newSkips(c.grants)
+	rev, err := c.scan(ctx, c.grants, func(kv *mvccpb.KeyValue) {
+		g, host, err := c.decode(kv.Key, kv.Value)
+		if err != nil {
+			skips.add(err)
+			return
+		}
+		s := Shared{Grant: g, Host: host}
+		all[g.IP] = s
+		if out, ok := caps.add(s); ok {
+			delete(all, out.IP)
+		}
+	}, skips)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	skips.done()
+	caps.report(c, c.opt.Now(), 0)
+	return all, caps, rev, nil
 }
 
 // leaseCache hands out one lease per expiry bucket.

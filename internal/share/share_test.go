@@ -18,17 +18,18 @@ import (
 
 func TestFromEnv(t *testing.T) {
 	env := map[string]string{
-		EnvEndpoints: "http://10.0.0.1:2379, http://10.0.0.2:2379",
-		EnvPrefix:    "/mail/poprelay/",
-		EnvTimeout:   "3",
-		EnvCert:      "/etc/poprelay/c.pem",
-		EnvKey:       "/etc/poprelay/k.pem",
+		EnvEndpoints:  "http://10.0.0.1:2379, http://10.0.0.2:2379",
+		EnvPrefix:     "/mail/poprelay/",
+		EnvTimeout:    "3",
+		EnvCert:       "/etc/poprelay/c.pem",
+		EnvKey:        "/etc/poprelay/k.pem",
+		EnvMaxPerHost: "2500",
 	}
 	c, err := FromEnv(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Endpoints) != 2 || c.Endpoints[1] != "http://10.0.0.2:2379" || c.DialTimeout != 3*time.Second || c.Prefix != "/mail/poprelay/" {
+	if len(c.Endpoints) != 2 || c.Endpoints[1] != "http://10.0.0.2:2379" || c.DialTimeout != 3*time.Second || c.Prefix != "/mail/poprelay/" || c.MaxPerHost != 2500 {
 		t.Fatalf("got %+v", c)
 	}
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
@@ -57,7 +58,8 @@ func TestFromEnv(t *testing.T) {
 	if c, err := f.Resolve(func(string) string { return "" }); err != nil || c.Enabled() {
 		t.Fatalf("empty: %+v, %v", c, err)
 	}
-	if st := f.Settings(); st[7].Name != "etcd-prefix" || st[7].Value != DefaultPrefix || st[8].Value != "5s" {
+	if st := f.Settings(); st[7].Name != "etcd-prefix" || st[7].Value != DefaultPrefix || st[8].Value != "5s" ||
+		st[9].Name != "etcd-max-per-host" || st[9].Value != "100000" {
 		t.Fatalf("defaults: %+v", st)
 	}
 	for _, bad := range []map[string]string{
@@ -65,6 +67,9 @@ func TestFromEnv(t *testing.T) {
 		{EnvCert: "c.pem"},
 		{EnvUser: "root"},
 		{EnvPrefix: "/no/slash"},
+		{EnvMaxPerHost: "0"},
+		{EnvMaxPerHost: "-5"},
+		{EnvMaxPerHost: "many"},
 	} {
 		if _, err := FromEnv(func(k string) string { return bad[k] }); !errors.Is(err, ErrConfig) {
 			t.Errorf("%v: got %v, want ErrConfig", bad, err)
