@@ -60,6 +60,9 @@ type Stats struct {
 	// completing.
 	Latency []time.Duration
 	Reason  string // what triggered it: "start", "change", "expiry", ...
+	// Capped and OverCap are the live grants refused by the per-user
+	// and the total cap (merge.Caps; with Write only).
+	Capped, OverCap int
 }
 
 // Config configures a Watcher. Spool, Rules, Source, and Publish or
@@ -420,9 +423,11 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 	w.set.Configure(w.static, opt)
 	w.share(reason, now)
 	live := 0
+	var sum merge.Summary
 	if w.cfg.Write != nil {
 		err = w.cfg.Write(func(f io.Writer) error {
-			sum, nx, err := w.set.Write(f, now)
+			var nx time.Time
+			sum, nx, err = w.set.Write(f, now)
 			live, next = sum.Grants-sum.Expired, nx
 			return err
 		})
@@ -450,7 +455,7 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 		}
 	}
 	done := time.Now()
-	st := Stats{Grants: live, Duration: done.Sub(start), Reason: reason}
+	st := Stats{Grants: live, Duration: done.Sub(start), Reason: reason, Capped: sum.Capped, OverCap: sum.OverCap}
 	for _, seen := range w.changed {
 		st.Latency = append(st.Latency, done.Sub(seen))
 	}
@@ -459,6 +464,10 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 		w.cdbID, _ = statID(w.cfg.CDB)
 	}
 	w.cfg.Logf("rebuilt: %s: %d grants in %.1f ms", reason, st.Grants, float64(st.Duration.Microseconds())/1000)
+	if warn := opt.Caps.Warning(sum); warn != "" {
+		// At every publish while it lasts, not once.
+		w.cfg.Logf("warning: %s", warn)
+	}
 	if w.cfg.Observe != nil {
 		w.cfg.Observe(st)
 	}
