@@ -161,6 +161,14 @@ func scaleSizes(def ...int) []int {
 	return out
 }
 
+// scaleSite is a site for up to 1M grants: above the default total cap
+// (--max-grants 100000), which the benchmarks raise.
+func scaleSite(t *testing.T, static string) *relayctlSite {
+	s := newRelayctlSite(t, static)
+	s.env = append(s.env, "POPRELAY_MAXGRANTS=2000000")
+	return s
+}
+
 // TestScaleRebuild: relayctl rebuild as a new process at 100k and 1M
 // grants, against tcprules on the equivalent text file: with the spool
 // unchanged since the last run, after 100 logins since (their files
@@ -174,7 +182,7 @@ func TestScaleRebuild(t *testing.T) {
 	loadNote(t)
 	static := scaleStatic()
 	for _, n := range scaleSizes(100_000, 1_000_000) {
-		s := newRelayctlSite(t, static)
+		s := scaleSite(t, static)
 		rc := func() (time.Duration, float64) { return measure(t, s.env, "", bin("relayctl"), "rebuild") }
 		var eq, setup string
 		if n <= 100_000 {
@@ -196,7 +204,7 @@ func TestScaleRebuild(t *testing.T) {
 		round := 0
 		more, moreRSS := best(3, func() (time.Duration, float64) {
 			for i := range 100 {
-				os.WriteFile(filepath.Join(s.spool, fmt.Sprintf("198.18.%d.%d", round, i)), []byte(fmt.Sprintf("user=new\nservice=pop3\ntime=%d\n", time.Now().Unix())), 0o640)
+				os.WriteFile(filepath.Join(s.spool, fmt.Sprintf("198.18.%d.%d", round, i)), []byte(fmt.Sprintf("user=new%d\nservice=pop3\ntime=%d\n", i, time.Now().Unix())), 0o640)
 			}
 			round++
 			return rc()
@@ -256,7 +264,7 @@ func TestScaleImport(t *testing.T) {
 	var d time.Duration
 	var rss float64
 	for run := range 3 {
-		s := newRelayctlSite(t, static)
+		s := scaleSite(t, static)
 		x, r := measure(t, s.env, "", bin("relayctl"), "import", "--vpopmail", open)
 		if run == 0 || x < d {
 			d = x
@@ -366,7 +374,7 @@ func storm(t testing.TB, spool string, p *poller, base, rate, secs int) {
 		<-tick.C
 		ip := fmt.Sprintf("100.64.%d.%d", (base+i)>>8&255, (base+i)&255)
 		cmd := exec.Command(bin("checkpassword-wrap"), "--spool", spool, "/bin/true")
-		cmd.Env = baseEnv("TCPREMOTEIP="+ip, "USER=storm", "POPRELAY_NEVER=")
+		cmd.Env = baseEnv("TCPREMOTEIP="+ip, fmt.Sprint("USER=storm", base+i), "POPRELAY_NEVER=") // a user each: within the per-user cap
 		p.add(ip, time.Now())
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -395,7 +403,7 @@ func TestScaleWatch(t *testing.T) {
 	loadNote(t)
 	const n = 100_000
 	static := scaleStatic()
-	s := newRelayctlSite(t, static)
+	s := scaleSite(t, static)
 	eq := writeScaleSpool(t, "", static, n)
 	// The standing grants in the folded file, as a site has them.
 	s.relayctl(t, "import", "--vpopmail", writeOpenSMTP(t, n))
@@ -475,8 +483,8 @@ func TestScaleEtcd(t *testing.T) {
 	static := scaleStatic()
 	eq := writeScaleSpool(t, "", static, n)
 	floor, _ := tcprulesTime(t, eq, 3)
-	a := newRelayctlSite(t, ":allow\n")
-	b := newRelayctlSite(t, static)
+	a := scaleSite(t, ":allow\n")
+	b := scaleSite(t, static)
 	for _, s := range []*relayctlSite{a, b} {
 		s.env = append(s.env, "POPRELAY_ETCD_ENDPOINTS="+e.Client)
 	}

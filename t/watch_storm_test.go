@@ -65,7 +65,7 @@ func TestWatchStorm(t *testing.T) {
 	for i := range logins {
 		<-tick.C
 		cmd := exec.Command(bin("checkpassword-wrap"), "--spool", s.spool, "/bin/true")
-		cmd.Env = baseEnv(fmt.Sprintf("TCPREMOTEIP=172.16.%d.%d", i>>8, i&255), "USER=storm", "POPRELAY_NEVER=")
+		cmd.Env = baseEnv(fmt.Sprintf("TCPREMOTEIP=172.16.%d.%d", i>>8, i&255), fmt.Sprint("USER=storm", i), "POPRELAY_NEVER=") // a user each: within the per-user cap
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
