@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/maphash"
+	"math/rand/v2"
 	"slices"
 	"strings"
 
@@ -111,13 +112,49 @@ func newer(a, b capCand) int {
 	return cmp.Compare(a.id, b.id)
 }
 
-// perUser sorts cs, which holds every candidate of one user, newest
-// first and returns how many of them (the first) are published.
+// newest reorders cs so that cs[:k] are its k newest (in no particular
+// order), in time linear in len(cs) on average: a quickselect with a
+// random pivot, so that no choice of times and addresses makes it
+// quadratic. newer is a total order, so which k are the newest does not
+// depend on how they are found: Write and the Set agree.
+func newest(cs []capCand, k int) {
+	lo, hi := 0, len(cs) // cs[:lo] are among the k newest, cs[hi:] not
+	for hi-lo > 16 {
+		p := cs[lo+rand.IntN(hi-lo)]
+		// Three ways: newer than p, p's equal (itself), older.
+		i, j, m := lo, lo, hi
+		for j < m {
+			switch c := newer(cs[j], p); {
+			case c < 0:
+				cs[i], cs[j] = cs[j], cs[i]
+				i++
+				j++
+			case c > 0:
+				m--
+				cs[j], cs[m] = cs[m], cs[j]
+			default:
+				j++
+			}
+		}
+		switch {
+		case k < i:
+			hi = i
+		case k > j:
+			lo = j
+		default:
+			return
+		}
+	}
+	slices.SortFunc(cs[lo:hi], newer)
+}
+
+// perUser reorders cs, which holds every candidate of one user, so
+// that those published come first, and returns how many they are.
 func (c Caps) perUser(cs []capCand) int {
 	if c.PerUser <= 0 || len(cs) <= c.PerUser || cs[0].user == "" {
 		return len(cs)
 	}
-	slices.SortFunc(cs, newer)
+	newest(cs, c.PerUser)
 	return c.PerUser
 }
 
@@ -125,14 +162,13 @@ func (c Caps) perUser(cs []capCand) int {
 // total cap.
 func (c Caps) over(n int) bool { return c.Total > 0 && n > c.Total }
 
-// total sorts cs, every candidate the per-user cap kept, newest first
-// if they are over the total cap, and returns how many of them (the
-// first) are published.
+// total reorders cs, every candidate the per-user cap kept, so that
+// those published come first, and returns how many they are.
 func (c Caps) total(cs []capCand) int {
 	if !c.over(len(cs)) {
 		return len(cs)
 	}
-	slices.SortFunc(cs, newer)
+	newest(cs, c.Total)
 	return c.Total
 }
 

@@ -3,6 +3,7 @@ package merge
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -174,5 +175,30 @@ func TestSetCapEvicts(t *testing.T) {
 	set.Delete("2001:db8:0:1::a")
 	if db := publish(); !relays(db, "2001:db8:0:1::7") || relays(db, "2001:db8:0:1::6") {
 		t.Fatalf("after revoking the newest, the fourth newest is not back alone")
+	}
+}
+
+// TestNewest: newest picks exactly the k newest of any input, ties in
+// time and all, as a sort would.
+func TestNewest(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 300 {
+		n := rng.IntN(400)
+		cs := make([]capCand, n)
+		for i := range cs {
+			cs[i] = capCand{t: int64(rng.IntN(1 + round%20)), hi: uint64(rng.IntN(3)), lo: uint64(rng.IntN(50)), id: int32(i)}
+		}
+		k := 0
+		if n > 0 {
+			k = rng.IntN(n + 1)
+		}
+		want := slices.Clone(cs)
+		slices.SortFunc(want, newer)
+		newest(cs, k)
+		got := slices.Clone(cs[:k])
+		slices.SortFunc(got, newer)
+		if !slices.Equal(got, want[:k]) {
+			t.Fatalf("round %d: n %d k %d: the k newest differ", round, n, k)
+		}
 	}
 }
