@@ -428,7 +428,7 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 		err = w.cfg.Write(func(f io.Writer) error {
 			var nx time.Time
 			sum, nx, err = w.set.Write(f, now)
-			live, next = sum.Grants-sum.Expired, nx
+			live, next = sum.Grants-sum.Expired-sum.Capped-sum.OverCap, nx
 			return err
 		})
 	} else {
