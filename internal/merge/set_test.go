@@ -186,29 +186,44 @@ func TestSetMatchesWrite(t *testing.T) {
 
 // TestSetPublishAllocs: a publish after a few changes allocates nothing
 // per grant: the same handful of allocations with 20,000 grants as with
-// 2,000.
+// 2,000; without caps, with the default caps and a user each, and with
+// every grant one user's (the caps refusing all but the newest) or over
+// the total cap.
 func TestSetPublishAllocs(t *testing.T) {
 	rs, _ := rules.Parse(strings.NewReader(setStatic), "tcp.smtp")
-	allocs := func(n int) float64 {
-		set := NewSet(rs, Options{MaxAge: time.Hour})
-		for i := range n {
-			set.Put(grant.Grant{IP: fmt.Sprintf("172.%d.%d.%d", 16+i>>16, i>>8&255, i&255), User: "u", Service: "pop3", Time: now})
-		}
-		var f cdbtest.File
-		set.Write(&f, now)
-		i := 0
-		return testing.AllocsPerRun(20, func() {
-			i++
-			set.Put(grant.Grant{IP: fmt.Sprintf("192.168.%d.%d", i>>8&255, i&255), User: "u", Service: "imap", Time: now})
-			f.Reset()
-			if _, _, err := set.Write(&f, now); err != nil {
-				t.Fatal(err)
+	defaults := Caps{PerUser: DefaultMaxPerUser, Total: DefaultMaxGrants}
+	for _, tc := range []struct {
+		name    string
+		caps    Caps
+		oneUser bool
+	}{{"no caps", Caps{}, true}, {"default caps", defaults, false}, {"one user over the cap", defaults, true}, {"over the total", Caps{Total: 1000}, false}} {
+		allocs := func(n int) float64 {
+			set := NewSet(rs, Options{MaxAge: time.Hour, Caps: tc.caps})
+			user := func(i int) string {
+				if tc.oneUser {
+					return "u"
+				}
+				return fmt.Sprint("u", i)
 			}
-		})
-	}
-	small, big := allocs(2000), allocs(20000)
-	if big > small+4 {
-		t.Errorf("allocations per publish: %.0f with 2,000 grants, %.0f with 20,000", small, big)
+			for i := range n {
+				set.Put(grant.Grant{IP: fmt.Sprintf("172.%d.%d.%d", 16+i>>16, i>>8&255, i&255), User: user(i), Service: "pop3", Time: now})
+			}
+			var f cdbtest.File
+			set.Write(&f, now)
+			i := 0
+			return testing.AllocsPerRun(20, func() {
+				i++
+				set.Put(grant.Grant{IP: fmt.Sprintf("192.168.%d.%d", i>>8&255, i&255), User: user(n + i), Service: "imap", Time: now.Add(time.Duration(i) * time.Second)})
+				f.Reset()
+				if _, _, err := set.Write(&f, now.Add(time.Duration(i)*time.Second)); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+		small, big := allocs(2000), allocs(20000)
+		if big > small+4 {
+			t.Errorf("%s: allocations per publish: %.0f with 2,000 grants, %.0f with 20,000", tc.name, small, big)
+		}
 	}
 }
 
