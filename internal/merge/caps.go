@@ -148,6 +148,51 @@ func newest(cs []capCand, k int) {
 	slices.SortFunc(cs[lo:hi], newer)
 }
 
+// kthNewestTime returns the login time of the k-th newest of ts (login
+// times, 1 <= k <= len(ts)) and how many of ts are newer than it. ts is
+// reordered. It is newest over times alone, for the Set's total cap:
+// those newer than the cut are among the k newest, those older are not,
+// and the rule (newer) decides among those at the cut.
+func kthNewestTime(ts []int64, k int) (cut int64, newer int) {
+	count := func(cut int64) (int64, int) {
+		n := 0
+		for _, x := range ts {
+			if x > cut {
+				n++
+			}
+		}
+		return cut, n
+	}
+	lo, hi := 0, len(ts) // ts[:lo] are newer than ts[lo:hi], which are newer than ts[hi:]
+	for hi-lo > 16 {
+		p := ts[lo+rand.IntN(hi-lo)]
+		i, j, m := lo, lo, hi
+		for j < m {
+			switch {
+			case ts[j] > p:
+				ts[i], ts[j] = ts[j], ts[i]
+				i++
+				j++
+			case ts[j] < p:
+				m--
+				ts[j], ts[m] = ts[m], ts[j]
+			default:
+				j++
+			}
+		}
+		switch {
+		case k <= i:
+			hi = i
+		case k > j:
+			lo = j
+		default:
+			return count(p)
+		}
+	}
+	slices.SortFunc(ts[lo:hi], func(a, b int64) int { return cmp.Compare(b, a) })
+	return count(ts[k-1])
+}
+
 // perUser reorders cs, which holds every candidate of one user, so
 // that those published come first, and returns how many they are.
 func (c Caps) perUser(cs []capCand) int {

@@ -83,6 +83,11 @@ func TestCaps(t *testing.T) {
 			want:   []string{"10.0.0.2", "2001:db8::3", "2001:db8::4"},
 			reason: map[string]string{"2001:db8::1": "user", "2001:db8::2": "user", "10.0.0.1": "total"},
 			sum:    Summary{Capped: 2, OverCap: 1}},
+		{name: "total: ties at the cut by address", caps: Caps{Total: 2},
+			gs:     []grant.Grant{at("10.0.0.4", "a", m), at("10.0.0.2", "b", m), at("10.0.0.3", "c", m), at("10.0.0.1", "d", 2*m), at("10.0.0.9", "e", 0)},
+			want:   []string{"10.0.0.2", "10.0.0.9"},
+			reason: map[string]string{"10.0.0.1": "total", "10.0.0.3": "total", "10.0.0.4": "total"},
+			sum:    Summary{OverCap: 3}},
 		{name: "at the total", caps: Caps{Total: 3},
 			gs:   []grant.Grant{at("10.0.0.1", "a", 3*m), at("10.0.0.2", "b", m), at("10.0.0.3", "", 2*m)},
 			want: []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}},
@@ -199,6 +204,32 @@ func TestNewest(t *testing.T) {
 		slices.SortFunc(got, newer)
 		if !slices.Equal(got, want[:k]) {
 			t.Fatalf("round %d: n %d k %d: the k newest differ", round, n, k)
+		}
+	}
+}
+
+// TestKthNewestTime: the cut is the k-th largest time, and the count of
+// those newer is exact, for inputs full of ties.
+func TestKthNewestTime(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for round := range 500 {
+		n := 1 + rng.IntN(300)
+		ts := make([]int64, n)
+		for i := range ts {
+			ts[i] = int64(rng.IntN(1 + round%40))
+		}
+		k := 1 + rng.IntN(n)
+		sorted := slices.Clone(ts)
+		slices.Sort(sorted)
+		slices.Reverse(sorted)
+		want, wantNewer := sorted[k-1], 0
+		for _, x := range sorted {
+			if x > want {
+				wantNewer++
+			}
+		}
+		if cut, newer := kthNewestTime(ts, k); cut != want || newer != wantNewer {
+			t.Fatalf("round %d: n %d k %d: cut %d, %d newer; want %d, %d", round, n, k, cut, newer, want, wantNewer)
 		}
 	}
 }

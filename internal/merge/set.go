@@ -53,6 +53,7 @@ type Set struct {
 	capped  []int32 // the entries a cap refused at the last publish
 	cspare  []int32
 	cbuf    []capCand
+	tbuf    []int64
 }
 
 // uhead is one user's entries: the first, and how many.
@@ -75,6 +76,8 @@ type emeta struct {
 	exp                      int64 // nanos(entry.exp)
 	state                    uint8 // metaDead, metaBad, metaRefused or metaLive
 	capped                   uint8 // capNone, CapUser or CapTotal, as of the last publish
+	capNext                  uint8 // the cap deciding, during applyCaps
+	login                    int64 // nanos(entry.g.Time), for the total cap
 	prim, twin               bool  // it has the record
 	shadow, denied, override uint8
 }
@@ -107,7 +110,6 @@ type entry struct {
 
 	inUser       bool  // linked in its user's list
 	uprev, unext int32 // its user's other entries; -1 none
-	capNext      uint8 // the cap deciding, during applyCaps
 }
 
 // NewSet returns an empty Set merging with the static rules rs.
@@ -277,19 +279,20 @@ func (s *Set) userDel(i int32) {
 // applyCaps decides the caps for the time now (Caps), noting each
 // entry whose decision changed as touched: its records go into the
 // next image, or out of it. Only the crowded users' entries are looked
-// at for the per-user cap; the total cap counts the compact meta and,
-// only when over, sorts every candidate.
+// at for the per-user cap. The total cap counts the candidates in the
+// compact meta and, only when they are over it, finds the login time of
+// the Total-th newest among them (a selection over 8 bytes a
+// candidate), then decides the few at that very time by the rule
+// itself: with a million grants over the cap a publish stays a few
+// passes over meta.
 func (s *Set) applyCaps(now time.Time) {
 	c := s.opt.Caps
 	t := nanos(now)
 	prev, next := s.capped, s.cspare[:0]
 	for _, i := range prev {
-		s.ents[i].capNext = capNone
+		s.meta[i].capNext = capNone
 	}
-	cand := func(i int32) bool {
-		m := &s.meta[i]
-		return m.state == metaLive && m.exp > t
-	}
+	cand := func(m *emeta) bool { return m.state == metaLive && m.exp > t }
 	candOf := func(i int32) capCand {
 		e := &s.ents[i]
 		return capCand{user: e.g.User, t: nanos(e.g.Time), hi: e.hi, lo: e.lo, id: i}
@@ -299,13 +302,13 @@ func (s *Set) applyCaps(now time.Time) {
 		for u := range s.crowded {
 			cs := s.cbuf[:0]
 			for i := s.users[u].first; i >= 0; i = s.ents[i].unext {
-				if cand(i) {
+				if cand(&s.meta[i]) {
 					cs = append(cs, candOf(i))
 				}
 			}
 			k := c.perUser(cs)
 			for _, r := range cs[k:] {
-				s.ents[r.id].capNext = CapUser
+				s.meta[r.id].capNext = CapUser
 				next = append(next, r.id)
 			}
 			byUser += len(cs) - k
@@ -315,20 +318,35 @@ func (s *Set) applyCaps(now time.Time) {
 	if c.Total > 0 {
 		n := 0
 		for i := range s.meta {
-			if cand(int32(i)) {
+			if cand(&s.meta[i]) {
 				n++
 			}
 		}
 		if c.over(n - byUser) {
-			cs := s.cbuf[:0]
+			ts := s.tbuf[:0]
 			for i := range s.meta {
-				if cand(int32(i)) && s.ents[i].capNext == capNone {
-					cs = append(cs, candOf(int32(i)))
+				if m := &s.meta[i]; cand(m) && m.capNext == capNone {
+					ts = append(ts, m.login)
 				}
 			}
-			k := c.total(cs)
-			for _, r := range cs[k:] {
-				s.ents[r.id].capNext = CapTotal
+			cut, newer := kthNewestTime(ts, c.Total)
+			s.tbuf = ts
+			cs := s.cbuf[:0]
+			for i := range s.meta {
+				m := &s.meta[i]
+				switch {
+				case !cand(m) || m.capNext != capNone || m.login > cut:
+				case m.login == cut:
+					cs = append(cs, candOf(int32(i)))
+				default:
+					m.capNext = CapTotal
+					next = append(next, int32(i))
+				}
+			}
+			// Of those at the cut, the rule decides (by address).
+			newest(cs, c.Total-newer)
+			for _, r := range cs[c.Total-newer:] {
+				s.meta[r.id].capNext = CapTotal
 				next = append(next, r.id)
 			}
 			s.cbuf = cs
@@ -336,12 +354,12 @@ func (s *Set) applyCaps(now time.Time) {
 	}
 	for _, list := range [][]int32{prev, next} {
 		for _, i := range list {
-			e := &s.ents[i]
-			if e.dead || s.meta[i].capped == e.capNext {
+			m := &s.meta[i]
+			if m.state == metaDead || m.capped == m.capNext {
 				continue
 			}
-			s.meta[i].capped = e.capNext
-			s.touch(e)
+			m.capped = m.capNext
+			s.touch(&s.ents[i])
 		}
 	}
 	s.capped, s.cspare = next, prev[:0]
@@ -378,7 +396,7 @@ func (s *Set) touch(e *entry) {
 func (s *Set) classify(i int32) {
 	e := &s.ents[i]
 	s.classifyEntry(e)
-	m := emeta{exp: nanos(e.exp), state: metaLive, prim: e.prim.key != nil, twin: e.twin.key != nil,
+	m := emeta{exp: nanos(e.exp), login: nanos(e.g.Time), state: metaLive, prim: e.prim.key != nil, twin: e.twin.key != nil,
 		shadow: uint8(e.shadow), denied: uint8(e.denied), override: uint8(e.override)}
 	switch e.refused {
 	case "":
