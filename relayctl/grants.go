@@ -45,23 +45,22 @@ Silent when there is nothing to do.`,
 				if err != nil {
 					return err
 				}
-				gone = append(gone, capped...)
-				if len(gone) > 0 {
-					ips := make([]string, len(gone))
-					for i, g := range gone {
-						ips[i] = g.IP
+				if len(gone)+len(capped) > 0 {
+					ips := make([]string, 0, len(gone)+len(capped))
+					for _, g := range gone {
+						ips = append(ips, g.IP)
 					}
-					if err := e.fold(live, ips); err != nil {
+					if err := e.fold(live, append(ips, capped...)); err != nil {
 						return err
 					}
 				}
-				for _, g := range gone[:len(gone)-len(capped)] {
+				for _, g := range gone {
 					e.vlogf("expired %s (user %q, login %s)", g.IP, g.User, g.Time.Format(time.RFC3339))
 				}
 				e.cleanSpool()
 				var rerr error
-				if len(gone) > 0 {
-					rerr = e.rebuildAfter(fmt.Sprintf("expired %d grants", len(gone)))
+				if len(gone)+len(capped) > 0 {
+					rerr = e.rebuildAfter(fmt.Sprintf("expired %d grants, removed %d over a cap", len(gone), len(capped)))
 				} else if ip, uerr := e.unpublished(live); uerr != nil {
 					rerr = uerr
 				} else if ip != "" {
@@ -74,10 +73,11 @@ Silent when there is nothing to do.`,
 	},
 }
 
-// dropCapped splits live into the grants the caps leave and those they
-// refuse (merge.Capped), which expire removes from the spool: refused
-// for good, as a newer login displaced them, they would only pile up.
-func (e *env) dropCapped(live []grant.Grant) (kept, capped []grant.Grant, err error) {
+// dropCapped splits live into the grants the caps leave and the
+// addresses of those they refuse (merge.Capped), which expire removes
+// from the spool: refused for good, as a newer login displaced them,
+// they would only pile up.
+func (e *env) dropCapped(live []grant.Grant) (kept []grant.Grant, capped []string, err error) {
 	opt, err := e.mergeOptions()
 	if err != nil {
 		return nil, nil, err
@@ -87,7 +87,7 @@ func (e *env) dropCapped(live []grant.Grant) (kept, capped []grant.Grant, err er
 	for i, g := range live {
 		if why[i] != "" {
 			e.vlogf("removed %s (user %q, login %s): %s", g.IP, g.User, g.Time.Format(time.RFC3339), why[i])
-			capped = append(capped, g)
+			capped = append(capped, g.IP)
 			continue
 		}
 		live[n] = g

@@ -300,7 +300,7 @@ func Capped(gs []grant.Grant, opt Options) []string {
 		return out
 	}
 	m := newMerger(nil, opt)
-	var cs []capCand
+	cs := make([]capCand, 0, len(gs))
 	for i := range gs {
 		a, expired, refused := m.screen(&gs[i])
 		if expired || refused != "" {
@@ -311,8 +311,9 @@ func Capped(gs []grant.Grant, opt Options) []string {
 	}
 	kinds := make([]uint8, len(gs))
 	opt.Caps.decide(cs, kinds)
+	why := [...]string{capNone: "", CapUser: opt.Caps.CapReason(CapUser), CapTotal: opt.Caps.CapReason(CapTotal)}
 	for i, k := range kinds {
-		out[i] = opt.Caps.CapReason(k)
+		out[i] = why[k]
 	}
 	return out
 }
