@@ -54,6 +54,8 @@ func rebuiltGrants(line, reason string) (int, bool) {
 func TestWatchStorm(t *testing.T) {
 	const standing, logins, per = 100_000, 1000, 50
 	s := newRelayctlSite(t, "127.0.0.1:allow,RELAYCLIENT=\"\"\n10.:allow\n:deny\n")
+	// 101,000 grants in the end: over the default total cap.
+	s.env = append(s.env, "POPRELAY_MAXGRANTS=200000")
 	importStanding(t, s, standing)
 	w := s.startWatch(t, "--max-delay", "50ms")
 	burnCPUs(t)
