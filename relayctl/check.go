@@ -11,6 +11,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/addr"
 	"github.com/poprelay/poprelay/internal/cdb"
+	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/quote"
 	"github.com/poprelay/poprelay/internal/rules"
@@ -160,6 +161,25 @@ func (e *env) origin(db *cdb.Reader, ix *rules.Index, rerr error, key string) (s
 	return s, true
 }
 
+// capReason tells why the caps refuse g, or "": they are a matter of
+// every grant, so the spool is read.
+func (e *env) capReason(g grant.Grant, opt merge.Options) string {
+	if opt.Caps == (merge.Caps{}) {
+		return ""
+	}
+	gs, err := e.grants(false)
+	if err != nil {
+		return ""
+	}
+	why := merge.Capped(gs, opt)
+	for i := range gs {
+		if gs[i].IP == g.IP {
+			return why[i]
+		}
+	}
+	return ""
+}
+
 // grantNote says what became of the grant for a, if the spool has one,
 // when its record did not decide for key: refused (and why), expired,
 // denied, left to a static record, or keyed otherwise.
@@ -179,6 +199,9 @@ func (e *env) grantNote(ix *rules.Index, a netip.Addr, key string) string {
 	en, err := merge.Classify(ix, g, opt)
 	if err != nil {
 		return ""
+	}
+	if why := e.capReason(g, opt); why != "" && !en.Expired && en.Refused == "" {
+		en = merge.Entry{Refused: why}
 	}
 	st, reason := e.status(en)
 	if reason != "" {

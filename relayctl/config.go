@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/never"
 	"github.com/poprelay/poprelay/internal/share"
 )
@@ -38,7 +39,7 @@ func (s *setting) IsBoolFlag() bool { return s.isBool }
 // config is the effective configuration of one run.
 type config struct {
 	spool, rules, cdb, maxAge, never, keepRBL, remoteInfo, mapped, verbose *setting
-	lockTimeout                                                            *setting
+	lockTimeout, maxPerUser, maxGrants                                     *setting
 
 	Spool      string
 	Rules      string // "" means no static rules
@@ -51,10 +52,13 @@ type config struct {
 	Verbose    bool
 	// LockTimeout bounds the wait for the CDB's lock.
 	LockTimeout time.Duration
+	// MaxPerUser and MaxGrants are the caps on the grants published
+	// (merge.Caps); 0 means no cap.
+	MaxPerUser, MaxGrants int
 }
 
 func (c *config) all() []*setting {
-	return []*setting{c.spool, c.rules, c.cdb, c.maxAge, c.never, c.keepRBL, c.remoteInfo, c.mapped, c.verbose, c.lockTimeout}
+	return []*setting{c.spool, c.rules, c.cdb, c.maxAge, c.never, c.keepRBL, c.remoteInfo, c.mapped, c.maxPerUser, c.maxGrants, c.verbose, c.lockTimeout}
 }
 
 // Lock is the lock file that serializes writers of the CDB.
@@ -63,14 +67,18 @@ func (c *config) Lock() string { return c.CDB + ".lock" }
 // newConfig registers the common options on fset.
 func newConfig(fset *flag.FlagSet) *config {
 	c := &config{
-		spool:       &setting{name: "spool", env: "POPRELAY_SPOOL", def: grant.DefaultDir, help: "the grant spool directory"},
-		rules:       &setting{name: "rules", env: "POPRELAY_RULES", def: "/etc/tcp.smtp", help: `the static rules file (tcprules syntax); "" for none`},
-		cdb:         &setting{name: "cdb", env: "POPRELAY_CDB", def: "/etc/tcp.smtp.cdb", help: "the CDB tcpserver -x reads"},
-		maxAge:      &setting{name: "max-age", env: "POPRELAY_MAXAGE", def: "1h", help: "how long a login grants relaying (Go duration, or seconds)"},
-		never:       &setting{name: "never", env: "POPRELAY_NEVER", def: "", help: "a never-grant `FILE` read in addition to the built-in set and " + never.DefaultFile + " (if it exists)"},
-		keepRBL:     &setting{name: "keep-rbl", env: "POPRELAY_KEEPRBL", def: "false", isBool: true, help: `do not add RBLSMTPD="" to grant records`},
-		remoteInfo:  &setting{name: "remoteinfo", env: "POPRELAY_REMOTEINFO", def: "false", isBool: true, help: "set TCPREMOTEINFO to the user in grant records"},
-		mapped:      &setting{name: "mapped", env: "POPRELAY_MAPPED", def: "false", isBool: true, help: "also key IPv4 grants as ::ffff:a.b.c.d, for Debian's IPv6 tcpserver run with -6"},
+		spool:      &setting{name: "spool", env: "POPRELAY_SPOOL", def: grant.DefaultDir, help: "the grant spool directory"},
+		rules:      &setting{name: "rules", env: "POPRELAY_RULES", def: "/etc/tcp.smtp", help: `the static rules file (tcprules syntax); "" for none`},
+		cdb:        &setting{name: "cdb", env: "POPRELAY_CDB", def: "/etc/tcp.smtp.cdb", help: "the CDB tcpserver -x reads"},
+		maxAge:     &setting{name: "max-age", env: "POPRELAY_MAXAGE", def: "1h", help: "how long a login grants relaying (Go duration, or seconds)"},
+		never:      &setting{name: "never", env: "POPRELAY_NEVER", def: "", help: "a never-grant `FILE` read in addition to the built-in set and " + never.DefaultFile + " (if it exists)"},
+		keepRBL:    &setting{name: "keep-rbl", env: "POPRELAY_KEEPRBL", def: "false", isBool: true, help: `do not add RBLSMTPD="" to grant records`},
+		remoteInfo: &setting{name: "remoteinfo", env: "POPRELAY_REMOTEINFO", def: "false", isBool: true, help: "set TCPREMOTEINFO to the user in grant records"},
+		mapped:     &setting{name: "mapped", env: "POPRELAY_MAPPED", def: "false", isBool: true, help: "also key IPv4 grants as ::ffff:a.b.c.d, for Debian's IPv6 tcpserver run with -6"},
+		maxPerUser: &setting{name: "max-per-user", env: "POPRELAY_MAXPERUSER", def: strconv.Itoa(merge.DefaultMaxPerUser),
+			help: "publish at most `N` grants of one user, the newest; 0 for no cap"},
+		maxGrants: &setting{name: "max-grants", env: "POPRELAY_MAXGRANTS", def: strconv.Itoa(merge.DefaultMaxGrants),
+			help: "publish at most `N` grants in all, the newest, with a warning at each rebuild over it; 0 for no cap"},
 		verbose:     &setting{name: "v", env: "POPRELAY_VERBOSE", def: "false", isBool: true, help: "say what was done"},
 		lockTimeout: &setting{name: "lock-timeout", env: "POPRELAY_LOCK_TIMEOUT", def: "30s", help: "give up (exit 111) when the CDB's lock is held longer than `DUR`"},
 	}
@@ -111,6 +119,14 @@ func (c *config) resolve(lookup func(string) (string, bool)) error {
 	if c.LockTimeout, err = parseDuration(c.lockTimeout.value); err != nil {
 		return usagef("bad lock timeout %q (%s): %v", c.lockTimeout.value, c.lockTimeout.source, err)
 	}
+	for _, n := range []struct {
+		s   *setting
+		dst *int
+	}{{c.maxPerUser, &c.MaxPerUser}, {c.maxGrants, &c.MaxGrants}} {
+		if *n.dst, err = parseCount(n.s.value); err != nil {
+			return usagef("bad %s %q (%s): %v", n.s.name, n.s.value, n.s.source, err)
+		}
+	}
 	for _, b := range []struct {
 		s   *setting
 		dst *bool
@@ -141,6 +157,20 @@ func parseDuration(s string) (time.Duration, error) {
 		return 0, errors.New("must be positive")
 	}
 	return d, nil
+}
+
+// parseCount reads a cap: a number from 0 (no cap) up.
+func parseCount(s string) (int, error) {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 31)
+	if err != nil {
+		return 0, errors.New("want a number, 0 for no cap")
+	}
+	return int(n), nil
+}
+
+// caps is the caps setting, for merge.
+func (c *config) caps() merge.Caps {
+	return merge.Caps{PerUser: c.MaxPerUser, Total: c.MaxGrants}
 }
 
 // parseBool reads a flag or variable value; empty is false (envdir sets
@@ -232,6 +262,15 @@ configuration lets others open the relay. A password is never shown.`,
 					v = c.MaxAge.String()
 				case c.lockTimeout:
 					v = c.LockTimeout.String()
+				case c.maxPerUser, c.maxGrants:
+					n := c.MaxPerUser
+					if s == c.maxGrants {
+						n = c.MaxGrants
+					}
+					v = strconv.Itoa(n)
+					if n == 0 {
+						v = "0 (no cap)"
+					}
 				case c.never:
 					v = c.neverNote()
 				case c.rules:

@@ -22,7 +22,9 @@ var expireCmd = &command{
 	short: "remove expired grants; rebuild if any went or a login is unpublished (for cron)",
 	usage: "[options]",
 	help: `Remove the grants older than the max age (or past their own expiry, from
-allow --for) from the spool, remove temp files a crash left there, and
+allow --for) from the spool, and those the caps refuse (beyond a user's
+--max-per-user newest, or the --max-grants newest of all: a newer login
+displaced them), remove temp files a crash left there, and
 rebuild the CDB if any grant went, or if a live grant is not in the CDB
 yet (a login since the last rebuild: expire compares each grant's
 records with the CDB's). So cron alone publishes a login within its
@@ -44,12 +46,16 @@ and warns, until relayctl rebuild confirms the file.`,
 					return unable("list grants in "+e.cfg.Spool, err)
 				}
 				live, gone := grant.Split(gs, now, e.cfg.MaxAge)
-				if len(gone) > 0 {
-					ips := make([]string, len(gone))
-					for i, g := range gone {
-						ips[i] = g.IP
+				live, capped, err := e.dropCapped(live)
+				if err != nil {
+					return err
+				}
+				if len(gone)+len(capped) > 0 {
+					ips := make([]string, 0, len(gone)+len(capped))
+					for _, g := range gone {
+						ips = append(ips, g.IP)
 					}
-					if err := e.fold(live, ips); err != nil {
+					if err := e.fold(live, append(ips, capped...)); err != nil {
 						return err
 					}
 				}
@@ -58,8 +64,8 @@ and warns, until relayctl rebuild confirms the file.`,
 				}
 				e.cleanSpool()
 				var rerr error
-				if len(gone) > 0 {
-					rerr = e.rebuildAfter(fmt.Sprintf("expired %d grants", len(gone)))
+				if len(gone)+len(capped) > 0 {
+					rerr = e.rebuildAfter(fmt.Sprintf("expired %d grants, removed %d over a cap", len(gone), len(capped)))
 				} else if ip, uerr := e.unpublished(live); uerr != nil {
 					rerr = uerr
 				} else if ip != "" {
@@ -72,6 +78,30 @@ and warns, until relayctl rebuild confirms the file.`,
 	},
 }
 
+// dropCapped splits live into the grants the caps leave and the
+// addresses of those they refuse (merge.Capped), which expire removes
+// from the spool: refused for good, as a newer login displaced them,
+// they would only pile up.
+func (e *env) dropCapped(live []grant.Grant) (kept []grant.Grant, capped []string, err error) {
+	opt, err := e.mergeOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	why := merge.Capped(live, opt)
+	n := 0
+	for i, g := range live {
+		if why[i] != "" {
+			e.vlogf("removed %s (user %q, login %s): %s", g.IP, g.User, g.Time.Format(time.RFC3339), why[i])
+			capped = append(capped, g.IP)
+			continue
+		}
+		live[n] = g
+		n++
+	}
+	clear(live[n:])
+	return live[:n], capped, nil
+}
+
 var listCmd = &command{
 	name:  "list",
 	short: "show the grants in the spool",
@@ -81,7 +111,9 @@ cluster in etcd), sorted by address: IP, user, service, login
 time, age, time left, and what a rebuild does with the grant: "relay" (with
 "as FILE:LINE", the static rule whose settings the record carries, or "over
 the catch-all deny FILE:LINE"), or "expired", "refused: WHY" (never-grant
-set, or a key tcpserver would match as a prefix), "denied: FILE:LINE" (an
+set, a key tcpserver would match as a prefix, or over a cap: the user's
+--max-per-user newest grants are published, and the --max-grants newest
+of all), "denied: FILE:LINE" (an
 address, prefix or range deny), "static: FILE:LINE" (an exact static record
 wins). A rules file that is missing or does not parse is one warning line;
 the grants are still listed, live ones as "unknown: rules unreadable".
@@ -154,11 +186,12 @@ func (e *env) list(src interface{ List() ([]grant.Grant, error) }, where string,
 	}
 	now := opt.Now
 	rows := make([]listed, 0, len(gs))
-	for _, g := range gs {
-		en, err := merge.Classify(ix, g, opt)
-		if err != nil {
-			return unable("classify "+g.IP, err)
-		}
+	ens, err := merge.ClassifyAll(ix, gs, opt)
+	if err != nil {
+		return unable("classify the grants", err)
+	}
+	for i, g := range gs {
+		en := ens[i]
 		exp := g.Expiry(e.cfg.MaxAge)
 		r := listed{
 			IP: g.IP, User: g.User, Service: g.Service,
@@ -257,7 +290,10 @@ var allowCmd = &command{
 	short: "grant IP by hand, then rebuild",
 	usage: "IP [--for DUR] [--user NAME] [options]",
 	help: `Grant IP by hand, as if NAME had logged in from it now, then rebuild.
-The grant lasts the max age, or DUR with --for. An address in the
+The grant lasts the max age, or DUR with --for. With --user it is one of
+NAME's grants for --max-per-user like a login (the newest when made: it
+displaces NAME's oldest, and NAME's later logins may displace it);
+without, it is no one's and only --max-grants counts it. An address in the
 never-grant set, or one whose key would end in ":" (2001:db8:aaaa::, which
 tcpserver would also match as a prefix), is refused (exit 100). With etcd
 configured (--etcd-endpoints) the grant is also shared cluster-wide; if

@@ -55,6 +55,8 @@ func argName(name string) string {
 		return "DIR"
 	case "max-age", "lock-timeout":
 		return "DUR"
+	case "max-per-user", "max-grants":
+		return "N"
 	}
 	return "FILE"
 }

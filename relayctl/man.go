@@ -101,7 +101,18 @@ These commands warn at start about a plain http:// endpoint on an
 address other than loopback without authentication, and config shows
 the effective security. A password given with --etcd-password is visible
 to every local user in ps(1); give it with --etcd-password-file or
-POPRELAY_ETCD_PASSWORD_FILE. No password is ever printed.`))
+POPRELAY_ETCD_PASSWORD_FILE. No password is ever printed.
+
+Every rebuild (rebuild, expire, allow, revoke, import and watch, from the
+spool or from etcd) publishes of each user's grants only the
+--max-per-user newest (default 16; by login time, then address: a new
+login displaces the user's oldest) and of all grants only the
+--max-grants newest (default 100000). 0 turns a cap off. A grant
+without a user (allow without --user, an import) counts only toward
+--max-grants; allow --user NAME counts as one of NAME's. The others get
+no record: list and check show them as "refused: over the cap of ...",
+expire removes them from the spool, and while over --max-grants every
+rebuild warns.`))
 	p(".SH DIAGNOSTICS")
 	p("%s", roffText(`relayctl is silent on success unless -v. Errors are one line on standard
 error: "relayctl: fatal: unable to WHAT: WHY", a rule error as
@@ -110,8 +121,9 @@ error as "relayctl: usage: ...". Warnings ("relayctl: warning: ...") report
 grants the never-grant set refuses, spool entries that are not grants, a
 state file or lock file that was ignored or repaired, host-name rules a
 grant overrides, a rules file held back ("FILE has N rules where the CDB
-was built from M": run relayctl rebuild to publish it as it is), and an etcd
-connection others could use to open the relay.`))
+was built from M": run relayctl rebuild to publish it as it is), grants
+over --max-grants ("OVER THE CAP", at every rebuild while it lasts), and an
+etcd connection others could use to open the relay.`))
 	p(".SH " + "EXIT STATUS")
 	p("%s", roff("0 success; 100 permanent error (usage, syntax, bad address, no such grant, etcd refused the credentials); 111 temporary error (I/O, lock held past --lock-timeout, etcd unreachable)."))
 	p(".SH SEE ALSO")

@@ -232,6 +232,7 @@ func (e *env) mergeOptions() (merge.Options, error) {
 		RemoteInfo: e.cfg.RemoteInfo,
 		Mapped:     e.cfg.Mapped,
 		Never:      set,
+		Caps:       e.cfg.caps(),
 	}, nil
 }
 
@@ -263,6 +264,9 @@ func (e *env) rebuild() (merge.Summary, error) {
 	if sum, err = e.writeCDB(rs, gs, opt); err != nil {
 		return sum, err
 	}
+	if w := opt.Caps.Warning(sum); w != "" {
+		e.logf("warning: %s", w)
+	}
 	e.built = &built{rules.NewIndex(rs), opt, rs}
 	return sum, nil
 }
@@ -284,8 +288,8 @@ func (e *env) writeCDB(rs []rules.Rule, gs []grant.Grant, opt merge.Options) (me
 	if err != nil {
 		return sum, unable("write "+e.cfg.CDB, err)
 	}
-	e.vlogf("wrote %s: %d static rules; %d grants: %d relayed (%d records), %d expired, %d refused, %d key forms denied, %d left to static records",
-		e.cfg.CDB, sum.Static, sum.Grants, sum.Relayed, sum.Records, sum.Expired, sum.Refused, sum.Denied, sum.Shadow)
+	e.vlogf("wrote %s: %d static rules; %d grants: %d relayed (%d records), %d expired, %d refused, %d over the per-user cap, %d over the total cap, %d key forms denied, %d left to static records",
+		e.cfg.CDB, sum.Static, sum.Grants, sum.Relayed, sum.Records, sum.Expired, sum.Refused, sum.Capped, sum.OverCap, sum.Denied, sum.Shadow)
 	return sum, nil
 }
 

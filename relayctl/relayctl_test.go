@@ -716,6 +716,25 @@ func TestConfig(t *testing.T) {
 			t.Errorf("config lacks %q:\n%s", w, out)
 		}
 	}
+	// The caps: defaults, an envdir's value, 0 for none, bad values.
+	for _, w := range []string{"max-per-user  16  default", "max-grants  100000  default"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("config lacks %q:\n%s", w, out)
+		}
+	}
+	f.env["POPRELAY_MAXPERUSER"] = "5\n"
+	out = regexp.MustCompile(` {2,}`).ReplaceAllString(f.ok("config", "--max-grants", "0"), "  ")
+	for _, w := range []string{"max-per-user  5  env POPRELAY_MAXPERUSER", "max-grants  0 (no cap)  flag --max-grants"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("config lacks %q:\n%s", w, out)
+		}
+	}
+	for _, bad := range []string{"-1", "x", "1e3", "3000000000"} {
+		f.env["POPRELAY_MAXPERUSER"] = bad
+		f.fails(100, fmt.Sprintf(`bad max-per-user %q (env POPRELAY_MAXPERUSER): want a number, 0 for no cap`, bad), "rebuild")
+	}
+	delete(f.env, "POPRELAY_MAXPERUSER")
+	f.fails(100, `bad max-grants "-3" (flag --max-grants)`, "list", "--max-grants", "-3")
 	f.env["POPRELAY_MAXAGE"] = "-5"
 	f.fails(100, `bad max age "-5" (env POPRELAY_MAXAGE)`, "config")
 	f.fails(100, `bad max age "x" (flag --max-age)`, "config", "--max-age", "x")
@@ -862,6 +881,55 @@ func TestClaimedLeftFolded(t *testing.T) {
 	for _, ip := range []string{"192.0.2.8", "192.0.2.9"} {
 		if got := f.decide(ip); !strings.Contains(got, "RELAYCLIENT") {
 			t.Errorf("%s: %s", ip, got)
+		}
+	}
+}
+
+// TestCapsAllow: relayctl allow --user NAME counts toward NAME's cap like
+// a login and displaces NAME's oldest; allow without --user is no one's
+// and only the total cap counts it; list shows the refused; expire
+// removes them; a rebuild over the total cap warns.
+func TestCapsAllow(t *testing.T) {
+	f := newFixture(t)
+	f.env["POPRELAY_MAXPERUSER"] = "2"
+	start := time.Now()
+	for i, user := range []string{"alice", "alice", "alice", "", "", ""} {
+		f.now = start.Add(time.Duration(i) * time.Second)
+		args := []string{"allow", fmt.Sprintf("192.0.2.%d", 10+i)}
+		if user != "" {
+			args = append(args, "--user", user)
+		}
+		f.ok(args...)
+	}
+	relay := func(ip string) bool { return strings.Contains(f.decide(ip), "RELAYCLIENT=") }
+	for i := range 6 {
+		ip := fmt.Sprintf("192.0.2.%d", 10+i)
+		if want := i != 0; relay(ip) != want {
+			t.Errorf("%s relays %v, want %v", ip, !want, want)
+		}
+	}
+	if out := f.ok("list"); !strings.Contains(out, "refused: over the cap of 2 grants per user") || strings.Count(out, "over the cap") != 1 {
+		t.Errorf("list:\n%s", out)
+	}
+	f.ok("expire")
+	if _, ok, _ := grant.New(f.spool).Get("192.0.2.10"); ok {
+		t.Error("expire left the grant over the per-user cap")
+	}
+	if gs, _ := grant.New(f.spool).List(); len(gs) != 5 {
+		t.Errorf("expire left %d grants, want 5", len(gs))
+	}
+	// The total cap: the three newest, a warning at every rebuild.
+	f.env["POPRELAY_MAXGRANTS"] = "3"
+	for range 2 {
+		code, _, errs := f.run("rebuild")
+		if code != 0 || !strings.Contains(errs, "relayctl: warning: OVER THE CAP of 3 grants in total (--max-grants, POPRELAY_MAXGRANTS): 2 older grants refused, the 3 newest published") {
+			t.Errorf("rebuild over the total cap: exit %d, stderr %q", code, errs)
+		}
+	}
+	for i := 1; i < 6; i++ {
+		ip := fmt.Sprintf("192.0.2.%d", 10+i)
+		if want := i >= 3; relay(ip) != want {
+			t.Errorf("over the total cap, %s relays %v, want %v", ip, !want, want)
 		}
 	}
 }

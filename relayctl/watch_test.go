@@ -150,7 +150,7 @@ func TestWatchThroughFolds(t *testing.T) {
 	for i := range 40 {
 		ip := fmt.Sprintf("192.0.2.%d", i+10)
 		standing = append(standing, ip)
-		store.Record(grant.Grant{IP: ip, User: "stay", Service: "pop3", Time: time.Now()})
+		store.Record(grant.Grant{IP: ip, User: fmt.Sprintf("stay%d", i), Service: "pop3", Time: time.Now()}) // each within the per-user cap
 	}
 	f.run("rebuild")
 	startWatch(t, f, nil)

@@ -49,7 +49,8 @@ func TestEtcdTwoHostsLoad(t *testing.T) {
 	a := newRelayctlSite(t, ":allow\n")
 	b := newRelayctlSite(t, "10.:allow,QMAILQUEUE=\"/var/qmail/bin/simscan\"\n:allow\n")
 	for _, s := range []*relayctlSite{a, b} {
-		s.env = append(s.env, "POPRELAY_ETCD_ENDPOINTS="+e.Client)
+		// The preload and the logins: over the default total cap.
+		s.env = append(s.env, "POPRELAY_ETCD_ENDPOINTS="+e.Client, "POPRELAY_MAXGRANTS=200000")
 	}
 	wa := a.startWatch(t, "--publish", "etcd")
 	t0 := time.Now()

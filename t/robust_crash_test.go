@@ -86,7 +86,7 @@ func TestRobustCrashRebuild(t *testing.T) {
 	s := newRelayctlSite(t, bigRules(nStatic, tornTail))
 	static := staticKeys(nStatic)
 	for i := range 300 {
-		recordAt(t, s.spool, ip4(1, i), "old")
+		recordAt(t, s.spool, ip4(1, i), fmt.Sprint("old", i)) // one user each: within the per-user cap
 	}
 	start := time.Now()
 	if r := s.run(t, "rebuild"); r.code != 0 {
@@ -101,7 +101,7 @@ func TestRobustCrashRebuild(t *testing.T) {
 	var finished, withDebris int
 	for i := range runs {
 		ip := ip4(2, i)
-		recordAt(t, s.spool, ip, "new")
+		recordAt(t, s.spool, ip, fmt.Sprint("new", i))
 		recorded++
 		cmd := spawn(t, s.env, bin("relayctl"), "rebuild")
 		time.Sleep(rand.N(took * 3 / 2)) // pacing: the kill lands at a random point of the run
@@ -148,7 +148,7 @@ func TestRobustCrashWatch(t *testing.T) {
 	s := newRelayctlSite(t, bigRules(nStatic, tornTail))
 	static := staticKeys(nStatic)
 	for i := range 200 {
-		recordAt(t, s.spool, ip4(5, i), "old")
+		recordAt(t, s.spool, ip4(5, i), fmt.Sprint("old", i)) // one user each: within the per-user cap
 	}
 	if r := s.run(t, "rebuild"); r.code != 0 {
 		t.Fatalf("rebuild: %d %s", r.code, r.stderr)
@@ -162,7 +162,7 @@ func TestRobustCrashWatch(t *testing.T) {
 		cmd := spawn(t, s.env, bin("relayctl"), "watch", "--debounce", "1ms", "--max-delay", "5ms")
 		deadline := time.Now().Add(rand.N(150 * time.Millisecond))
 		for time.Now().Before(deadline) {
-			recordAt(t, s.spool, ip4(6, n), "new")
+			recordAt(t, s.spool, ip4(6, n), fmt.Sprint("new", n))
 			n++
 			time.Sleep(rand.N(20 * time.Millisecond)) // pacing: logins arrive at random times
 		}

@@ -161,6 +161,14 @@ func scaleSizes(def ...int) []int {
 	return out
 }
 
+// scaleSite is a site for up to 1M grants: above the default total cap
+// (--max-grants 100000), which the benchmarks raise.
+func scaleSite(t *testing.T, static string) *relayctlSite {
+	s := newRelayctlSite(t, static)
+	s.env = append(s.env, "POPRELAY_MAXGRANTS=2000000")
+	return s
+}
+
 // TestScaleRebuild: relayctl rebuild as a new process at 100k and 1M
 // grants, against tcprules on the equivalent text file: with the spool
 // unchanged since the last run, after 100 logins since (their files
@@ -174,7 +182,7 @@ func TestScaleRebuild(t *testing.T) {
 	loadNote(t)
 	static := scaleStatic()
 	for _, n := range scaleSizes(100_000, 1_000_000) {
-		s := newRelayctlSite(t, static)
+		s := scaleSite(t, static)
 		rc := func() (time.Duration, float64) { return measure(t, s.env, "", bin("relayctl"), "rebuild") }
 		var eq, setup string
 		if n <= 100_000 {
@@ -196,7 +204,7 @@ func TestScaleRebuild(t *testing.T) {
 		round := 0
 		more, moreRSS := best(3, func() (time.Duration, float64) {
 			for i := range 100 {
-				os.WriteFile(filepath.Join(s.spool, fmt.Sprintf("198.18.%d.%d", round, i)), []byte(fmt.Sprintf("user=new\nservice=pop3\ntime=%d\n", time.Now().Unix())), 0o640)
+				os.WriteFile(filepath.Join(s.spool, fmt.Sprintf("198.18.%d.%d", round, i)), []byte(fmt.Sprintf("user=new%d\nservice=pop3\ntime=%d\n", i, time.Now().Unix())), 0o640)
 			}
 			round++
 			return rc()
@@ -256,7 +264,7 @@ func TestScaleImport(t *testing.T) {
 	var d time.Duration
 	var rss float64
 	for run := range 3 {
-		s := newRelayctlSite(t, static)
+		s := scaleSite(t, static)
 		x, r := measure(t, s.env, "", bin("relayctl"), "import", "--vpopmail", open)
 		if run == 0 || x < d {
 			d = x
@@ -366,7 +374,7 @@ func storm(t testing.TB, spool string, p *poller, base, rate, secs int) {
 		<-tick.C
 		ip := fmt.Sprintf("100.64.%d.%d", (base+i)>>8&255, (base+i)&255)
 		cmd := exec.Command(bin("checkpassword-wrap"), "--spool", spool, "/bin/true")
-		cmd.Env = baseEnv("TCPREMOTEIP="+ip, "USER=storm", "POPRELAY_NEVER=")
+		cmd.Env = baseEnv("TCPREMOTEIP="+ip, fmt.Sprint("USER=storm", base+i), "POPRELAY_NEVER=") // a user each: within the per-user cap
 		p.add(ip, time.Now())
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -395,7 +403,7 @@ func TestScaleWatch(t *testing.T) {
 	loadNote(t)
 	const n = 100_000
 	static := scaleStatic()
-	s := newRelayctlSite(t, static)
+	s := scaleSite(t, static)
 	eq := writeScaleSpool(t, "", static, n)
 	// The standing grants in the folded file, as a site has them.
 	s.relayctl(t, "import", "--vpopmail", writeOpenSMTP(t, n))
@@ -475,8 +483,8 @@ func TestScaleEtcd(t *testing.T) {
 	static := scaleStatic()
 	eq := writeScaleSpool(t, "", static, n)
 	floor, _ := tcprulesTime(t, eq, 3)
-	a := newRelayctlSite(t, ":allow\n")
-	b := newRelayctlSite(t, static)
+	a := scaleSite(t, ":allow\n")
+	b := scaleSite(t, static)
 	for _, s := range []*relayctlSite{a, b} {
 		s.env = append(s.env, "POPRELAY_ETCD_ENDPOINTS="+e.Client)
 	}
@@ -511,4 +519,75 @@ func TestScaleEtcd(t *testing.T) {
 	bar := floor + pct(etcdLat, 0.99)
 	t.Logf("two hosts, %d grants in etcd, 100 logins/s for 10 s on the POP host, both watchers at nice -10: login -> SMTP host's CDB p50 %v, p99 %v; floor tcprules %v + etcd put->watch p99 %v (p50 %v) = %v: %.1fx",
 		n, pct(lat, 0.5), pct(lat, 0.99), floor.Round(time.Millisecond), pct(etcdLat, 0.99), pct(etcdLat, 0.5), bar, ratio(pct(lat, 0.99), bar))
+}
+
+// TestScaleCaps: relayctl watch over a spool flooded with 1M grants (an
+// open-smtp import), with the default caps (--max-grants 100000) and with
+// none: its first publish, the CDB's size, the watcher's peak RSS and 20
+// logins' publishes (the watcher's own account); then cron's expire,
+// which removes the grants over the cap, and the watcher on what is left.
+func TestScaleCaps(t *testing.T) {
+	benchOnly(t)
+	loadNote(t)
+	n := scaleSizes(1_000_000)[0]
+	s := scaleSite(t, ":allow\n")
+	s.relayctl(t, "import", "--vpopmail", writeOpenSMTP(t, n))
+	syscall.Sync()
+	round := 0
+	watch := func(label string, env ...string) {
+		cmd, stderr := start(t, append(slices.Clone(s.env), env...), true, bin("relayctl"), "watch")
+		lines := make(chan string, 1000)
+		go func() {
+			for {
+				line, err := stderr.ReadString('\n')
+				if err != nil {
+					close(lines)
+					return
+				}
+				lines <- line
+			}
+		}()
+		next := func(what string) string {
+			t.Helper()
+			deadline := time.After(wait.Patience)
+			for {
+				select {
+				case l, ok := <-lines:
+					if !ok {
+						t.Fatalf("%s: the watcher exited", label)
+					}
+					if strings.Contains(l, what) {
+						return strings.TrimSpace(l)
+					}
+				case <-deadline:
+					t.Fatalf("%s: no %q from the watcher", label, what)
+				}
+			}
+		}
+		first := next("rebuilt: start")
+		_, hwm := procStats(cmd.Process.Pid)
+		var pubs []string
+		for i := range 20 {
+			login := exec.Command(bin("checkpassword-wrap"), "--spool", s.spool, "/bin/true")
+			login.Env = baseEnv(fmt.Sprintf("TCPREMOTEIP=198.19.%d.%d", round, i+1), fmt.Sprintf("USER=login%d-%d", round, i), "POPRELAY_NEVER=")
+			if out, err := login.CombinedOutput(); err != nil {
+				t.Fatalf("checkpassword-wrap: %v: %s", err, out)
+			}
+			l := next("rebuilt: change")
+			pubs = append(pubs, l[strings.LastIndex(l, " in ")+4:])
+		}
+		round++
+		_, hwm2 := procStats(cmd.Process.Pid)
+		st, _ := os.Stat(s.cdb)
+		t.Logf("%s: %s; CDB %d bytes; peak RSS %d MB after start, %d MB after 20 logins; the logins' publishes: %s",
+			label, strings.TrimPrefix(first, "relayctl: "), st.Size(), hwm/1024, hwm2/1024, strings.Join(pubs, ", "))
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		cmd.Wait()
+	}
+	watch("no caps", "POPRELAY_MAXGRANTS=0", "POPRELAY_MAXPERUSER=0")
+	watch("default caps", "POPRELAY_MAXGRANTS=100000", "POPRELAY_MAXPERUSER=16")
+	t0 := time.Now()
+	d, rss := measure(t, append(slices.Clone(s.env), "POPRELAY_MAXGRANTS=100000"), "", bin("relayctl"), "expire")
+	t.Logf("expire with the default caps: %v, %.0f MB (%v since)", d.Round(time.Millisecond), rss, time.Since(t0).Round(time.Millisecond))
+	watch("default caps after expire", "POPRELAY_MAXGRANTS=100000", "POPRELAY_MAXPERUSER=16")
 }

@@ -54,6 +54,8 @@ func rebuiltGrants(line, reason string) (int, bool) {
 func TestWatchStorm(t *testing.T) {
 	const standing, logins, per = 100_000, 1000, 50
 	s := newRelayctlSite(t, "127.0.0.1:allow,RELAYCLIENT=\"\"\n10.:allow\n:deny\n")
+	// 101,000 grants in the end: over the default total cap.
+	s.env = append(s.env, "POPRELAY_MAXGRANTS=200000")
 	importStanding(t, s, standing)
 	w := s.startWatch(t, "--max-delay", "50ms")
 	burnCPUs(t)
@@ -65,7 +67,7 @@ func TestWatchStorm(t *testing.T) {
 	for i := range logins {
 		<-tick.C
 		cmd := exec.Command(bin("checkpassword-wrap"), "--spool", s.spool, "/bin/true")
-		cmd.Env = baseEnv(fmt.Sprintf("TCPREMOTEIP=172.16.%d.%d", i>>8, i&255), "USER=storm", "POPRELAY_NEVER=")
+		cmd.Env = baseEnv(fmt.Sprintf("TCPREMOTEIP=172.16.%d.%d", i>>8, i&255), fmt.Sprint("USER=storm", i), "POPRELAY_NEVER=") // a user each: within the per-user cap
 		var stderr strings.Builder
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {

@@ -59,13 +59,26 @@ func manyGrants(n int, now time.Time) []grant.Grant {
 // BenchmarkWrite1M merges 1M in-memory grants into a 10k-line static file
 // (the grant store is not read; see scripts/bench-rebuild for the whole
 // command).
-func BenchmarkWrite1M(b *testing.B) { benchWrite(b, nil) }
+func BenchmarkWrite1M(b *testing.B) { benchWrite(b, nil, Caps{}) }
+
+// BenchmarkWrite1MCaps is BenchmarkWrite1M with the per-user cap
+// screening a million users of one grant each (the total cap set high
+// enough not to bite).
+func BenchmarkWrite1MCaps(b *testing.B) {
+	benchWrite(b, nil, Caps{PerUser: DefaultMaxPerUser, Total: 2000000})
+}
+
+// BenchmarkWrite1MOverCap is BenchmarkWrite1M with the default caps: a
+// million grants are over the total cap, the 100k newest published.
+func BenchmarkWrite1MOverCap(b *testing.B) {
+	benchWrite(b, nil, Caps{PerUser: DefaultMaxPerUser, Total: DefaultMaxGrants})
+}
 
 // BenchmarkWrite1MNever is BenchmarkWrite1M with the real never-grant set
 // screening every grant, as relayctl runs it.
-func BenchmarkWrite1MNever(b *testing.B) { benchWrite(b, never.Default()) }
+func BenchmarkWrite1MNever(b *testing.B) { benchWrite(b, never.Default(), Caps{}) }
 
-func benchWrite(b *testing.B, set Refuser) {
+func benchWrite(b *testing.B, set Refuser, caps Caps) {
 	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 	rs, err := rules.Parse(strings.NewReader(staticRules(10000)), "tcp.smtp")
 	if err != nil {
@@ -77,7 +90,7 @@ func benchWrite(b *testing.B, set Refuser) {
 	var sum Summary
 	for b.Loop() {
 		w := cdb.NewWriter(discard{})
-		sum, err = Write(w, rs, gs, Options{Now: now, MaxAge: time.Hour, Never: set})
+		sum, err = Write(w, rs, gs, Options{Now: now, MaxAge: time.Hour, Never: set, Caps: caps})
 		if err != nil {
 			b.Fatal(err)
 		}

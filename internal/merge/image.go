@@ -95,7 +95,7 @@ func (s *Set) build(now time.Time) error {
 		}
 		img.end = uint32(len(db))
 		for _, i := range s.order {
-			s.newRecs(&s.ents[i], t)
+			s.newRecs(i, t)
 		}
 	} else {
 		db = append(db, img.db[:img.end]...)
@@ -107,7 +107,7 @@ func (s *Set) build(now time.Time) error {
 				return -a.cmp(s.ents[i].hi, s.ents[i].lo)
 			})
 			for ; p < len(s.order) && a.cmp(s.ents[s.order[p]].hi, s.ents[s.order[p]].lo) == 0; p++ {
-				s.newRecs(&s.ents[s.order[p]], t)
+				s.newRecs(s.order[p], t)
 			}
 		}
 	}
@@ -144,11 +144,12 @@ func (s *Set) build(now time.Time) error {
 	return nil
 }
 
-// newRecs adds the records of e, unless it expired by t, to those to put
-// in the image.
-func (s *Set) newRecs(e *entry, t int64) {
+// newRecs adds the records of ents[i], unless it expired by t or a cap
+// refused it, to those to put in the image.
+func (s *Set) newRecs(i int32, t int64) {
+	e := &s.ents[i]
 	exp := nanos(e.exp)
-	if exp <= t {
+	if exp <= t || s.meta[i].capped != capNone {
 		return
 	}
 	img := &s.img

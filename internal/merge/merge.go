@@ -70,6 +70,7 @@ type Options struct {
 	RemoteInfo bool          // add TCPREMOTEINFO=user
 	Mapped     bool          // also key IPv4 grants as ::ffff:a.b.c.d (tcpserver -6)
 	Never      Refuser       // nil: refuse nothing here
+	Caps       Caps          // the per-user and total caps; zero: none
 
 	// Logf, if set, hears of every grant the never-grant set refuses: a
 	// sign of a misconfigured wrapper or a tampered spool.
@@ -115,7 +116,7 @@ type Key struct {
 // Entry is the fate of one grant.
 type Entry struct {
 	Expired bool
-	Refused string // why it is refused (never-grant set, a key that opens a range); "" if it is not
+	Refused string // why it is refused (never-grant set, a key that opens a range, a cap); "" if it is not
 	Keys    []Key  // set when neither expired nor refused
 }
 
@@ -136,7 +137,9 @@ type Summary struct {
 	Relayed  int // grants that got at least one record
 	Records  int // grant records written
 	Expired  int
-	Refused  int
+	Refused  int // by the never-grant set, a bad address or a key that opens a range
+	Capped   int // refused by the per-user cap (Caps.PerUser)
+	OverCap  int // refused by the total cap (Caps.Total): warn loudly
 	Denied   int // keys denied by a static rule
 	Shadow   int // keys whose exact static record won
 	Override int // keys relayed over the catch-all deny
@@ -394,7 +397,8 @@ func (m *merger) refuse(g *grant.Grant, a netip.Addr) string {
 	return ""
 }
 
-// Classify tells what a rebuild does with g, given the static rules in ix.
+// Classify tells what a rebuild does with g, given the static rules in ix,
+// leaving out the caps (one grant does not tell them: see ClassifyAll).
 func Classify(ix *rules.Index, g grant.Grant, opt Options) (Entry, error) {
 	m := newMerger(ix, opt)
 	var e Entry
@@ -416,6 +420,25 @@ func Classify(ix *rules.Index, g grant.Grant, opt Options) (Entry, error) {
 		e.Keys = append(e.Keys, k)
 	}
 	return e, nil
+}
+
+// ClassifyAll tells what a rebuild does with each of gs, the caps
+// included: a grant they refuse is Refused with a CapReason.
+func ClassifyAll(ix *rules.Index, gs []grant.Grant, opt Options) ([]Entry, error) {
+	capped := Capped(gs, opt)
+	out := make([]Entry, len(gs))
+	for i := range gs {
+		if capped[i] != "" {
+			out[i] = Entry{Refused: capped[i]}
+			continue
+		}
+		e, err := Classify(ix, gs[i], opt)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = e
+	}
+	return out, nil
 }
 
 // HostRules returns the static rules that name a host (=host, =.domain,
@@ -478,6 +501,8 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 	if opt.Mapped {
 		allTwins = make([]rec, len(grants))
 	}
+	// The caps first: which candidates they refuse (by grant index).
+	capped := writeCaps(grants, opt, n)
 	var wg sync.WaitGroup
 	for p := range parts {
 		wg.Add(1)
@@ -501,6 +526,12 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 				case refused != "":
 					pt.sum.Refused++
 					pt.logs = append(pt.logs, func() { logf("refused grant for %s (user %q): %s", g.IP, g.User, refused) })
+					continue
+				case capped != nil && capped[i] == CapUser:
+					pt.sum.Capped++
+					continue
+				case capped != nil && capped[i] == CapTotal:
+					pt.sum.OverCap++
 					continue
 				}
 				fs, nf, err := m.forms(a)
@@ -550,6 +581,8 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 		}
 		sum.Expired += pt.sum.Expired
 		sum.Refused += pt.sum.Refused
+		sum.Capped += pt.sum.Capped
+		sum.OverCap += pt.sum.OverCap
 		sum.Shadow += pt.sum.Shadow
 		sum.Denied += pt.sum.Denied
 		sum.Override += pt.sum.Override
@@ -592,6 +625,45 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 		}
 	}
 	return sum, nil
+}
+
+// writeCaps is what the caps of opt refuse of grants, by index (nil if
+// nothing can be), screened in n parts at once.
+func writeCaps(grants []grant.Grant, opt Options, n int) []uint8 {
+	c := opt.Caps
+	if c.PerUser <= 0 && (c.Total <= 0 || len(grants) <= c.Total) {
+		return nil
+	}
+	cands := make([]capCand, len(grants))
+	lens := make([]int, n)
+	var wg sync.WaitGroup
+	for p := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m := newMerger(nil, opt)
+			from, to := p*len(grants)/n, (p+1)*len(grants)/n
+			cs := cands[from:from:to]
+			for i := from; i < to; i++ {
+				a, expired, refused := m.screen(&grants[i])
+				if expired || refused != "" {
+					continue
+				}
+				b := a.As16()
+				cs = append(cs, candOf(&grants[i], binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:]), int32(i)))
+			}
+			lens[p] = len(cs)
+		}()
+	}
+	wg.Wait()
+	all := cands[:0]
+	for p := range n {
+		from := p * len(grants) / n
+		all = append(all, cands[from:from+lens[p]]...)
+	}
+	out := make([]uint8, len(grants))
+	c.decide(all, out)
+	return out
 }
 
 // Write classifies the grants in parts at once from parallelFrom grants

@@ -43,7 +43,21 @@ type Set struct {
 
 	img     image
 	touched []addr128 // addresses whose grant changed since the image
+
+	// The caps (Options.Caps). With a per-user cap, each user's
+	// entries are linked through entry.unext and uprev from users, and
+	// the users with more entries than the cap are crowded: only they
+	// are looked at by the per-user cap at a publish.
+	users   map[string]uhead
+	crowded map[string]struct{}
+	capped  []int32 // the entries a cap refused at the last publish
+	cspare  []int32
+	cbuf    []capCand
+	tbuf    []int64
 }
+
+// uhead is one user's entries: the first, and how many.
+type uhead struct{ first, n int32 }
 
 // addr128 is an address as entry holds it.
 type addr128 struct{ hi, lo uint64 }
@@ -61,6 +75,9 @@ func (a addr128) cmp(hi, lo uint64) int {
 type emeta struct {
 	exp                      int64 // nanos(entry.exp)
 	state                    uint8 // metaDead, metaBad, metaRefused or metaLive
+	capped                   uint8 // capNone, CapUser or CapTotal, as of the last publish
+	capNext                  uint8 // the cap deciding, during applyCaps
+	login                    int64 // nanos(entry.g.Time), for the total cap
 	prim, twin               bool  // it has the record
 	shadow, denied, override uint8
 }
@@ -90,11 +107,14 @@ type entry struct {
 	denied   int // keys a static rule denies
 	override int // keys relayed over the catch-all deny
 	dead     bool
+
+	inUser       bool  // linked in its user's list
+	uprev, unext int32 // its user's other entries; -1 none
 }
 
 // NewSet returns an empty Set merging with the static rules rs.
 func NewSet(rs []rules.Rule, opt Options) *Set {
-	s := &Set{byIP: map[string]int32{}}
+	s := &Set{byIP: map[string]int32{}, users: map[string]uhead{}, crowded: map[string]struct{}{}}
 	s.Configure(rs, opt)
 	return s
 }
@@ -120,6 +140,19 @@ func sameOptions(a, b Options) bool {
 func (s *Set) Configure(rs []rules.Rule, opt Options) {
 	same := s.m != nil && sameOptions(s.opt, opt) && len(rs) == len(s.rs) &&
 		(len(rs) == 0 || &rs[0] == &s.rs[0])
+	if s.m == nil || opt.Caps.PerUser != s.opt.Caps.PerUser {
+		// The caps are decided at each publish; the users' lists
+		// are kept only with a per-user cap.
+		s.opt.Caps = opt.Caps
+		clear(s.users)
+		clear(s.crowded)
+		for i := range s.ents {
+			s.ents[i].inUser = false
+			if !s.ents[i].dead {
+				s.userAdd(int32(i))
+			}
+		}
+	}
 	s.opt = opt
 	if same {
 		s.m.opt = opt
@@ -152,6 +185,11 @@ func (s *Set) Put(g grant.Grant) {
 		if e.g == g {
 			return
 		}
+		if e.g.User != g.User {
+			s.userDel(i)
+			e.g = g
+			s.userAdd(i)
+		}
 		e.g = g
 		s.classify(i)
 		s.touch(e)
@@ -166,6 +204,7 @@ func (s *Set) Put(g grant.Grant) {
 		i = int32(len(s.ents) - 1)
 	}
 	s.ents[i] = entry{g: g}
+	s.userAdd(i)
 	s.classify(i)
 	s.touch(&s.ents[i])
 	s.byIP[g.IP] = i
@@ -179,12 +218,151 @@ func (s *Set) Delete(ip string) {
 		return
 	}
 	delete(s.byIP, ip)
+	s.userDel(i)
 	e := &s.ents[i]
 	s.touch(e)
 	// The address stays, for sortOrder to find the entry in order.
 	*e = entry{dead: true, hi: e.hi, lo: e.lo}
 	s.meta[i] = emeta{state: metaDead}
 	s.dead = append(s.dead, i) // in order or in added: skipped, then dropped
+}
+
+// userAdd links ents[i] into its user's list, with a per-user cap.
+func (s *Set) userAdd(i int32) {
+	e := &s.ents[i]
+	u := e.g.User
+	if s.opt.Caps.PerUser <= 0 || u == "" {
+		return
+	}
+	h, ok := s.users[u]
+	e.inUser, e.uprev, e.unext = true, -1, -1
+	if ok {
+		e.unext = h.first
+		s.ents[h.first].uprev = i
+	}
+	h.first = i
+	h.n++
+	s.users[u] = h
+	if int(h.n) > s.opt.Caps.PerUser {
+		s.crowded[u] = struct{}{}
+	}
+}
+
+// userDel unlinks ents[i] from its user's list.
+func (s *Set) userDel(i int32) {
+	e := &s.ents[i]
+	if !e.inUser {
+		return
+	}
+	u := e.g.User
+	h := s.users[u]
+	if e.uprev >= 0 {
+		s.ents[e.uprev].unext = e.unext
+	} else {
+		h.first = e.unext
+	}
+	if e.unext >= 0 {
+		s.ents[e.unext].uprev = e.uprev
+	}
+	e.inUser, e.uprev, e.unext = false, -1, -1
+	h.n--
+	if h.n == 0 {
+		delete(s.users, u)
+	} else {
+		s.users[u] = h
+	}
+	if int(h.n) <= s.opt.Caps.PerUser {
+		delete(s.crowded, u)
+	}
+}
+
+// applyCaps decides the caps for the time now (Caps), noting each
+// entry whose decision changed as touched: its records go into the
+// next image, or out of it. Only the crowded users' entries are looked
+// at for the per-user cap. The total cap counts the candidates in the
+// compact meta and, only when they are over it, finds the login time of
+// the Total-th newest among them (a selection over 8 bytes a
+// candidate), then decides the few at that very time by the rule
+// itself: with a million grants over the cap a publish stays a few
+// passes over meta.
+func (s *Set) applyCaps(now time.Time) {
+	c := s.opt.Caps
+	t := nanos(now)
+	prev, next := s.capped, s.cspare[:0]
+	for _, i := range prev {
+		s.meta[i].capNext = capNone
+	}
+	cand := func(m *emeta) bool { return m.state == metaLive && m.exp > t }
+	candOf := func(i int32) capCand {
+		e := &s.ents[i]
+		return capCand{user: e.g.User, t: nanos(e.g.Time), hi: e.hi, lo: e.lo, id: i}
+	}
+	byUser := 0
+	if c.PerUser > 0 {
+		for u := range s.crowded {
+			cs := s.cbuf[:0]
+			for i := s.users[u].first; i >= 0; i = s.ents[i].unext {
+				if cand(&s.meta[i]) {
+					cs = append(cs, candOf(i))
+				}
+			}
+			k := c.perUser(cs)
+			for _, r := range cs[k:] {
+				s.meta[r.id].capNext = CapUser
+				next = append(next, r.id)
+			}
+			byUser += len(cs) - k
+			s.cbuf = cs
+		}
+	}
+	if c.Total > 0 {
+		n := 0
+		for i := range s.meta {
+			if cand(&s.meta[i]) {
+				n++
+			}
+		}
+		if c.over(n - byUser) {
+			ts := s.tbuf[:0]
+			for i := range s.meta {
+				if m := &s.meta[i]; cand(m) && m.capNext == capNone {
+					ts = append(ts, m.login)
+				}
+			}
+			cut, newer := kthNewestTime(ts, c.Total)
+			s.tbuf = ts
+			cs := s.cbuf[:0]
+			for i := range s.meta {
+				m := &s.meta[i]
+				switch {
+				case !cand(m) || m.capNext != capNone || m.login > cut:
+				case m.login == cut:
+					cs = append(cs, candOf(int32(i)))
+				default:
+					m.capNext = CapTotal
+					next = append(next, int32(i))
+				}
+			}
+			// Of those at the cut, the rule decides (by address).
+			newest(cs, c.Total-newer)
+			for _, r := range cs[c.Total-newer:] {
+				s.meta[r.id].capNext = CapTotal
+				next = append(next, r.id)
+			}
+			s.cbuf = cs
+		}
+	}
+	for _, list := range [][]int32{prev, next} {
+		for _, i := range list {
+			m := &s.meta[i]
+			if m.state == metaDead || m.capped == m.capNext {
+				continue
+			}
+			m.capped = m.capNext
+			s.touch(&s.ents[i])
+		}
+	}
+	s.capped, s.cspare = next, prev[:0]
 }
 
 // Get returns the grant for ip.
@@ -218,7 +396,7 @@ func (s *Set) touch(e *entry) {
 func (s *Set) classify(i int32) {
 	e := &s.ents[i]
 	s.classifyEntry(e)
-	m := emeta{exp: nanos(e.exp), state: metaLive, prim: e.prim.key != nil, twin: e.twin.key != nil,
+	m := emeta{exp: nanos(e.exp), login: nanos(e.g.Time), state: metaLive, prim: e.prim.key != nil, twin: e.twin.key != nil,
 		shadow: uint8(e.shadow), denied: uint8(e.denied), override: uint8(e.override)}
 	switch e.refused {
 	case "":
@@ -359,6 +537,7 @@ func (s *Set) sortOrder() {
 // now (zero if none).
 func (s *Set) Write(out io.Writer, now time.Time) (Summary, time.Time, error) {
 	s.sortOrder()
+	s.applyCaps(now)
 	sum, next := s.count(now)
 	if err := s.build(now); err != nil {
 		return sum, time.Time{}, err
@@ -393,6 +572,12 @@ func (s *Set) count(now time.Time) (Summary, time.Time) {
 			continue
 		case m.state == metaRefused:
 			sum.Refused++
+			continue
+		case m.capped == CapUser:
+			sum.Capped++
+			continue
+		case m.capped == CapTotal:
+			sum.OverCap++
 			continue
 		}
 		sum.Shadow += int(m.shadow)

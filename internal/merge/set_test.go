@@ -53,6 +53,9 @@ func randomGrant(rng *rand.Rand, now time.Time) grant.Grant {
 	}
 	g := grant.Grant{IP: ip, User: fmt.Sprintf("u%d\x00x", rng.IntN(5)), Service: "pop3",
 		Time: now.Add(-time.Duration(rng.IntN(7200)) * time.Second)}
+	if rng.IntN(12) == 0 {
+		g.User = "" // relayctl allow without --user: no one's, no per-user cap
+	}
 	switch rng.IntN(6) {
 	case 0:
 		g.Expires = g.Time.Add(time.Duration(rng.IntN(5)) * time.Hour)
@@ -68,7 +71,11 @@ func randomGrant(rng *rand.Rand, now time.Time) grant.Grant {
 // writes from scratch for the same rules and grants, and counts the same.
 // Most steps change a few grants and nothing else, so the Set makes its
 // database from the last one (image); the never-grant sets are pointers,
-// kept by identity as relayctl watch keeps its set.
+// kept by identity as relayctl watch keeps its set. The caps come and go:
+// five users hold a few dozen grants each, so a per-user cap of 3 or 10
+// refuses most of them (a new login of a user at the cap evicts the
+// user's oldest from the image, an expiry lets an older one back in), and
+// a total cap of 25 or 60 is crossed both ways as grants come and expire.
 func TestSetMatchesWrite(t *testing.T) {
 	rs, err := rules.Parse(strings.NewReader(setStatic), "tcp.smtp")
 	if err != nil {
@@ -78,11 +85,13 @@ func TestSetMatchesWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for seed := range uint64(4) {
+	capsList := []Caps{{}, {PerUser: 3}, {PerUser: 10, Total: 60}, {Total: 25}, {PerUser: 1, Total: 40}}
+	capped, over := 0, 0
+	for seed := range uint64(6) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		clock := now
 		never1, never2 := &refuser{"10.7.", "192.0.2.3"}, &refuser{"10.2.0.", "2001:db8:1::1"}
-		opt := Options{MaxAge: time.Hour, Never: never1}
+		opt := Options{MaxAge: time.Hour, Never: never1, Caps: capsList[seed%uint64(len(capsList))]}
 		cur := rs
 		set := NewSet(cur, opt)
 		have := map[string]grant.Grant{}
@@ -115,6 +124,8 @@ func TestSetMatchesWrite(t *testing.T) {
 				} else {
 					opt.Never = never1
 				}
+			case 5, 6:
+				opt.Caps = capsList[rng.IntN(len(capsList))]
 			case 3:
 				if &cur[0] == &rs[0] {
 					cur = rs2
@@ -155,6 +166,8 @@ func TestSetMatchesWrite(t *testing.T) {
 			if sum != wsum {
 				t.Fatalf("seed %d step %d: summary %+v, Write's %+v", seed, step, sum, wsum)
 			}
+			capped += sum.Capped
+			over += sum.OverCap
 			var wantNext time.Time
 			for _, g := range gs {
 				if e := g.Expiry(opt.MaxAge); e.After(clock) && (wantNext.IsZero() || e.Before(wantNext)) {
@@ -166,33 +179,51 @@ func TestSetMatchesWrite(t *testing.T) {
 			}
 		}
 	}
+	if capped == 0 || over == 0 {
+		t.Fatalf("the caps never bit: %d grants refused by the per-user cap, %d by the total cap", capped, over)
+	}
 }
 
 // TestSetPublishAllocs: a publish after a few changes allocates nothing
 // per grant: the same handful of allocations with 20,000 grants as with
-// 2,000.
+// 2,000; without caps, with the default caps and a user each, and with
+// every grant one user's (the caps refusing all but the newest) or over
+// the total cap.
 func TestSetPublishAllocs(t *testing.T) {
 	rs, _ := rules.Parse(strings.NewReader(setStatic), "tcp.smtp")
-	allocs := func(n int) float64 {
-		set := NewSet(rs, Options{MaxAge: time.Hour})
-		for i := range n {
-			set.Put(grant.Grant{IP: fmt.Sprintf("172.%d.%d.%d", 16+i>>16, i>>8&255, i&255), User: "u", Service: "pop3", Time: now})
-		}
-		var f cdbtest.File
-		set.Write(&f, now)
-		i := 0
-		return testing.AllocsPerRun(20, func() {
-			i++
-			set.Put(grant.Grant{IP: fmt.Sprintf("192.168.%d.%d", i>>8&255, i&255), User: "u", Service: "imap", Time: now})
-			f.Reset()
-			if _, _, err := set.Write(&f, now); err != nil {
-				t.Fatal(err)
+	defaults := Caps{PerUser: DefaultMaxPerUser, Total: DefaultMaxGrants}
+	for _, tc := range []struct {
+		name    string
+		caps    Caps
+		oneUser bool
+	}{{"no caps", Caps{}, true}, {"default caps", defaults, false}, {"one user over the cap", defaults, true}, {"over the total", Caps{Total: 1000}, false}} {
+		allocs := func(n int) float64 {
+			set := NewSet(rs, Options{MaxAge: time.Hour, Caps: tc.caps})
+			user := func(i int) string {
+				if tc.oneUser {
+					return "u"
+				}
+				return fmt.Sprint("u", i)
 			}
-		})
-	}
-	small, big := allocs(2000), allocs(20000)
-	if big > small+4 {
-		t.Errorf("allocations per publish: %.0f with 2,000 grants, %.0f with 20,000", small, big)
+			for i := range n {
+				set.Put(grant.Grant{IP: fmt.Sprintf("172.%d.%d.%d", 16+i>>16, i>>8&255, i&255), User: user(i), Service: "pop3", Time: now})
+			}
+			var f cdbtest.File
+			set.Write(&f, now)
+			i := 0
+			return testing.AllocsPerRun(20, func() {
+				i++
+				set.Put(grant.Grant{IP: fmt.Sprintf("192.168.%d.%d", i>>8&255, i&255), User: user(n + i), Service: "imap", Time: now.Add(time.Duration(i) * time.Second)})
+				f.Reset()
+				if _, _, err := set.Write(&f, now.Add(time.Duration(i)*time.Second)); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+		small, big := allocs(2000), allocs(20000)
+		if big > small+4 {
+			t.Errorf("%s: allocations per publish: %.0f with 2,000 grants, %.0f with 20,000", tc.name, small, big)
+		}
 	}
 }
 

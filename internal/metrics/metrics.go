@@ -21,6 +21,7 @@ type Metrics struct {
 	duration prometheus.Histogram
 	latency  prometheus.Histogram
 	errors   *prometheus.CounterVec
+	capped   *prometheus.GaugeVec
 }
 
 // Error kinds, as watch reports them; pre-created so they show as 0.
@@ -53,11 +54,17 @@ func New() *Metrics {
 			Namespace: "poprelay", Name: "errors_total",
 			Help: "Failures by kind: rules (bad or unreadable rules file), spool, rebuild, watch (events lost), engine (etcd).",
 		}, []string{"kind"}),
+		capped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "poprelay", Name: "grants_capped",
+			Help: "Live grants the last publish refused by a cap: user (beyond a user's --max-per-user newest) or total (beyond the --max-grants newest; alert on it).",
+		}, []string{"cap"}),
 	}
+	m.capped.WithLabelValues("user")
+	m.capped.WithLabelValues("total")
 	for _, k := range kinds {
 		m.errors.WithLabelValues(k)
 	}
-	m.reg.MustRegister(m.grants, m.rebuilds, m.duration, m.latency, m.errors,
+	m.reg.MustRegister(m.grants, m.rebuilds, m.duration, m.latency, m.errors, m.capped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -65,6 +72,8 @@ func New() *Metrics {
 // Observe records one publish; it fits watch.Config.Observe.
 func (m *Metrics) Observe(s watch.Stats) {
 	m.grants.Set(float64(s.Grants))
+	m.capped.WithLabelValues("user").Set(float64(s.Capped))
+	m.capped.WithLabelValues("total").Set(float64(s.OverCap))
 	m.rebuilds.WithLabelValues(s.Reason).Inc()
 	m.duration.Observe(s.Duration.Seconds())
 	for _, l := range s.Latency {

@@ -14,7 +14,7 @@ import (
 func TestExposition(t *testing.T) {
 	m := New()
 	m.Observe(watch.Stats{Grants: 42, Duration: 3 * time.Millisecond, Reason: "change",
-		Latency: []time.Duration{4 * time.Millisecond, 9 * time.Millisecond}})
+		Latency: []time.Duration{4 * time.Millisecond, 9 * time.Millisecond}, Capped: 7, OverCap: 3})
 	m.Error("rules", errors.New("tcp.smtp:3: unable to parse this line"))
 	srv := httptest.NewServer(m.Handler())
 	defer srv.Close()
@@ -32,6 +32,8 @@ func TestExposition(t *testing.T) {
 		"poprelay_login_to_cdb_seconds_count 2",
 		`poprelay_errors_total{kind="rules"} 1`,
 		`poprelay_errors_total{kind="spool"} 0`,
+		`poprelay_grants_capped{cap="user"} 7`,
+		`poprelay_grants_capped{cap="total"} 3`,
 		"process_resident_memory_bytes",
 	} {
 		if !strings.Contains(body, want) {

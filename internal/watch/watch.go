@@ -62,6 +62,9 @@ type Stats struct {
 	// completing.
 	Latency []time.Duration
 	Reason  string // what triggered it: "start", "change", "expiry", ...
+	// Capped and OverCap are the live grants refused by the per-user
+	// and the total cap (merge.Caps; with Write only).
+	Capped, OverCap int
 }
 
 // Config configures a Watcher. Spool, Rules, Source, and Publish or
@@ -438,10 +441,12 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 	w.set.Configure(w.static, opt)
 	w.share(reason, now)
 	live := 0
+	var sum merge.Summary
 	if w.cfg.Write != nil {
 		err = w.cfg.Write(func(f io.Writer) error {
-			sum, nx, err := w.set.Write(f, now)
-			live, next = sum.Grants-sum.Expired, nx
+			var nx time.Time
+			sum, nx, err = w.set.Write(f, now)
+			live, next = sum.Grants-sum.Expired-sum.Capped-sum.OverCap, nx
 			return err
 		})
 	} else {
@@ -468,12 +473,16 @@ func (w *Watcher) publish(reason string) (next time.Time, err error) {
 		}
 	}
 	done := time.Now()
-	st := Stats{Grants: live, Duration: done.Sub(start), Reason: reason}
+	st := Stats{Grants: live, Duration: done.Sub(start), Reason: reason, Capped: sum.Capped, OverCap: sum.OverCap}
 	for _, seen := range w.changed {
 		st.Latency = append(st.Latency, done.Sub(seen))
 	}
 	clear(w.changed)
 	w.cfg.Logf("rebuilt: %s: %d grants in %.1f ms", reason, st.Grants, float64(st.Duration.Microseconds())/1000)
+	if warn := opt.Caps.Warning(sum); warn != "" {
+		// At every publish while it lasts, not once.
+		w.cfg.Logf("warning: %s", warn)
+	}
 	if w.cfg.Observe != nil {
 		w.cfg.Observe(st)
 	}
