@@ -17,7 +17,7 @@ import (
 )
 
 // Issue 26 item 2: the caps on the grants published (docs/SECURITY.md,
-// guarantee 20).
+// guarantee 22).
 
 // capLogins logs alice in through the real POP chain (tcpserver, popup,
 // checkpw, checkpassword-wrap) from each of ips, in order.
