@@ -43,6 +43,7 @@ import (
 	"syscall"
 
 	"github.com/poprelay/poprelay/internal/atomic"
+	"github.com/poprelay/poprelay/internal/regular"
 	"github.com/poprelay/poprelay/internal/rules"
 )
 
@@ -153,34 +154,12 @@ func Decode(buf []byte) (*Copy, error) {
 // else, and a damaged file, is an error wrapping ErrUnusable. A missing
 // file is an error wrapping fs.ErrNotExist.
 func Read(path string) (*Copy, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
-			return nil, fmt.Errorf("%w: %s is a symlink", ErrUnusable, path)
-		}
-		return nil, err
+	buf, st, err := regular.ReadOwned(path, maxCopy)
+	if errors.Is(err, regular.ErrUntrusted) {
+		return nil, fmt.Errorf("%w: %v", ErrUnusable, err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	switch {
-	case !fi.Mode().IsRegular():
-		return nil, fmt.Errorf("%w: %s is not a regular file", ErrUnusable, path)
-	case !ok:
-		return nil, fmt.Errorf("%w: %s: no owner", ErrUnusable, path)
-	case st.Uid != 0 && int(st.Uid) != os.Geteuid():
-		return nil, fmt.Errorf("%w: %s is owned by uid %d", ErrUnusable, path, st.Uid)
-	case fi.Mode().Perm()&0o022 != 0:
-		return nil, fmt.Errorf("%w: %s is writable by group or others (%v)", ErrUnusable, path, fi.Mode().Perm())
-	case fi.Size() > maxCopy:
-		return nil, fmt.Errorf("%w: %s is %d bytes long", ErrUnusable, path, fi.Size())
-	}
-	buf := make([]byte, fi.Size())
-	if _, err := io.ReadFull(f, buf); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrUnusable, path, err)
 	}
 	c, err := Decode(buf)
 	if err != nil {

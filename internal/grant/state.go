@@ -7,12 +7,13 @@ import (
 	"hash/crc32"
 	"io"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/regular"
 )
 
 // A state file is a Snapshot of one spool saved by relayctl, so that the
@@ -119,34 +120,12 @@ func writeState(w io.Writer, id string, snap *Snapshot) error {
 // group could have written, say) is an error wrapping ErrState, as is a
 // file that is damaged or belongs to another spool directory.
 func (s *Store) ReadState(path string) (*Snapshot, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		if errors.Is(err, syscall.ELOOP) {
-			return nil, fmt.Errorf("%w: %s is a symlink", ErrState, path)
-		}
-		return nil, err
+	buf, _, err := regular.ReadOwned(path, maxState)
+	if errors.Is(err, regular.ErrUntrusted) {
+		return nil, fmt.Errorf("%w: %v", ErrState, err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	switch {
-	case !fi.Mode().IsRegular():
-		return nil, fmt.Errorf("%w: %s is not a regular file", ErrState, path)
-	case !ok:
-		return nil, fmt.Errorf("%w: %s: no owner", ErrState, path)
-	case st.Uid != 0 && int(st.Uid) != os.Geteuid():
-		return nil, fmt.Errorf("%w: %s is owned by uid %d", ErrState, path, st.Uid)
-	case fi.Mode().Perm()&0o022 != 0:
-		return nil, fmt.Errorf("%w: %s is writable by group or others (%v)", ErrState, path, fi.Mode().Perm())
-	case fi.Size() > maxState:
-		return nil, fmt.Errorf("%w: %s is %d bytes long", ErrState, path, fi.Size())
-	}
-	buf := make([]byte, fi.Size())
-	if _, err := io.ReadFull(f, buf); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrState, path, err)
 	}
 	id, err := s.spoolID()
 	if err != nil {
