@@ -1,7 +1,6 @@
 package t
 
 import (
-	"bufio"
 	"context"
 	"os"
 	"regexp"
@@ -14,31 +13,6 @@ import (
 	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/wait"
 )
-
-// launchWatch is startWatch without waiting for a first publish: for a
-// watcher that must not publish yet.
-func (s *relayctlSite) launchWatch(t *testing.T, args ...string) *watcher {
-	t.Helper()
-	cmd, stderr := start(t, s.env, true, bin("relayctl"), append([]string{"watch", "--debounce", "2ms"}, args...)...)
-	w := &watcher{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		r := bufio.NewReader(stderr)
-		for {
-			line, err := r.ReadString('\n')
-			if line != "" {
-				t.Log(time.Now().Format("15:04:05.000") + " watch: " + strings.TrimRight(line, "\n"))
-				w.mu.Lock()
-				w.lines = append(w.lines, line)
-				w.mu.Unlock()
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	return w
-}
 
 // stop ends the watcher (SIGTERM) and waits for it.
 func (w *watcher) stop() {

@@ -1,7 +1,6 @@
 package t
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -24,24 +23,7 @@ func (s *relayctlSite) startWatchLimited(t *testing.T, nofile int, args ...strin
 	t.Helper()
 	prlimit := need(t, "prlimit")
 	argv := append([]string{fmt.Sprintf("--nofile=%d:%d", nofile, nofile), bin("relayctl"), "watch", "--debounce", "2ms"}, args...)
-	cmd, stderr := start(t, s.env, true, prlimit, argv...)
-	w := &watcher{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		defer close(w.done)
-		r := bufio.NewReader(stderr)
-		for {
-			line, err := r.ReadString('\n')
-			if line != "" {
-				t.Log(time.Now().Format("15:04:05.000") + " watch: " + strings.TrimRight(line, "\n"))
-				w.mu.Lock()
-				w.lines = append(w.lines, line)
-				w.mu.Unlock()
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
+	w := s.runWatch(t, prlimit, argv...)
 	w.waitLine(t, "rebuilt: ")
 	return w
 }

@@ -29,7 +29,26 @@ type watcher struct {
 // long as it takes) for its first publish.
 func (s *relayctlSite) startWatch(t *testing.T, args ...string) *watcher {
 	t.Helper()
-	cmd, stderr := start(t, s.env, true, bin("relayctl"), append([]string{"watch", "--debounce", "2ms"}, args...)...)
+	w := s.launchWatch(t, args...)
+	// The first CDB it writes: "rebuilt: start", or a later reason if
+	// its source was not ready at first (an etcd mirror).
+	w.waitLine(t, "rebuilt: ")
+	return w
+}
+
+// launchWatch is startWatch without waiting for a first publish: for a
+// watcher that must not publish yet.
+func (s *relayctlSite) launchWatch(t *testing.T, args ...string) *watcher {
+	t.Helper()
+	return s.runWatch(t, bin("relayctl"), append([]string{"watch", "--debounce", "2ms"}, args...)...)
+}
+
+// runWatch starts prog with argv, a "relayctl watch" command line (or
+// one that execs it, such as prlimit's), in the site and collects its
+// stderr lines for waitLine.
+func (s *relayctlSite) runWatch(t *testing.T, prog string, argv ...string) *watcher {
+	t.Helper()
+	cmd, stderr := start(t, s.env, true, prog, argv...)
 	w := &watcher{cmd: cmd, done: make(chan struct{})}
 	go func() {
 		defer close(w.done)
@@ -47,9 +66,6 @@ func (s *relayctlSite) startWatch(t *testing.T, args ...string) *watcher {
 			}
 		}
 	}()
-	// The first CDB it writes: "rebuilt: start", or a later reason if
-	// its source was not ready at first (an etcd mirror).
-	w.waitLine(t, "rebuilt: ")
 	return w
 }
 
