@@ -298,13 +298,7 @@ func TestSecurityCatchAllDeny(t *testing.T) {
 // wrapper would have left it) is refused by the SMTP host's mirror, with a
 // log line, while the grant published beside it is written.
 func TestSecurityPrefixKeyEtcd(t *testing.T) {
-	e := etcdtest.Start(t)
-	a := newRelayctlSite(t, ":allow\n")
-	b := newRelayctlSite(t, ":allow\n")
-	a.etcdEnv(e.Client)
-	b.etcdEnv(e.Client)
-	a.startWatch(t, "--publish", "etcd")
-	wb := b.startWatch(t, "--source", "etcd")
+	a, b, wb := etcdPair(t)
 	recordAt(t, a.spool, "2001:db8:aaaa::", "mallory")
 	recordAt(t, a.spool, "2001:db8:bbbb::1", "alice")
 	wb.waitLine(t, `refused grant for 2001:db8:aaaa:: (user "mallory"): would open a range`)
@@ -351,4 +345,19 @@ func TestAddrDifferential(t *testing.T) {
 		}
 	}
 	t.Logf("%d addresses: addr.Key agrees with tcpserver", n)
+}
+
+// etcdPair starts a real etcd and two sites on it: a, a POP host whose
+// watcher publishes its logins (--publish etcd), and b, an SMTP host
+// whose watcher wb mirrors them into its CDB (--source etcd); both with
+// the rules ":allow".
+func etcdPair(t *testing.T) (a, b *relayctlSite, wb *watcher) {
+	t.Helper()
+	e := etcdtest.Start(t)
+	a = newRelayctlSite(t, ":allow\n")
+	b = newRelayctlSite(t, ":allow\n")
+	a.etcdEnv(e.Client)
+	b.etcdEnv(e.Client)
+	a.startWatch(t, "--publish", "etcd")
+	return a, b, b.startWatch(t, "--source", "etcd")
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/wait"
 )
 
@@ -106,13 +105,7 @@ func TestSecurityLinkLocal(t *testing.T) {
 // reach etcd, and the SMTP host's mirror refuses them with a log line
 // while it publishes the good grant beside them.
 func TestSecurityLinkLocalEtcd(t *testing.T) {
-	e := etcdtest.Start(t)
-	a := newRelayctlSite(t, ":allow\n")
-	b := newRelayctlSite(t, ":allow\n")
-	a.etcdEnv(e.Client)
-	b.etcdEnv(e.Client)
-	a.startWatch(t, "--publish", "etcd")
-	wb := b.startWatch(t, "--source", "etcd")
+	a, b, wb := etcdPair(t)
 	recordAt(t, a.spool, "169.254.7.9", "mallory")
 	recordAt(t, a.spool, "fe80::1", "mallory")
 	recordAt(t, a.spool, "192.0.2.77", "alice")
