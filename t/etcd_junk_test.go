@@ -79,10 +79,11 @@ func TestSecurityEtcdJunkKeys(t *testing.T) {
 		}
 		return kvs
 	}
+	// A user per grant: the per-user cap (16) is not what this test is of.
 	flood := func(first, n int) (kvs [][2]string) {
 		for i := first; i < first+n; i++ {
 			ip := fmt.Sprintf("127.0.%d.%d", 10+i/250, 1+i%250)
-			kvs = append(kvs, [2]string{g + ip, grantValue("f", "flood", now.Add(time.Duration(i-1000)*time.Second))})
+			kvs = append(kvs, [2]string{g + ip, grantValue(fmt.Sprintf("f%d", i), "flood", now.Add(time.Duration(i-1000)*time.Second))})
 		}
 		return kvs
 	}
