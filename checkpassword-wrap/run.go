@@ -7,12 +7,12 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/poprelay/poprelay/internal/grant"
 	"github.com/poprelay/poprelay/internal/never"
+	"github.com/poprelay/poprelay/internal/quote"
 )
 
 const prog = "checkpassword-wrap"
@@ -217,7 +217,7 @@ func show(s string) string {
 		}
 	}
 	if !plain {
-		s = strconv.Quote(s)
+		s = quote.Quote(s)
 	}
 	if long {
 		s += "..."

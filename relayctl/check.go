@@ -143,8 +143,8 @@ func (e *env) origin(db *cdb.Reader, ix *rules.Index, rerr error, key string) (s
 		return fmt.Sprintf("not in the rules file, and the spool has no grant for %s (revoked or expired since the last rebuild?)", ip), true
 	}
 	left := g.Expiry(e.cfg.MaxAge).Sub(e.now()).Round(time.Second)
-	s := fmt.Sprintf("grant for %s: user %q, service %s, login %s, expires in %s",
-		g.IP, g.User, quote.Name(g.Service), g.Time.Format(time.RFC3339), left)
+	s := fmt.Sprintf("grant for %s: user %s, service %s, login %s, expires in %s",
+		g.IP, quote.Quote(g.User), quote.Name(g.Service), g.Time.Format(time.RFC3339), left)
 	if opt, err := e.mergeOptions(); err == nil {
 		if en, err := merge.Classify(ix, g, opt); err == nil {
 			for _, k := range en.Keys {
@@ -225,5 +225,5 @@ func (e *env) grantNote(ix *rules.Index, a netip.Addr, key string) string {
 			st += fmt.Sprintf(" under %s, not %q", strings.Join(keys, ", "), key)
 		}
 	}
-	return fmt.Sprintf("for %s (user %q): %s", ip, g.User, st)
+	return fmt.Sprintf("for %s (user %s): %s", ip, quote.Quote(g.User), st)
 }

@@ -60,7 +60,7 @@ and warns, until relayctl rebuild confirms the file.`,
 					}
 				}
 				for _, g := range gone {
-					e.vlogf("expired %s (user %q, login %s)", g.IP, g.User, g.Time.Format(time.RFC3339))
+					e.vlogf("expired %s (user %s, login %s)", g.IP, quote.Quote(g.User), g.Time.Format(time.RFC3339))
 				}
 				e.cleanSpool()
 				var rerr error
@@ -91,7 +91,7 @@ func (e *env) dropCapped(live []grant.Grant) (kept []grant.Grant, capped []strin
 	n := 0
 	for i, g := range live {
 		if why[i] != "" {
-			e.vlogf("removed %s (user %q, login %s): %s", g.IP, g.User, g.Time.Format(time.RFC3339), why[i])
+			e.vlogf("removed %s (user %s, login %s): %s", g.IP, quote.Quote(g.User), g.Time.Format(time.RFC3339), why[i])
 			capped = append(capped, g.IP)
 			continue
 		}
@@ -361,7 +361,7 @@ is 111.`,
 					}
 					return unable("record grant for "+ip+" in "+e.cfg.Spool, err)
 				}
-				e.vlogf("granted %s (user %q) until %s", ip, g.User, g.Expiry(e.cfg.MaxAge).Format(time.RFC3339))
+				e.vlogf("granted %s (user %s) until %s", ip, quote.Quote(g.User), g.Expiry(e.cfg.MaxAge).Format(time.RFC3339))
 				if err := e.rebuildAfter("granted " + ip); err != nil {
 					return err
 				}
@@ -477,7 +477,7 @@ exit is 100 or 111.`,
 				switch {
 				case len(gone) > 0 || cerr != nil:
 				case byUser:
-					return perm("unable to revoke: no grant for user %q", *user)
+					return perm("unable to revoke: no grant for user %s", quote.Quote(*user))
 				default:
 					return perm("unable to revoke %s: no grant for it", ip)
 				}

@@ -14,7 +14,8 @@ import (
 // unsafeText lists what in out a terminal would not show as it is: invalid
 // UTF-8, control characters (C0 but tab and newline, DEL, C1) and every
 // other character that is not printable (bidi overrides and isolates,
-// zero-width and other format characters).
+// zero-width and other format characters), and the printable ones that
+// show as nothing (Hangul fillers, variation selectors, joiners, U+2800).
 func unsafeText(out string) []string {
 	var bad []string
 	for i, r := range out {
@@ -22,7 +23,8 @@ func unsafeText(out string) []string {
 		case r == utf8.RuneError && !strings.HasPrefix(out[i:], "\uFFFD"):
 			bad = append(bad, fmt.Sprintf("byte %#x at %d", out[i], i))
 		case r == '\n' || r == '\t':
-		case r < ' ' || r == 0x7f || !unicode.IsPrint(r):
+		case r < ' ' || r == 0x7f || !unicode.IsPrint(r) || r == 0x2800 ||
+			unicode.In(r, unicode.Other_Default_Ignorable_Code_Point, unicode.Variation_Selector, unicode.Join_Control):
 			bad = append(bad, fmt.Sprintf("%U at %d", r, i))
 		}
 	}
@@ -32,7 +34,8 @@ func unsafeText(out string) []string {
 // TestSecurityNames: user names hold what a login gave (checkpassword
 // refuses only C0 controls): C1 controls (U+0085, U+009B, a CSI for a
 // VT220-style terminal), a bidi override (U+202E) and isolates, a
-// zero-width space, invalid UTF-8, a backslash. Recorded by the wrapper
+// zero-width space, invalid UTF-8, a backslash, and printable characters
+// that show as nothing ("alice\u3164" would pass for alice). Recorded by the wrapper
 // (root, a trusted caller) and by allow, they reach relayctl list (text
 // and --json) and check, which show none of them raw: text output
 // Go-quotes such a name ("evil\u202e..."), so it cannot look like another
@@ -50,6 +53,8 @@ func TestSecurityNames(t *testing.T) {
 		{"192.0.2.36", "zero\u200bwidth", `"zero\u200bwidth"`},
 		{"192.0.2.37", `evil\u202egnp.exe`, `"evil\\u202egnp.exe"`},
 		{"192.0.2.38", "jürgen", "jürgen"},
+		{"192.0.2.39", "alice\u3164", `"alice\u3164"`},
+		{"192.0.2.40", "bob\ufe0f", `"bob\ufe0f"`},
 	}
 	for i, n := range names {
 		if i%2 == 0 {

@@ -53,6 +53,7 @@ import (
 	"github.com/poprelay/poprelay/internal/addr"
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/quote"
 	"github.com/poprelay/poprelay/internal/rules"
 )
 
@@ -525,7 +526,7 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 					continue
 				case refused != "":
 					pt.sum.Refused++
-					pt.logs = append(pt.logs, func() { logf("refused grant for %s (user %q): %s", g.IP, g.User, refused) })
+					pt.logs = append(pt.logs, func() { logf("refused grant for %s (user %s): %s", g.IP, quote.Quote(g.User), refused) })
 					continue
 				case capped != nil && capped[i] == CapUser:
 					pt.sum.Capped++
@@ -549,7 +550,7 @@ func Write(w *cdb.Writer, rs []rules.Rule, grants []grant.Grant, opt Options) (S
 					case Denied:
 						pt.sum.Denied++
 						key := string(m.kbuf[j])
-						pt.logs = append(pt.logs, func() { verbosef("no relay for %s (user %q): %s denies it", key, g.User, where(f.rule)) })
+						pt.logs = append(pt.logs, func() { verbosef("no relay for %s (user %s): %s denies it", key, quote.Quote(g.User), where(f.rule)) })
 					case Relay:
 						relayed = true
 						if m.decs[f.dec].override {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/cdb"
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/quote"
 	"github.com/poprelay/poprelay/internal/rules"
 )
 
@@ -424,7 +425,7 @@ func (s *Set) classifyEntry(e *entry) {
 	}
 	if e.refused != "" {
 		if s.opt.Logf != nil && e.exp.After(time.Now()) {
-			s.opt.Logf("refused grant for %s (user %q): %s", g.IP, g.User, e.refused)
+			s.opt.Logf("refused grant for %s (user %s): %s", g.IP, quote.Quote(g.User), e.refused)
 		}
 		return
 	}
@@ -442,7 +443,7 @@ func (s *Set) classifyEntry(e *entry) {
 		case Denied:
 			e.denied++
 			if s.opt.Verbosef != nil {
-				s.opt.Verbosef("no relay for %s (user %q): %s denies it", m.kbuf[j], g.User, where(f.rule))
+				s.opt.Verbosef("no relay for %s (user %s): %s denies it", m.kbuf[j], quote.Quote(g.User), where(f.rule))
 			}
 		case Relay:
 			if m.decs[f.dec].override {

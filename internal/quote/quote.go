@@ -7,7 +7,7 @@
 //
 // Name is for text output: a name made only of printable characters,
 // with no space, backslash or double quote, is shown as it is; any other
-// is shown Go-quoted (strconv.Quote: "\u202e", "\x9b", "\\"). A quoted
+// is shown Go-quoted (Quote: "\u202e", "\x9b", "\\", "alice\u3164"). A quoted
 // name always starts with a double quote, which no name shown as it is
 // holds, so the two never look alike, and strconv.Unquote gives back the
 // very bytes. JSON escapes such characters inside the strings of a JSON
@@ -15,15 +15,18 @@
 package quote
 
 import (
+	"fmt"
 	"strconv"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 )
 
 // Plain tells whether Name shows s as it is: s is not empty and not "-"
 // (the text tables' mark for an empty name), is valid UTF-8 and every
-// character is printable (unicode.IsPrint: letters, marks, numbers,
-// punctuation, symbols), none of them a space, '\\' or '"'.
+// character is printable and visible (unicode.IsPrint: letters, marks,
+// numbers, punctuation, symbols; less those that show as nothing, see
+// visible), none of them a space, '\\' or '"'.
 func Plain(s string) bool {
 	return s != "" && s != "-" && printable(s, false)
 }
@@ -41,7 +44,7 @@ func printable(s string, space bool) bool {
 			continue
 		}
 		r, n := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && n == 1 || !unicode.IsPrint(r) {
+		if r == utf8.RuneError && n == 1 || !visible(r) {
 			return false
 		}
 		i += n
@@ -49,29 +52,66 @@ func printable(s string, space bool) bool {
 	return true
 }
 
+// visible tells whether r is printable (unicode.IsPrint) and shows as
+// something: not one of the printable characters that show as nothing or
+// as a blank, which would let "alice\u3164" pass for "alice": the
+// default-ignorable ones outside the format category (U+034F, the Hangul
+// fillers U+115F, U+1160, U+3164, U+FFA0, U+17B4 and U+17B5, ...),
+// variation selectors, the joiners, and the blank Braille pattern U+2800.
+func visible(r rune) bool {
+	if r < utf8.RuneSelf {
+		return r >= ' ' && r < 0x7f
+	}
+	return unicode.IsPrint(r) && r != 0x2800 &&
+		!unicode.In(r, unicode.Other_Default_Ignorable_Code_Point, unicode.Variation_Selector, unicode.Join_Control)
+}
+
+// Quote is strconv.Quote(s) with every character that is printable but
+// not visible written as a \u or \U escape too (strconv.Quote leaves
+// those as they are): the result is a Go string literal of s, which
+// strconv.Unquote turns back into s, with nothing invisible in it.
+func Quote(s string) string {
+	q := strconv.Quote(s)
+	if strings.IndexFunc(q, func(r rune) bool { return !visible(r) }) < 0 {
+		return q
+	}
+	out := make([]byte, 0, len(q)+16)
+	for _, r := range q {
+		switch {
+		case visible(r):
+			out = utf8.AppendRune(out, r)
+		case r > 0xffff:
+			out = fmt.Appendf(out, `\U%08x`, r)
+		default:
+			out = fmt.Appendf(out, `\u%04x`, r)
+		}
+	}
+	return string(out)
+}
+
 // Name returns s as text output shows it: as it is if Plain, else
-// strconv.Quote(s).
+// Quote(s).
 func Name(s string) string {
 	if Plain(s) {
 		return s
 	}
-	return strconv.Quote(s)
+	return Quote(s)
 }
 
 // Value returns the value of an environment variable as text output shows
 // it: as it is if it holds only printable characters (spaces among
-// them), no '\\' and no '"', else strconv.Quote(v). Shown as it is, a
+// them), no '\\' and no '"', else Quote(v). Shown as it is, a
 // value never starts with '"'; quoted, it always does.
 func Value(v string) string {
 	if printable(v, true) {
 		return v
 	}
-	return strconv.Quote(v)
+	return Quote(v)
 }
 
 // JSON returns the JSON text b (as encoding/json writes it: valid UTF-8,
 // control characters below U+0020 already escaped) with every character
-// that is not printable (unicode.IsPrint; DEL, which encoding/json
+// that is not printable or not visible (see visible; DEL, which encoding/json
 // leaves as it is, among them), and any invalid UTF-8, written as \u
 // escapes (a pair of them beyond U+FFFF; U+FFFD for
 // a byte that is not UTF-8). Outside strings JSON has only ASCII, so only
@@ -104,7 +144,7 @@ func JSON(b []byte) []byte {
 			out = appendU(out, utf8.RuneError)
 			continue
 		}
-		if unicode.IsPrint(r) {
+		if visible(r) {
 			out = utf8.AppendRune(out, r)
 			continue
 		}

@@ -33,6 +33,16 @@ func TestName(t *testing.T) {
 		{"del\x7f", `"del\x7f"`},
 		{"bom\ufeff", `"bom\ufeff"`},
 		{"tag\U000e0041", `"tag\U000e0041"`},
+		// Printable, and shows as nothing or a blank: alice\u3164 is not alice.
+		{"alice\u3164", `"alice\u3164"`},
+		{"\u115fbob", `"\u115fbob"`},
+		{"half\uffa0width", `"half\uffa0width"`},
+		{"cgj\u034f", `"cgj\u034f"`},
+		{"vs\ufe0f", `"vs\ufe0f"`},
+		{"vs\U000e0100", `"vs\U000e0100"`},
+		{"zw\u200dj", `"zw\u200dj"`},
+		{"braille\u2800", `"braille\u2800"`},
+		{"a b\u3164", `"a b\u3164"`},
 		// A name that reads like an escape is no escape: it is quoted.
 		{`x\u202ey`, `"x\\u202ey"`},
 	} {
@@ -88,7 +98,8 @@ func safe(s string) bool {
 		return false
 	}
 	for _, r := range s {
-		if r < utf8.RuneSelf && (r < ' ' || r == 0x7f) || !unicode.IsPrint(r) {
+		if r < utf8.RuneSelf && (r < ' ' || r == 0x7f) || !unicode.IsPrint(r) || r == 0x2800 ||
+			unicode.In(r, unicode.Other_Default_Ignorable_Code_Point, unicode.Variation_Selector, unicode.Join_Control) {
 			return false
 		}
 	}
@@ -99,7 +110,7 @@ func safe(s string) bool {
 // exactly the name: as it is (never starting with '"') or by
 // strconv.Unquote. So two names never show alike.
 func FuzzName(f *testing.F) {
-	for _, s := range []string{"alice", "", "-", `a\b`, "evil\u202egnp", "x\x9by", "\"", "jürgen", `"alice"`, "\u0085"} {
+	for _, s := range []string{"alice", "", "-", `a\b`, "evil\u202egnp", "x\x9by", "\"", "jürgen", `"alice"`, "\u0085", "alice\u3164", "a b\ufe0f"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
