@@ -46,7 +46,7 @@ rebuild in flight. One line per rebuild goes to standard error (for
 multilog or journald). --metrics ADDR serves Prometheus metrics on
 http://ADDR/metrics, to at most 64 connections at once (more are closed
 at once), each cut off after 5 s without its request headers, 10 s to
-read a request, 30 s to write a response or 2 minutes idle. These five flags also come from the environment:
+read a request, 30 s to write a response or 30 s idle. These five flags also come from the environment:
 POPRELAY_METRICS, POPRELAY_DEBOUNCE, POPRELAY_MAXDELAY, POPRELAY_RESCAN,
 POPRELAY_SETTLE. With --source etcd (an SMTP host) the grants come from a
 mirror of etcd instead of the spool; with --publish etcd (a POP/IMAP host)

@@ -32,9 +32,10 @@ const (
 	// response holds its connection no longer than this.
 	WriteTimeout = 30 * time.Second
 	// IdleTimeout is how long a kept-alive connection may wait for its
-	// next request. Prometheus scrapes every 15 s to 1 min by default;
-	// a longer interval just opens a new connection.
-	IdleTimeout = 2 * time.Minute
+	// next request: short, since 64 clients that keep requesting within
+	// it hold every slot. Prometheus scrapes every 15 s to 1 min; a
+	// longer interval just opens a new connection for each scrape.
+	IdleTimeout = 30 * time.Second
 )
 
 // Listen listens on addr (host:port) for the metrics server, holding at
