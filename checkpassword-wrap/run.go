@@ -51,6 +51,10 @@ type system struct {
 	// openAsCaller opens a file the caller named with the caller's own
 	// rights, not the setgid group's: nil means never.Open.
 	openAsCaller func(string) (*os.File, error)
+	// stdinKind names what standard input is when it is no TCP socket:
+	// "a UNIX socket", "a pipe" (a TLS front end's end), else "" (nil:
+	// never asked).
+	stdinKind func() string
 }
 
 func realSystem() system {
@@ -60,7 +64,27 @@ func realSystem() system {
 		accepted:     func() (bool, string) { return stdinAccepted(PortsFile) },
 		neverFile:    never.DefaultFile,
 		openAsCaller: openAsCaller,
+		stdinKind:    stdinKind,
 	}
+}
+
+// stdinKind names standard input when it is what a TLS front end gives
+// the login: an AF_UNIX socket (couriertls, a socketpair) or a pipe
+// (sslserver). Anything else ("/dev/null", a terminal, UDP) is "".
+func stdinKind() string {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(0, &st); err != nil {
+		return ""
+	}
+	switch st.Mode & syscall.S_IFMT {
+	case syscall.S_IFIFO:
+		return "a pipe"
+	case syscall.S_IFSOCK:
+		if d, err := syscall.GetsockoptInt(0, syscall.SOL_SOCKET, syscall.SO_DOMAIN); err == nil && d == syscall.AF_UNIX {
+			return "a UNIX socket"
+		}
+	}
+	return ""
 }
 
 // openAsCaller opens path with the effective group set to the real one for
@@ -292,7 +316,14 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 	}
 
 	user := env["USER"]
-	if user == "" && courier {
+	if v := env["VPOPUSER"]; v != "" && user != "" && vpopName(v, user) {
+		// vpopmail's vchkpw: USER is the bare local part, VPOPUSER the
+		// name the client logged in with, domain and all.
+		user = v
+	}
+	if user == "" {
+		// Courier-IMAP 5's imaplogin and courierpop3login set
+		// AUTHENTICATED alone (no USER, AUTHUSER or AUTHARGV0).
 		user = env["AUTHENTICATED"]
 	}
 	if user == "" {
@@ -326,6 +357,19 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 			return false
 		}
 	} else if !trusted {
+		// A TLS front end (couriertls, sslserver, stunnel) hands the
+		// login a socketpair or a pipe: nothing about it tells where
+		// the client is, and the caller sets the variables it likes.
+		// Only a trusted caller's word stands (SECURITY.md, guarantee
+		// 4: TLS front ends).
+		kind := ""
+		if sys.stdinKind != nil {
+			kind = sys.stdinKind()
+		}
+		if kind != "" {
+			say("warning: not recording %s: standard input is not a TCP socket but %s (a TLS front end such as couriertls or sslserver in between?) and %s, so nothing proves the login came from %s: run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))", what, kind, who, ip)
+			return false
+		}
 		say("warning: not recording %s: standard input is not a TCP socket and %s", what, who)
 		return false
 	}
@@ -363,6 +407,18 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 	}
 	say("%s%s", what, via)
 	return true
+}
+
+// vpopName tells whether name, vchkpw's VPOPUSER, is the login name of
+// the bare user: user itself, or user followed by one of vpopmail's
+// separators (ATCHARS: @, % or /) and a domain. vchkpw compares in lower case. A
+// VPOPUSER left over from elsewhere, for another user, is not taken.
+func vpopName(name, user string) bool {
+	local := name
+	if i := strings.IndexAny(name, "@%/"); i >= 0 {
+		local = name[:i]
+	}
+	return strings.EqualFold(local, user)
 }
 
 // loadNever returns the built-in never-grant set plus the default file
