@@ -30,7 +30,8 @@ decision (allow or deny), the key that matched, where the record came from
 it overrides), what became of the address's grant when its record did not
 decide (refused, denied, expired), and every variable the record sets, one
 NAME=VALUE per line. When a grant decided and the rules file has host-name
-rules (=host, =.domain), a warning says the grant overrides them.`,
+rules (=host, =.domain), a warning says the grant overrides them; another
+says when vpopmail's roaming users are on (see rebuild).`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		host := fs.String("host", "", "the client's host name `H` (TCPREMOTEHOST)")
 		info := fs.String("info", "", "the client's ident answer `I` (TCPREMOTEINFO)")
@@ -105,6 +106,7 @@ func (e *env) check(q rules.Query, a netip.Addr, arg string) error {
 	if granted {
 		e.warnHostRules(rs, "this grant overrides")
 	}
+	e.warnVpopmail()
 	return nil
 }
 

@@ -29,6 +29,7 @@ type env struct {
 	folded         *grant.Folded   // the folded grants as this run's fold wrote them
 	sweep          *grant.Snapshot // grant files folded by this run, to remove after the lock
 	noFold         bool            // reads never fold the spool (the watcher)
+	openSMTP       func() string   // vpopmail's open-smtp file; nil: defaultOpenSMTP
 }
 
 // command is one subcommand.
