@@ -118,8 +118,8 @@ func readmeSnippet(t *testing.T, name string) string {
 	return ""
 }
 
-// sh runs a shell script, failing the test on error.
-func sh(t *testing.T, script string, args ...string) string {
+// runSh runs a shell script, failing the test on error.
+func runSh(t *testing.T, script string, args ...string) string {
 	t.Helper()
 	cmd := exec.Command("/bin/sh", append([]string{"-euc", script, "sh"}, args...)...)
 	cmd.Env = baseEnv("HOME=/root")
@@ -130,15 +130,15 @@ func sh(t *testing.T, script string, args ...string) string {
 	return string(out)
 }
 
-// lineLog collects a child's stderr lines, for waiting on one.
-type lineLog struct {
+// courierLog collects a child's stderr lines, for waiting on one.
+type courierLog struct {
 	mu    sync.Mutex
 	lines []string
 	t     *testing.T
 	name  string
 }
 
-func (l *lineLog) read(r io.Reader) {
+func (l *courierLog) read(r io.Reader) {
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		l.mu.Lock()
@@ -149,7 +149,7 @@ func (l *lineLog) read(r io.Reader) {
 }
 
 // wait returns the first line holding want, waiting up to a minute.
-func (l *lineLog) wait(want string) (string, bool) {
+func (l *courierLog) wait(want string) (string, bool) {
 	for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		l.mu.Lock()
 		for _, s := range l.lines {
@@ -164,7 +164,7 @@ func (l *lineLog) wait(want string) (string, bool) {
 }
 
 // count is how many lines hold s.
-func (l *lineLog) count(s string) int {
+func (l *courierLog) count(s string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	n := 0
@@ -223,7 +223,7 @@ func TestCourier(t *testing.T) {
 	}
 	// In the isolated root: Courier replaces Dovecot as apt would, its
 	// services kept from starting.
-	sh(t, `printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+	runSh(t, `printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
 chmod 755 /usr/sbin/policy-rc.d
 dpkg -r --force-depends dovecot-imapd dovecot-pop3d >/dev/null 2>&1 || true
 dpkg --unpack --force-depends --force-unsafe-io --no-triggers /courier-debs/*.deb >/dev/null
@@ -241,7 +241,7 @@ for f in imapd imapd-ssl; do grep -q '/usr/bin/imapd ${MAILDIRPATH}"$' /usr/lib/
 for f in pop3d pop3d-ssl; do grep -q 'courier/courierpop3d ${MAILDIRPATH}"$' /usr/lib/courier/$f; done
 /src/scripts/install >/dev/null
 `)
-	sh(t, readmeSnippet(t, "courier"))
+	runSh(t, readmeSnippet(t, "courier"))
 	for _, p := range []string{"/usr/bin/imapd", "/usr/lib/courier/courier/courierpop3d"} {
 		if l, err := os.Readlink(p); err != nil || l != "/usr/local/share/poprelay/courier-login" {
 			t.Fatalf("%s: %q, %v; want the shim", p, l, err)
@@ -252,7 +252,7 @@ for f in pop3d pop3d-ssl; do grep -q 'courier/courierpop3d ${MAILDIRPATH}"$' /us
 	// poprelay: no one else runs as them), both in authuserdb.
 	cert := t.TempDir()
 	dvTLSCert(t, cert)
-	sh(t, `useradd -m alice
+	runSh(t, `useradd -m alice
 useradd -r -M -d /var/vmail -g poprelay vmail
 install -d -o vmail -g poprelay -m 0700 /var/vmail
 maildirmake.courier /home/alice/Maildir && chown -R alice: /home/alice/Maildir
@@ -263,14 +263,19 @@ userdb bob@example.com set uid=$(id -u vmail) gid=$(getent group poprelay | cut 
 echo hidden | userdbpw -md5 | userdb bob@example.com set systempw
 makeuserdb
 sed -i 's/^authmodulelist=.*/authmodulelist="authuserdb"/' /etc/courier/authdaemonrc
+# A spool of the test's (the root may hold a live install's), named
+# where the docs say: the start scripts export what these files set.
+install -d -g poprelay -m 2770 /var/spool/poprelay-courier
+for s in imapd pop3d; do
+	echo POPRELAY_SPOOL=/var/spool/poprelay-courier >>/etc/courier/$s
+done
 for s in imapd pop3d; do
 	cat "$1/key.pem" "$1/cert.pem" > /etc/courier/$s.pem
 	chown root:courier /etc/courier/$s.pem
 	chmod 0640 /etc/courier/$s.pem
 done
 `, cert)
-	auth, _ := start(t, baseEnv(), false, "/bin/sh", "-c", "set -a; . /etc/courier/authdaemonrc; exec /usr/lib/courier/courier-authlib/authdaemond")
-	_ = auth
+	start(t, baseEnv(), false, "/bin/sh", "-c", "set -a; . /etc/courier/authdaemonrc; exec /usr/lib/courier/courier-authlib/authdaemond")
 	for end := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := os.Stat("/run/courier/authdaemon/socket"); err == nil {
 			break
@@ -290,11 +295,10 @@ done
 		fmt.Fprintf(&list, "%d\n", ports[s])
 	}
 	dvWriteFile(t, "/etc/poprelay/ports", 0o644, list.String())
-	logs := map[svc]*lineLog{}
+	logs := map[svc]*courierLog{}
 	for s, port := range ports {
-		l := &lineLog{t: t, name: s.conf + "-" + s.mode}
-		cmd, stderr := start(t, []string{}, true, "/bin/sh", "-c", courierStart, "sh", s.conf, s.mode, fmt.Sprint(port))
-		_ = cmd
+		l := &courierLog{t: t, name: s.conf + "-" + s.mode}
+		_, stderr := start(t, []string{}, true, "/bin/sh", "-c", courierStart, "sh", s.conf, s.mode, fmt.Sprint(port))
 		go l.read(stderr)
 		logs[s] = l
 	}
@@ -339,7 +343,7 @@ done
 	}
 	imap, imaps := svc{"imapd", "plain"}, svc{"imapd", "tls"}
 	pop3, pop3s := svc{"pop3d", "plain"}, svc{"pop3d", "tls"}
-	const spool = "/var/spool/poprelay"
+	const spool = "/var/spool/poprelay-courier"
 
 	// Plain POP3 and IMAP: recorded, with the full address.
 	wantGrant := func(s svc, ip, user, service string) {
@@ -371,7 +375,7 @@ done
 		t.Helper()
 		l, ok := logs[s].wait("not recording ip=" + ip + " ")
 		want := fmt.Sprintf("checkpassword-wrap: warning: not recording ip=%s user=alice@example.com service=%s: standard input is not a TCP socket but a UNIX socket (a TLS front end such as couriertls or sslserver in between?) and uid %s is neither root nor in group %s, so nothing proves the login came from %s: run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))",
-			ip, map[string]string{"imapd": "imap", "pop3d": "pop3"}[s.conf], strings.TrimSpace(sh(t, "id -u alice")), strings.TrimSpace(sh(t, "getent group poprelay | cut -d: -f3")), ip)
+			ip, map[string]string{"imapd": "imap", "pop3d": "pop3"}[s.conf], strings.TrimSpace(runSh(t, "id -u alice")), strings.TrimSpace(runSh(t, "getent group poprelay | cut -d: -f3")), ip)
 		if !ok || l != want {
 			t.Errorf("%s %s from %s: stderr line %q\nwant %q", s.conf, s.mode, ip, l, want)
 		}

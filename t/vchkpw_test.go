@@ -56,7 +56,7 @@ func TestVchkpw(t *testing.T) {
 	need(t, "tcpserver")
 	need(t, "tcprules")
 	need(t, "setpriv")
-	sh(t, `groupadd vchkpw
+	runSh(t, `groupadd vchkpw
 useradd -g vchkpw -d /home/vpopmail -m vpopmail
 install -d -o vpopmail -g vchkpw /home/vpopmail/etc /home/vpopmail/domains/example.com/alice
 /src/scripts/install >/dev/null
@@ -64,17 +64,19 @@ install -d -o vpopmail -g vchkpw /home/vpopmail/etc /home/vpopmail/domains/examp
 	d := wrSetup(t)
 	vchkpw := filepath.Join(d.Dir, "vchkpw")
 	dvWriteFile(t, vchkpw, 0o755, vchkpwStandIn)
-	rules, cdb := filepath.Join(d.Dir, "tcp.smtp"), "/etc/tcp.smtp.cdb"
+	// The test's own spool, rules and CDB (the root may hold a live
+	// install's); vpopmail's tcp.smtp is the same rules file.
+	rules, cdb := filepath.Join(d.Dir, "tcp.smtp"), filepath.Join(d.Dir, "tcp.smtp.cdb")
 	dvWriteFile(t, rules, 0o644, ":allow\n")
-	dvWriteFile(t, "/etc/tcp.smtp", 0o644, ":allow\n")
+	const spool = "/var/spool/poprelay-vchkpw"
+	runSh(t, "install -d -g poprelay -m 2770 "+spool)
 	// Installed: setgid poprelay, run as vpopmail (untrusted); the port is
 	// the admin's, in /etc/poprelay/ports.
-	const spool = "/var/spool/poprelay"
 	ts := launchTcpserver(t, need(t, "tcpserver"), "127.0.0.1", func() int {
 		p := freePort(t)
 		dvWriteFile(t, "/etc/poprelay/ports", 0o644, fmt.Sprintln(p))
 		return p
-	}, baseEnv("ERRLOG="+d.ErrLog, "VPOPHOME=/home/vpopmail", "VPOPRULES=/etc/tcp.smtp", "VPOPCDB="+cdb),
+	}, baseEnv("ERRLOG="+d.ErrLog, "POPRELAY_SPOOL="+spool, "VPOPHOME=/home/vpopmail", "VPOPRULES="+rules, "VPOPCDB="+cdb),
 		[]string{"-R", "-H"}, d.Popup, vchkpw, "/usr/local/bin/checkpassword-wrap", "/usr/bin/env")
 	login := func(src, name string) map[string]string {
 		t.Helper()
@@ -100,7 +102,7 @@ install -d -o vpopmail -g vchkpw /home/vpopmail/etc /home/vpopmail/domains/examp
 	relayctl := func(args ...string) string {
 		t.Helper()
 		cmd := exec.Command(bin("relayctl"), args...)
-		cmd.Env = baseEnv("POPRELAY_RULES=" + rules)
+		cmd.Env = baseEnv("POPRELAY_RULES="+rules, "POPRELAY_CDB="+cdb, "POPRELAY_SPOOL="+spool)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("relayctl %q: %v\n%s", args, err, out)
@@ -127,7 +129,7 @@ install -d -o vpopmail -g vchkpw /home/vpopmail/etc /home/vpopmail/domains/examp
 		p := freePort(t)
 		dvWriteFile(t, "/etc/poprelay/ports", 0o644, fmt.Sprintln(p))
 		return p
-	}, baseEnv("ERRLOG="+d.ErrLog, "VPOPHOME=/home/vpopmail", "VPOPRULES=/etc/tcp.smtp", "VPOPCDB="+cdb, "ROAMING=1"),
+	}, baseEnv("ERRLOG="+d.ErrLog, "POPRELAY_SPOOL="+spool, "VPOPHOME=/home/vpopmail", "VPOPRULES="+rules, "VPOPCDB="+cdb, "ROAMING=1"),
 		[]string{"-R", "-H"}, d.Popup, vchkpw, "/usr/local/bin/checkpassword-wrap", "/usr/bin/env")
 	login("127.0.0.5", "alice@example.com")
 	d.stderr(t)
