@@ -181,7 +181,8 @@ func (l *courierLog) count(s string) int {
 // run it: a clean environment (env -i), the service's configuration files
 // sourced with set -a, then couriertcpd with the login program and the
 // program it runs after a login. Only courierlogger (which would send the
-// log to syslog) is left out, and the address and port are the test's.
+// log to syslog) is left out, and the address and port are the test's;
+// the TLS cache files the scripts make first are made in TestCourier.
 const courierStart = `set -a
 prefix=/usr
 exec_prefix=/usr
@@ -207,7 +208,7 @@ exec /usr/sbin/couriertcpd -address=127.0.0.1 -maxprocs=$MAXDAEMONS -maxperip=$M
 // user of authuserdb log in with real passwords. Over plain POP3 and IMAP
 // the login, run as the mail user (untrusted), is recorded with the full
 // address AUTHENTICATED names: standard input is the connection
-// couriertcpd accepted. Over imaps and pop3s standard input
+// couriertcpd accepted. Over imaps, pop3s and IMAP STARTTLS standard input
 // is couriertls's socketpair: nothing is recorded for the system user, with
 // one line saying why, while the virtual user whose userdb group is
 // poprelay (the trusted route) is recorded. The sessions work after the
@@ -263,6 +264,12 @@ userdb bob@example.com set uid=$(id -u vmail) gid=$(getent group poprelay | cut 
 echo hidden | userdbpw -md5 | userdb bob@example.com set systempw
 makeuserdb
 sed -i 's/^authmodulelist=.*/authmodulelist="authuserdb"/' /etc/courier/authdaemonrc
+# What the start scripts do before they start couriertcpd: the TLS
+# session cache files, courier's (couriertls runs as courier).
+for s in imapd pop3d; do
+	f=$(set +u; . /etc/courier/$s-ssl; echo "$TLS_CACHEFILE")
+	rm -f "$f"; touch "$f"; chown courier:courier "$f"; chmod 600 "$f"
+done
 # A spool of the test's (the root may hold a live install's), named
 # where the docs say: the start scripts export what these files set.
 install -d -g poprelay -m 2770 /var/spool/poprelay-courier
@@ -314,9 +321,12 @@ done
 		}
 	}
 
-	imapLogin := func(src string, s svc, user, pass string) bool {
+	imapLogin := func(src string, s svc, user, pass string, starttls bool) bool {
 		t.Helper()
 		m := dvDial(t, src, ports[s], s.mode == "tls")
+		if starttls {
+			m.startTLS()
+		}
 		if r := m.imap("a", "LOGIN "+user+" "+pass); !strings.HasPrefix(r, "a OK") {
 			return false
 		}
@@ -360,12 +370,12 @@ done
 		t.Fatal("POP3 login refused")
 	}
 	wantGrant(pop3, "127.0.0.2", "alice@example.com", "pop3")
-	if !imapLogin("127.0.0.3", imap, "alice@example.com", "secret") {
+	if !imapLogin("127.0.0.3", imap, "alice@example.com", "secret", false) {
 		t.Fatal("IMAP login refused")
 	}
 	wantGrant(imap, "127.0.0.3", "alice@example.com", "imap")
 	// A wrong password: no login, nothing recorded, nothing said.
-	if imapLogin("127.0.0.8", imap, "alice@example.com", "wrong") || popLogin("127.0.0.8", pop3, "alice@example.com", "wrong") {
+	if imapLogin("127.0.0.8", imap, "alice@example.com", "wrong", false) || popLogin("127.0.0.8", pop3, "alice@example.com", "wrong") {
 		t.Error("a wrong password logged in")
 	}
 
@@ -383,7 +393,7 @@ done
 			t.Errorf("a login over couriertls by an untrusted user was recorded: %v", g)
 		}
 	}
-	if !imapLogin("127.0.0.4", imaps, "alice@example.com", "secret") {
+	if !imapLogin("127.0.0.4", imaps, "alice@example.com", "secret", false) {
 		t.Fatal("imaps login refused")
 	}
 	refused(imaps, "127.0.0.4")
@@ -391,10 +401,16 @@ done
 		t.Fatal("pop3s login refused")
 	}
 	refused(pop3s, "127.0.0.5")
+	// STARTTLS on the IMAP port: imaplogin starts couriertls on a
+	// socketpair of its own, which then stands for the client.
+	if !imapLogin("127.0.0.7", imap, "alice@example.com", "secret", true) {
+		t.Fatal("IMAP STARTTLS login refused")
+	}
+	refused(imap, "127.0.0.7")
 
 	// The trusted route: the virtual user's chain runs in the group
 	// poprelay, so couriertcpd's TCPREMOTEIP stands.
-	if !imapLogin("127.0.0.6", imaps, "bob@example.com", "hidden") {
+	if !imapLogin("127.0.0.6", imaps, "bob@example.com", "hidden", false) {
 		t.Fatal("imaps login of the virtual user refused")
 	}
 	wantGrant(imaps, "127.0.0.6", "bob@example.com", "imap")
@@ -404,7 +420,7 @@ done
 	wantGrant(pop3s, "127.0.0.9", "bob@example.com", "pop3")
 	dvWantSpool(t, spool, "127.0.0.2", "127.0.0.3", "127.0.0.6", "127.0.0.9")
 	for s, l := range logs {
-		if n := l.count("checkpassword-wrap:"); n != map[svc]int{imap: 1, imaps: 2, pop3: 1, pop3s: 2}[s] {
+		if n := l.count("checkpassword-wrap:"); n != map[svc]int{imap: 2, imaps: 2, pop3: 1, pop3s: 2}[s] {
 			t.Errorf("%s %s: %d lines of checkpassword-wrap", s.conf, s.mode, n)
 		}
 	}
@@ -420,7 +436,7 @@ done
 	}
 	ts := startTcpserver(t, baseEnv(), []string{"-x", cdb, "-R", "-H"}, "/usr/bin/env")
 	for src, relays := range map[string]bool{"127.0.0.2": true, "127.0.0.3": true, "127.0.0.6": true, "127.0.0.9": true,
-		"127.0.0.4": false, "127.0.0.5": false, "127.0.0.8": false} {
+		"127.0.0.4": false, "127.0.0.5": false, "127.0.0.7": false, "127.0.0.8": false} {
 		env := envFrom(dialFrom(t, src, ts.Port, ""))
 		if _, ok := env["RELAYCLIENT"]; ok != relays {
 			t.Errorf("SMTP from %s: RELAYCLIENT set %v, want %v (%v)", src, ok, relays, env)
