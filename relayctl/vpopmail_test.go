@@ -1,6 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,4 +58,44 @@ func TestWarnVpopmail(t *testing.T) {
 	}
 	os.Mkdir(open, 0o755)
 	f.ok("rebuild")
+}
+
+// TestWarnVpopmailWatch: the watcher says it once, when it starts.
+func TestWarnVpopmailWatch(t *testing.T) {
+	f := newFixture(t)
+	open := filepath.Join(f.dir, "open-smtp")
+	f.write(open, "198.51.100.7:allow\t1700000000\n")
+	var errb bytes.Buffer
+	w := &syncWriter{w: &errb}
+	e := &env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: w,
+		lookup:   func(k string) (string, bool) { v, ok := f.env[k]; return v, ok },
+		now:      time.Now,
+		openSMTP: func() string { return open },
+	}
+	e.cfg = newConfig(flag.NewFlagSet("relayctl watch", flag.ContinueOnError))
+	if err := e.cfg.resolve(e.lookup); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- e.watch(ctx, watchOptions{debounce: 2 * time.Millisecond, maxDelay: 20 * time.Millisecond,
+			rescan: time.Hour, settle: 10 * time.Millisecond, hup: make(chan os.Signal)})
+	}()
+	said := func() string {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return errb.String()
+	}
+	want := "relayctl: warning: vpopmail's roaming users are on: " + open + " was written "
+	for end := time.Now().Add(time.Minute); !strings.Contains(said(), want) && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("watch: %v", err)
+	}
+	if n := strings.Count(said(), want); n != 1 {
+		t.Errorf("the watcher said it %d times:\n%s", n, said())
+	}
 }
