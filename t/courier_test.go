@@ -191,9 +191,14 @@ bindir=/usr/bin
 libexecdir=/usr/lib/courier
 . /etc/courier/$1
 . /etc/courier/$1-ssl
+case $1 in
+imapd) if test ! -z "$IMAP_ULIMITD"; then ulimit -v $IMAP_ULIMITD; fi ;;
+esac
 case $2 in
 plain) IMAP_STARTTLS=${IMAPDSTARTTLS:-}; tls= ;;
 tls) IMAP_TLS=1; POP3_TLS=1; tls="$COURIERTLS -server -tcpd -user=courier" ;;
+# Debian's own IMAP_ULIMITD, as before the README's snippet.
+lowlimit) ulimit -v 131072; IMAP_STARTTLS=${IMAPDSTARTTLS:-}; tls= ;;
 esac
 case $1 in
 imapd) login="/usr/lib/courier/courier/imaplogin /usr/bin/imapd" ;;
@@ -214,7 +219,10 @@ exec /usr/sbin/couriertcpd -address=127.0.0.1 -maxprocs=$MAXDAEMONS -maxperip=$M
 // poprelay (the trusted route) is recorded. The sessions work after the
 // login (SELECT, STAT: the shim ran the real imapd and courierpop3d), a
 // wrong password records nothing, and the grants relay through a real
-// tcpserver -x after relayctl rebuild, the refused ones do not.
+// tcpserver -x after relayctl rebuild, the refused ones do not. The
+// imapd services run under the start scripts' ulimit -v IMAP_ULIMITD, as
+// the README's snippet sets it; one under Debian's own 131072 KB, where
+// the Go wrapper could not start, logs in unrecorded, the shim saying why.
 func TestCourier(t *testing.T) {
 	if !isolatedBody(t, func(r *isoRoot) []string {
 		r.Copy(courierDebs(t), "/courier-debs")
@@ -297,7 +305,7 @@ done
 	type svc struct{ conf, mode string }
 	ports := map[svc]int{}
 	var list strings.Builder
-	for _, s := range []svc{{"imapd", "plain"}, {"imapd", "tls"}, {"pop3d", "plain"}, {"pop3d", "tls"}} {
+	for _, s := range []svc{{"imapd", "plain"}, {"imapd", "tls"}, {"pop3d", "plain"}, {"pop3d", "tls"}, {"imapd", "lowlimit"}} {
 		ports[s] = freePort(t)
 		fmt.Fprintf(&list, "%d\n", ports[s])
 	}
@@ -408,6 +416,16 @@ done
 	}
 	refused(imap, "127.0.0.7")
 
+	// Under Debian's ulimit -v for imapd the Go wrapper could not start:
+	// the shim says so in one line, and the login goes on unrecorded.
+	low := svc{"imapd", "lowlimit"}
+	if !imapLogin("127.0.0.10", low, "alice@example.com", "secret", false) {
+		t.Fatal("IMAP login under Debian's IMAP_ULIMITD refused")
+	}
+	if l, ok := logs[low].wait("courier-login:"); !ok || l != "courier-login: warning: not recording the login: the address space limit (ulimit -v 131072 KB; IMAP_ULIMITD in /etc/courier/imapd) is below the 1048576 KB checkpassword-wrap needs" {
+		t.Errorf("under ulimit -v 131072: %q", l)
+	}
+
 	// The trusted route: the virtual user's chain runs in the group
 	// poprelay, so couriertcpd's TCPREMOTEIP stands.
 	if !imapLogin("127.0.0.6", imaps, "bob@example.com", "hidden", false) {
@@ -420,7 +438,7 @@ done
 	wantGrant(pop3s, "127.0.0.9", "bob@example.com", "pop3")
 	dvWantSpool(t, spool, "127.0.0.2", "127.0.0.3", "127.0.0.6", "127.0.0.9")
 	for s, l := range logs {
-		if n := l.count("checkpassword-wrap:"); n != map[svc]int{imap: 2, imaps: 2, pop3: 1, pop3s: 2}[s] {
+		if n := l.count("checkpassword-wrap:"); n != map[svc]int{imap: 2, imaps: 2, pop3: 1, pop3s: 2, low: 0}[s] {
 			t.Errorf("%s %s: %d lines of checkpassword-wrap", s.conf, s.mode, n)
 		}
 	}
@@ -436,7 +454,7 @@ done
 	}
 	ts := startTcpserver(t, baseEnv(), []string{"-x", cdb, "-R", "-H"}, "/usr/bin/env")
 	for src, relays := range map[string]bool{"127.0.0.2": true, "127.0.0.3": true, "127.0.0.6": true, "127.0.0.9": true,
-		"127.0.0.4": false, "127.0.0.5": false, "127.0.0.7": false, "127.0.0.8": false} {
+		"127.0.0.4": false, "127.0.0.5": false, "127.0.0.7": false, "127.0.0.8": false, "127.0.0.10": false} {
 		env := envFrom(dialFrom(t, src, ts.Port, ""))
 		if _, ok := env["RELAYCLIENT"]; ok != relays {
 			t.Errorf("SMTP from %s: RELAYCLIENT set %v, want %v (%v)", src, ok, relays, env)
