@@ -81,6 +81,9 @@ func main() {
 	if warning != "" {
 		fmt.Fprintf(res.stderr, "%s: %s\n", prog, warning)
 	}
+	if res.stage {
+		os.Exit(runStage(res.config, res, env, res.stderr, realSystem()))
+	}
 	os.Exit(execNext(res, env, res.stderr))
 }
 

@@ -199,10 +199,16 @@ plain) IMAP_STARTTLS=${IMAPDSTARTTLS:-}; tls= ;;
 tls) IMAP_TLS=1; POP3_TLS=1; tls="$COURIERTLS -server -tcpd -user=courier" ;;
 # Debian's own IMAP_ULIMITD, as before the README's snippet.
 lowlimit) ulimit -v 131072; IMAP_STARTTLS=${IMAPDSTARTTLS:-}; tls= ;;
+# The login program itself, not the shim in its place: no stage.
+nostage-plain) IMAP_STARTTLS=${IMAPDSTARTTLS:-}; tls= ;;
+nostage-tls) IMAP_TLS=1; POP3_TLS=1; tls="$COURIERTLS -server -tcpd -user=courier" ;;
 esac
 case $1 in
 imapd) login="/usr/lib/courier/courier/imaplogin /usr/bin/imapd" ;;
 pop3d) login="/usr/lib/courier/courier/courierpop3login /usr/lib/courier/courier/courierpop3d" ;;
+esac
+case $2 in
+nostage-*) login=$(echo $login | sed 's/login /login.poprelay /') ;;
 esac
 exec /usr/sbin/couriertcpd -address=127.0.0.1 -maxprocs=$MAXDAEMONS -maxperip=$MAXPERIP $TCPDOPTS $3 $tls $login ${MAILDIRPATH}
 `
@@ -251,7 +257,7 @@ for f in pop3d pop3d-ssl; do grep -q 'courier/courierpop3d ${MAILDIRPATH}"$' /us
 /src/scripts/install >/dev/null
 `)
 	runSh(t, readmeSnippet(t, "courier"))
-	for _, p := range []string{"/usr/bin/imapd", "/usr/lib/courier/courier/courierpop3d"} {
+	for _, p := range []string{"/usr/bin/imapd", "/usr/lib/courier/courier/courierpop3d", "/usr/lib/courier/courier/imaplogin", "/usr/lib/courier/courier/courierpop3login"} {
 		if l, err := os.Readlink(p); err != nil || l != "/usr/local/share/poprelay/courier-login" {
 			t.Fatalf("%s: %q, %v; want the shim", p, l, err)
 		}
@@ -305,7 +311,7 @@ done
 	type svc struct{ conf, mode string }
 	ports := map[svc]int{}
 	var list strings.Builder
-	for _, s := range []svc{{"imapd", "plain"}, {"imapd", "tls"}, {"pop3d", "plain"}, {"pop3d", "tls"}, {"imapd", "lowlimit"}} {
+	for _, s := range []svc{{"imapd", "plain"}, {"imapd", "tls"}, {"pop3d", "plain"}, {"pop3d", "tls"}, {"imapd", "lowlimit"}, {"imapd", "nostage-plain"}, {"imapd", "nostage-tls"}} {
 		ports[s] = freePort(t)
 		fmt.Fprintf(&list, "%d\n", ports[s])
 	}
@@ -331,7 +337,7 @@ done
 
 	imapLogin := func(src string, s svc, user, pass string, starttls bool) bool {
 		t.Helper()
-		m := dvDial(t, src, ports[s], s.mode == "tls")
+		m := dvDial(t, src, ports[s], strings.HasSuffix(s.mode, "tls"))
 		if starttls {
 			m.startTLS()
 		}
@@ -346,7 +352,7 @@ done
 	}
 	popLogin := func(src string, s svc, user, pass string) bool {
 		t.Helper()
-		m := dvDial(t, src, ports[s], s.mode == "tls")
+		m := dvDial(t, src, ports[s], strings.HasSuffix(s.mode, "tls"))
 		if r := m.pop3("USER " + user); !strings.HasPrefix(r, "+OK") {
 			t.Fatalf("USER: %q\n%s", r, m.tx.String())
 		}
@@ -363,58 +369,82 @@ done
 	pop3, pop3s := svc{"pop3d", "plain"}, svc{"pop3d", "tls"}
 	const spool = "/var/spool/poprelay-courier"
 
-	// Plain POP3 and IMAP: recorded, with the full address.
-	wantGrant := func(s svc, ip, user, service string) {
+	aliceUID := strings.TrimSpace(runSh(t, "id -u alice"))
+	vmailUID := strings.TrimSpace(runSh(t, "id -u vmail"))
+	poprelayGID := strings.TrimSpace(runSh(t, "getent group poprelay | cut -d: -f3"))
+	// wantGrant checks the audit line (with uid, the stage's) and the
+	// grant of a login from ip.
+	wantGrant := func(s svc, ip, user, service, uid string) {
 		t.Helper()
-		if l, ok := logs[s].wait("ip=" + ip + " "); !ok || l != fmt.Sprintf("checkpassword-wrap: ip=%s user=%s service=%s", ip, user, service) {
-			t.Errorf("%s %s: audit line %q, want ip=%s user=%s service=%s", s.conf, s.mode, l, ip, user, service)
+		want := fmt.Sprintf("checkpassword-wrap: ip=%s user=%s service=%s", ip, user, service)
+		if uid != "" {
+			want += " uid=" + uid
+		}
+		if l, ok := logs[s].wait("ip=" + ip + " "); !ok || l != want {
+			t.Errorf("%s %s: audit line %q, want %q", s.conf, s.mode, l, want)
 		}
 		g := dvGrant(t, spool, ip)
 		if g == nil || g["user"] != user || g["service"] != service {
 			t.Errorf("grant for %s: %v, want user=%s service=%s (spool: %v)", ip, g, user, service, dvSpoolNames(t, spool))
 		}
 	}
+
+	// With the stage before the login (imaplogin and courierpop3login
+	// diverted): every login of the system user is recorded, with the
+	// full address, for the address couriertcpd gave the stage: plain
+	// POP3 and IMAP, imaps and pop3s through couriertls, and STARTTLS.
 	if !popLogin("127.0.0.2", pop3, "alice@example.com", "secret") {
 		t.Fatal("POP3 login refused")
 	}
-	wantGrant(pop3, "127.0.0.2", "alice@example.com", "pop3")
+	wantGrant(pop3, "127.0.0.2", "alice@example.com", "pop3", aliceUID)
 	if !imapLogin("127.0.0.3", imap, "alice@example.com", "secret", false) {
 		t.Fatal("IMAP login refused")
 	}
-	wantGrant(imap, "127.0.0.3", "alice@example.com", "imap")
+	wantGrant(imap, "127.0.0.3", "alice@example.com", "imap", aliceUID)
 	// A wrong password: no login, nothing recorded, nothing said.
 	if imapLogin("127.0.0.8", imap, "alice@example.com", "wrong", false) || popLogin("127.0.0.8", pop3, "alice@example.com", "wrong") {
 		t.Error("a wrong password logged in")
 	}
-
-	// couriertls: standard input is a socketpair. The system user's
-	// login is not recorded, in one line that says why.
-	refused := func(s svc, ip string) {
-		t.Helper()
-		l, ok := logs[s].wait("not recording ip=" + ip + " ")
-		want := fmt.Sprintf("checkpassword-wrap: warning: not recording ip=%s user=alice@example.com service=%s: standard input is not a TCP socket but a UNIX socket (a TLS front end such as couriertls or sslserver in between?) and uid %s is neither root nor in group %s, so nothing proves the login came from %s: run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))",
-			ip, map[string]string{"imapd": "imap", "pop3d": "pop3"}[s.conf], strings.TrimSpace(runSh(t, "id -u alice")), strings.TrimSpace(runSh(t, "getent group poprelay | cut -d: -f3")), ip)
-		if !ok || l != want {
-			t.Errorf("%s %s from %s: stderr line %q\nwant %q", s.conf, s.mode, ip, l, want)
-		}
-		if g := dvGrant(t, spool, ip); g != nil {
-			t.Errorf("a login over couriertls by an untrusted user was recorded: %v", g)
-		}
-	}
 	if !imapLogin("127.0.0.4", imaps, "alice@example.com", "secret", false) {
 		t.Fatal("imaps login refused")
 	}
-	refused(imaps, "127.0.0.4")
+	wantGrant(imaps, "127.0.0.4", "alice@example.com", "imap", aliceUID)
 	if !popLogin("127.0.0.5", pop3s, "alice@example.com", "secret") {
 		t.Fatal("pop3s login refused")
 	}
-	refused(pop3s, "127.0.0.5")
+	wantGrant(pop3s, "127.0.0.5", "alice@example.com", "pop3", aliceUID)
 	// STARTTLS on the IMAP port: imaplogin starts couriertls on a
-	// socketpair of its own, which then stands for the client.
+	// socketpair of its own.
 	if !imapLogin("127.0.0.7", imap, "alice@example.com", "secret", true) {
 		t.Fatal("IMAP STARTTLS login refused")
 	}
-	refused(imap, "127.0.0.7")
+	wantGrant(imap, "127.0.0.7", "alice@example.com", "imap", aliceUID)
+	if !popLogin("127.0.0.9", pop3s, "bob@example.com", "hidden") {
+		t.Fatal("pop3s login of the virtual user refused")
+	}
+	wantGrant(pop3s, "127.0.0.9", "bob@example.com", "pop3", vmailUID)
+
+	// Without the stage (imaplogin itself): plain IMAP is recorded by
+	// the wrapper alone (standard input is the connection couriertcpd
+	// accepted); over couriertls standard input is a socketpair, and the
+	// system user's login is not recorded, in one line that says why.
+	plain0, tls0 := svc{"imapd", "nostage-plain"}, svc{"imapd", "nostage-tls"}
+	if !imapLogin("127.0.0.11", plain0, "alice@example.com", "secret", false) {
+		t.Fatal("IMAP login without the stage refused")
+	}
+	wantGrant(plain0, "127.0.0.11", "alice@example.com", "imap", "")
+	if !imapLogin("127.0.0.12", tls0, "alice@example.com", "secret", false) {
+		t.Fatal("imaps login without the stage refused")
+	}
+	if l, ok := logs[tls0].wait("not recording ip=127.0.0.12 "); !ok || l != fmt.Sprintf("checkpassword-wrap: warning: not recording ip=127.0.0.12 user=alice@example.com service=imap: standard input is not a TCP socket but a UNIX socket (a TLS front end such as couriertls or sslserver in between?) and uid %s is neither root nor in group %s, so nothing proves the login came from 127.0.0.12: run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))", aliceUID, poprelayGID) {
+		t.Errorf("imaps without the stage: stderr line %q", l)
+	}
+	// The trusted route: the virtual user's chain runs in the group
+	// poprelay, so couriertcpd's TCPREMOTEIP stands.
+	if !imapLogin("127.0.0.6", tls0, "bob@example.com", "hidden", false) {
+		t.Fatal("imaps login of the virtual user refused")
+	}
+	wantGrant(tls0, "127.0.0.6", "bob@example.com", "imap", "")
 
 	// Under Debian's ulimit -v for imapd the Go wrapper could not start:
 	// the shim says so in one line, and the login goes on unrecorded.
@@ -426,19 +456,17 @@ done
 		t.Errorf("under ulimit -v 131072: %q", l)
 	}
 
-	// The trusted route: the virtual user's chain runs in the group
-	// poprelay, so couriertcpd's TCPREMOTEIP stands.
-	if !imapLogin("127.0.0.6", imaps, "bob@example.com", "hidden", false) {
-		t.Fatal("imaps login of the virtual user refused")
+	// A shell user cannot be a stage: run by alice, --before-login
+	// says so and runs the program, which records nothing.
+	out := runSh(t, `su -s /bin/sh alice -c 'TCPREMOTEIP=192.0.2.50 POPRELAY_SPOOL=`+spool+` /usr/local/bin/checkpassword-wrap --before-login /usr/local/bin/checkpassword-wrap /bin/true' 2>&1 </dev/null`)
+	if !strings.Contains(out, "checkpassword-wrap: warning: --before-login: uid "+aliceUID+" is neither root nor in group "+poprelayGID+", so its word on the client counts for nothing: running /usr/local/bin/checkpassword-wrap without a stage\n") ||
+		!strings.Contains(out, "not recording ip=192.0.2.50 user=alice service=pop3: standard input is not a TCP socket") {
+		t.Errorf("--before-login run by alice:\n%s", out)
 	}
-	wantGrant(imaps, "127.0.0.6", "bob@example.com", "imap")
-	if !popLogin("127.0.0.9", pop3s, "bob@example.com", "hidden") {
-		t.Fatal("pop3s login of the virtual user refused")
-	}
-	wantGrant(pop3s, "127.0.0.9", "bob@example.com", "pop3")
-	dvWantSpool(t, spool, "127.0.0.2", "127.0.0.3", "127.0.0.6", "127.0.0.9")
+
+	dvWantSpool(t, spool, "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7", "127.0.0.9", "127.0.0.11")
 	for s, l := range logs {
-		if n := l.count("checkpassword-wrap:"); n != map[svc]int{imap: 2, imaps: 2, pop3: 1, pop3s: 2, low: 0}[s] {
+		if n := l.count("checkpassword-wrap:"); n != map[svc]int{imap: 2, imaps: 1, pop3: 1, pop3s: 2, low: 0, plain0: 1, tls0: 2}[s] {
 			t.Errorf("%s %s: %d lines of checkpassword-wrap", s.conf, s.mode, n)
 		}
 	}
@@ -453,8 +481,9 @@ done
 		t.Fatalf("relayctl rebuild: %v\n%s", err, out)
 	}
 	ts := startTcpserver(t, baseEnv(), []string{"-x", cdb, "-R", "-H"}, "/usr/bin/env")
-	for src, relays := range map[string]bool{"127.0.0.2": true, "127.0.0.3": true, "127.0.0.6": true, "127.0.0.9": true,
-		"127.0.0.4": false, "127.0.0.5": false, "127.0.0.7": false, "127.0.0.8": false, "127.0.0.10": false} {
+	for src, relays := range map[string]bool{"127.0.0.2": true, "127.0.0.3": true, "127.0.0.4": true, "127.0.0.5": true,
+		"127.0.0.6": true, "127.0.0.7": true, "127.0.0.9": true, "127.0.0.11": true,
+		"127.0.0.8": false, "127.0.0.10": false, "127.0.0.12": false} {
 		env := envFrom(dialFrom(t, src, ts.Port, ""))
 		if _, ok := env["RELAYCLIENT"]; ok != relays {
 			t.Errorf("SMTP from %s: RELAYCLIENT set %v, want %v (%v)", src, ok, relays, env)
