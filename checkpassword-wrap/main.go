@@ -3,7 +3,7 @@
 //
 // Usage:
 //
-//	checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] program [arg ...]
+//	checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] [--before-login] program [arg ...]
 //
 // It sits in a checkpassword chain after the password check, for example
 //
@@ -57,7 +57,12 @@
 // on port 110 in a network namespace of the user's own (unshare -Urn).
 // Behind a TLS front end (couriertls's socketpair, sslserver's pipes)
 // nothing proves where the client is: an untrusted caller records
-// nothing there, and says so in one line.
+// nothing there, and says so in one line. With --before-login, run by
+// root in the place of a login program (Courier's imaplogin), it is the
+// stage before the login instead: it starts the program as its child
+// with a report socket on fd 23 (POPRELAY_LOGIN_FD), and records, for
+// its own TCPREMOTEIP, the login the wrapper after the login reports
+// there (stage.go).
 package main
 
 import (

@@ -123,7 +123,7 @@ func TestRun(t *testing.T) {
 			stderr: "not recording ip=198.51.100.34 user=mallory service=pop3: standard input is not a TCP socket and uid 1000 is neither root nor in group 999"},
 		// A TLS front end's socketpair (couriertls) or pipe (sslserver).
 		{name: "untrusted, UNIX socket", env: []string{"TCPREMOTEIP=::ffff:198.51.100.41", "AUTHENTICATED=mallory"}, untrusted: true, kind: "a UNIX socket",
-			stderr: "checkpassword-wrap: warning: not recording ip=198.51.100.41 user=mallory service=pop3: standard input is not a TCP socket but a UNIX socket (a TLS front end such as couriertls or sslserver in between?) and uid 1000 is neither root nor in group 999, so nothing proves the login came from 198.51.100.41: run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))\n"},
+			stderr: "checkpassword-wrap: warning: not recording ip=198.51.100.41 user=mallory service=pop3: standard input is not a TCP socket but a UNIX socket (a TLS front end such as couriertls or sslserver in between?) and uid 1000 is neither root nor in group 999, so nothing proves the login came from 198.51.100.41: put a stage before the login or run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))\n"},
 		{name: "untrusted, pipe", env: []string{"TCPREMOTEIP=198.51.100.42", "USER=mallory"}, untrusted: true, kind: "a pipe",
 			stderr: "standard input is not a TCP socket but a pipe (a TLS front end"},
 		{name: "trusted, UNIX socket", env: []string{"TCPREMOTEIP=::ffff:198.51.100.43", "AUTHENTICATED=bob@example.com"}, kind: "a UNIX socket",

@@ -395,7 +395,7 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 			kind = sys.stdinKind()
 		}
 		if kind != "" {
-			say("warning: not recording %s: standard input is not a TCP socket but %s (a TLS front end such as couriertls or sslserver in between?) and %s, so nothing proves the login came from %s: run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))", what, kind, who, ip)
+			say("warning: not recording %s: standard input is not a TCP socket but %s (a TLS front end such as couriertls or sslserver in between?) and %s, so nothing proves the login came from %s: put a stage before the login or run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))", what, kind, who, ip)
 			return false
 		}
 		say("warning: not recording %s: standard input is not a TCP socket and %s", what, who)

@@ -436,7 +436,7 @@ done
 	if !imapLogin("127.0.0.12", tls0, "alice@example.com", "secret", false) {
 		t.Fatal("imaps login without the stage refused")
 	}
-	if l, ok := logs[tls0].wait("not recording ip=127.0.0.12 "); !ok || l != fmt.Sprintf("checkpassword-wrap: warning: not recording ip=127.0.0.12 user=alice@example.com service=imap: standard input is not a TCP socket but a UNIX socket (a TLS front end such as couriertls or sslserver in between?) and uid %s is neither root nor in group %s, so nothing proves the login came from 127.0.0.12: run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))", aliceUID, poprelayGID) {
+	if l, ok := logs[tls0].wait("not recording ip=127.0.0.12 "); !ok || l != fmt.Sprintf("checkpassword-wrap: warning: not recording ip=127.0.0.12 user=alice@example.com service=imap: standard input is not a TCP socket but a UNIX socket (a TLS front end such as couriertls or sslserver in between?) and uid %s is neither root nor in group %s, so nothing proves the login came from 127.0.0.12: put a stage before the login or run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))", aliceUID, poprelayGID) {
 		t.Errorf("imaps without the stage: stderr line %q", l)
 	}
 	// The trusted route: the virtual user's chain runs in the group
