@@ -46,6 +46,7 @@ func TestRun(t *testing.T) {
 		untrusted bool
 		opened    string // fd 0 is a socket no service accepted: why
 		kind      string // fd 0 is no TCP socket but this (stdinKind)
+		reported  bool   // a stage before the login takes the report
 		code      int    // usage errors: exit code, no exec
 		ip        string // the grant recorded, if any
 		user      string
@@ -121,6 +122,11 @@ func TestRun(t *testing.T) {
 			ip: "198.51.100.33", user: "alice", service: "pop3", stderr: "ip=198.51.100.33 user=alice"},
 		{name: "untrusted, not a socket", env: []string{"TCPREMOTEIP=198.51.100.34", "USER=mallory"}, untrusted: true,
 			stderr: "not recording ip=198.51.100.34 user=mallory service=pop3: standard input is not a TCP socket and uid 1000 is neither root nor in group 999"},
+		// Behind a stage before the login: the stage records, the wrapper
+		// says nothing; with no stage listening, the usual rules.
+		{name: "reported to the stage", env: []string{"TCPREMOTEIP=::ffff:198.51.100.44", "AUTHENTICATED=alice@example.com", "POPRELAY_LOGIN_FD=23"}, untrusted: true, kind: "a UNIX socket", reported: true},
+		{name: "no stage takes the report", env: []string{"TCPREMOTEIP=198.51.100.45", "USER=alice", "POPRELAY_LOGIN_FD=23"}, untrusted: true, kind: "a UNIX socket",
+			stderr: "standard input is not a TCP socket but a UNIX socket"},
 		// A TLS front end's socketpair (couriertls) or pipe (sslserver).
 		{name: "untrusted, UNIX socket", env: []string{"TCPREMOTEIP=::ffff:198.51.100.41", "AUTHENTICATED=mallory"}, untrusted: true, kind: "a UNIX socket",
 			stderr: "checkpassword-wrap: warning: not recording ip=198.51.100.41 user=mallory service=pop3: standard input is not a TCP socket but a UNIX socket (a TLS front end such as couriertls or sslserver in between?) and uid 1000 is neither root nor in group 999, so nothing proves the login came from 198.51.100.41: put a stage before the login or run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))\n"},
@@ -185,6 +191,12 @@ func TestRun(t *testing.T) {
 				trusted:   func() (bool, string) { return !tc.untrusted, "uid 1000 is neither root nor in group 999" },
 				accepted:  func() (bool, string) { return tc.opened == "", tc.opened },
 				stdinKind: func() string { return tc.kind },
+				report: func(fd, user, service string) bool {
+					if fd != "23" || user == "" || service != "pop3" {
+						t.Errorf("report(%q, %q, %q)", fd, user, service)
+					}
+					return tc.reported
+				},
 				neverFile: defaultNever,
 			}
 			env := append([]string{"POPRELAY_SPOOL=" + spool, "POPRELAY_NEVER=" + neverFile}, tc.env...)
