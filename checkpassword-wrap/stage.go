@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // The stage before the login (--before-login), for TLS front ends whose
@@ -64,7 +66,22 @@ func runStage(c config, res result, environ []string, stderr io.Writer, sys syst
 	theirs := os.NewFile(uintptr(fds[1]), "login report")
 	files := make([]*os.File, loginFD+1)
 	files[0], files[1], files[2], files[loginFD] = os.Stdin, os.Stdout, os.Stderr, theirs
-	childEnv := append(append([]string{}, environ...), fmt.Sprintf("%s=%d", loginFDEnv, loginFD))
+	// Whatever else the caller left open below loginFD reaches the
+	// program as it would have without the stage (the runtime's own
+	// descriptors are close-on-exec; os.StartProcess closes the rest).
+	for i := 3; i < loginFD; i++ {
+		if flags, err := unix.FcntlInt(uintptr(i), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
+			files[i] = os.NewFile(uintptr(i), "inherited")
+		}
+	}
+	// One POPRELAY_LOGIN_FD, this stage's: getenv takes the first.
+	var childEnv []string
+	for _, kv := range environ {
+		if !strings.HasPrefix(kv, loginFDEnv+"=") {
+			childEnv = append(childEnv, kv)
+		}
+	}
+	childEnv = append(childEnv, fmt.Sprintf("%s=%d", loginFDEnv, loginFD))
 	// The child gets the group this process runs with only if the
 	// caller had it: drop the setgid privilege first.
 	if err := dropPrivilege(); err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/poprelay/poprelay/internal/grant"
+	"golang.org/x/sys/unix"
 )
 
 // TestRunStage: the stage starts the login program with its end of the
@@ -29,6 +30,8 @@ func TestRunStage(t *testing.T) {
 		{"a second report is not read", `printf 'carol\000imap' >&23; printf 'mallory\000imap' >&23; exit 0`, 0, "198.51.100.50", "carol", "user=carol "},
 		{"the program's own TCPREMOTEIP counts for nothing", `TCPREMOTEIP=203.0.113.9; printf 'dave\000imap' >&23`, 0, "198.51.100.50", "dave", "ip=198.51.100.50 user=dave"},
 		{"empty user", `printf '\000imap' >&23`, 0, "", "", ""},
+		{"one POPRELAY_LOGIN_FD, the stage's", `[ "$(env | grep -c ^POPRELAY_LOGIN_FD=)" = 1 ] || exit 98; printf 'erin\000imap' >&23`, 0, "198.51.100.50", "erin", "user=erin "},
+		{"the caller's descriptors pass through", `read -r line <&$INHERITED && [ "$line" = inherited ] || exit 97; printf 'frank\000imap' >&23`, 0, "198.51.100.50", "frank", "user=frank "},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			spool := filepath.Join(t.TempDir(), "spool")
@@ -39,8 +42,22 @@ func TestRunStage(t *testing.T) {
 				peer:    func() (string, bool) { return "", false },
 				trusted: func() (bool, string) { return true, "" },
 			}
+			// A descriptor as a caller leaves it: open, not close-on-exec.
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			w.WriteString("inherited\n")
+			w.Close()
+			if r.Fd() >= loginFD {
+				t.Fatalf("the test's pipe is fd %d, not below %d", r.Fd(), loginFD)
+			}
+			if _, err := unix.FcntlInt(r.Fd(), unix.F_SETFD, 0); err != nil {
+				t.Fatal(err)
+			}
 			var stderr strings.Builder
-			code := runStage(c, res, []string{"TCPREMOTEIP=::ffff:198.51.100.50", "PATH=/usr/bin:/bin"}, &stderr, sys)
+			code := runStage(c, res, []string{"POPRELAY_LOGIN_FD=5", "INHERITED=" + fmt.Sprint(r.Fd()), "TCPREMOTEIP=::ffff:198.51.100.50", "PATH=/usr/bin:/bin"}, &stderr, sys)
 			if code != tc.code {
 				t.Errorf("exit %d, want %d (stderr %q)", code, tc.code, stderr.String())
 			}
