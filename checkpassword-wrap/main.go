@@ -3,7 +3,7 @@
 //
 // Usage:
 //
-//	checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] program [arg ...]
+//	checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] [--before-login] program [arg ...]
 //
 // It sits in a checkpassword chain after the password check, for example
 //
@@ -13,13 +13,15 @@
 // or as a Dovecot post-login script, or between a checkpassword program
 // and Dovecot 2.3's checkpassword-reply. See checkpassword-wrap(8).
 //
-// The client address comes from TCPREMOTEIP (tcpserver, Dovecot's
-// checkpassword passdb) or IP (Dovecot post-login), the user from USER
-// (else AUTHENTICATED under Courier, AUTH_USER, AUTHUSER). Nothing is
-// recorded when AUTHORIZED is set (a Dovecot userdb lookup, no password
-// was checked), under Courier (AUTHUSER and AUTHARGV0 set) unless
-// AUTHENTICATED is set, for an address of the never-grant set, or when
-// standard input is a TCP socket whose peer is not the client address.
+// The client address comes from TCPREMOTEIP (tcpserver, couriertcpd,
+// Dovecot's checkpassword passdb) or IP (Dovecot post-login), the user
+// from USER (vchkpw's VPOPUSER instead when it is USER with a domain;
+// else AUTHENTICATED, which Courier-IMAP 5 sets alone, AUTH_USER,
+// AUTHUSER). Nothing is recorded when AUTHORIZED is set (a Dovecot userdb
+// lookup, no password was checked), under an old Courier (AUTHUSER and
+// AUTHARGV0 set) unless AUTHENTICATED is set, for an address of the
+// never-grant set, or when standard input is a TCP socket whose peer is
+// not the client address.
 // Each grant is one line on standard error:
 //
 //	checkpassword-wrap: ip=198.51.100.7 user=alice service=pop3
@@ -53,6 +55,14 @@
 // network namespace: a local user cannot forge a grant, not even by
 // connecting out to the address, nor by accepting a connection from it
 // on port 110 in a network namespace of the user's own (unshare -Urn).
+// Behind a TLS front end (couriertls's socketpair, sslserver's pipes)
+// nothing proves where the client is: an untrusted caller records
+// nothing there, and says so in one line. With --before-login, run by
+// root in the place of a login program (Courier's imaplogin), it is the
+// stage before the login instead: it starts the program as its child
+// with a report socket on fd 23 (POPRELAY_LOGIN_FD), and records, for
+// its own TCPREMOTEIP, the login the wrapper after the login reports
+// there (stage.go).
 package main
 
 import (
@@ -75,6 +85,9 @@ func main() {
 	}
 	if warning != "" {
 		fmt.Fprintf(res.stderr, "%s: %s\n", prog, warning)
+	}
+	if res.stage {
+		os.Exit(runStage(res.config, res, env, res.stderr, realSystem()))
 	}
 	os.Exit(execNext(res, env, res.stderr))
 }

@@ -45,6 +45,8 @@ func TestRun(t *testing.T) {
 		peer      string // fd 0 is a TCP socket from this address
 		untrusted bool
 		opened    string // fd 0 is a socket no service accepted: why
+		kind      string // fd 0 is no TCP socket but this (stdinKind)
+		reported  bool   // a stage before the login takes the report
 		code      int    // usage errors: exit code, no exec
 		ip        string // the grant recorded, if any
 		user      string
@@ -85,6 +87,23 @@ func TestRun(t *testing.T) {
 		{name: "courier, AUTHENTICATED empty", env: []string{"TCPREMOTEIP=198.51.100.21", "AUTHUSER=/x", "AUTHARGV0=imapd", "AUTHENTICATED=", "USER=x"}},
 		{name: "courier, authenticated", args: []string{"--service", "imap"}, env: []string{"TCPREMOTEIP=198.51.100.22", "AUTHUSER=/usr/lib/courier/authlib/authdaemon", "AUTHARGV0=imapd", "AUTHENTICATED=dave"},
 			ip: "198.51.100.22", user: "dave", service: "imap", stderr: "ip=198.51.100.22 user=dave service=imap"},
+		// Courier-IMAP 5 (Debian 12): AUTHENTICATED alone, couriertcpd's
+		// IPv4-mapped TCPREMOTEIP.
+		{name: "courier 5 imaplogin", args: []string{"--service", "imap"}, env: []string{"TCPREMOTEIP=::ffff:198.51.100.23", "AUTHENTICATED=alice@example.com", "PROTOCOL=IMAP"},
+			ip: "198.51.100.23", user: "alice@example.com", service: "imap", stderr: "checkpassword-wrap: ip=198.51.100.23 user=alice@example.com service=imap\n"},
+		{name: "USER beats AUTHENTICATED", env: []string{"TCPREMOTEIP=198.51.100.24", "AUTHENTICATED=x", "USER=alice"},
+			ip: "198.51.100.24", user: "alice", service: "pop3", stderr: "user=alice "},
+		// vpopmail's vchkpw: USER is the local part, VPOPUSER the login.
+		{name: "vchkpw", env: []string{"TCPREMOTEIP=198.51.100.25", "USER=alice", "VPOPUSER=alice@example.com", "HOME=/home/vpopmail/domains/example.com/alice", "SHELL=NOLOGIN"},
+			ip: "198.51.100.25", user: "alice@example.com", service: "pop3", stderr: "user=alice@example.com "},
+		{name: "vchkpw, user%domain", env: []string{"TCPREMOTEIP=198.51.100.26", "USER=alice", "VPOPUSER=Alice%Example.com"},
+			ip: "198.51.100.26", user: "Alice%Example.com", service: "pop3", stderr: "user=Alice%Example.com "},
+		{name: "vchkpw, default domain", env: []string{"TCPREMOTEIP=198.51.100.27", "USER=alice", "VPOPUSER=alice"},
+			ip: "198.51.100.27", user: "alice", service: "pop3", stderr: "user=alice "},
+		{name: "VPOPUSER of another user", env: []string{"TCPREMOTEIP=198.51.100.28", "USER=bob", "VPOPUSER=alice@example.com"},
+			ip: "198.51.100.28", user: "bob", service: "pop3", stderr: "user=bob "},
+		{name: "VPOPUSER alone", env: []string{"TCPREMOTEIP=198.51.100.29", "VPOPUSER=alice@example.com"},
+			stderr: "not recording ip=198.51.100.29: no user"},
 
 		// Loud refusals.
 		{name: "no address", env: []string{"USER=alice"}, stderr: "not recording: no client address (TCPREMOTEIP and IP are unset)"},
@@ -103,6 +122,18 @@ func TestRun(t *testing.T) {
 			ip: "198.51.100.33", user: "alice", service: "pop3", stderr: "ip=198.51.100.33 user=alice"},
 		{name: "untrusted, not a socket", env: []string{"TCPREMOTEIP=198.51.100.34", "USER=mallory"}, untrusted: true,
 			stderr: "not recording ip=198.51.100.34 user=mallory service=pop3: standard input is not a TCP socket and uid 1000 is neither root nor in group 999"},
+		// Behind a stage before the login: the stage records, the wrapper
+		// says nothing; with no stage listening, the usual rules.
+		{name: "reported to the stage", env: []string{"TCPREMOTEIP=::ffff:198.51.100.44", "AUTHENTICATED=alice@example.com", "POPRELAY_LOGIN_FD=23"}, untrusted: true, kind: "a UNIX socket", reported: true},
+		{name: "no stage takes the report", env: []string{"TCPREMOTEIP=198.51.100.45", "USER=alice", "POPRELAY_LOGIN_FD=23"}, untrusted: true, kind: "a UNIX socket",
+			stderr: "standard input is not a TCP socket but a UNIX socket"},
+		// A TLS front end's socketpair (couriertls) or pipe (sslserver).
+		{name: "untrusted, UNIX socket", env: []string{"TCPREMOTEIP=::ffff:198.51.100.41", "AUTHENTICATED=mallory"}, untrusted: true, kind: "a UNIX socket",
+			stderr: "checkpassword-wrap: warning: not recording ip=198.51.100.41 user=mallory service=pop3: standard input is not a TCP socket but a UNIX socket (a TLS front end such as couriertls or sslserver in between?) and uid 1000 is neither root nor in group 999, so nothing proves the login came from 198.51.100.41: put a stage before the login or run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))\n"},
+		{name: "untrusted, pipe", env: []string{"TCPREMOTEIP=198.51.100.42", "USER=mallory"}, untrusted: true, kind: "a pipe",
+			stderr: "standard input is not a TCP socket but a pipe (a TLS front end"},
+		{name: "trusted, UNIX socket", env: []string{"TCPREMOTEIP=::ffff:198.51.100.43", "AUTHENTICATED=bob@example.com"}, kind: "a UNIX socket",
+			ip: "198.51.100.43", user: "bob@example.com", service: "pop3", stderr: "checkpassword-wrap: ip=198.51.100.43 user=bob@example.com service=pop3\n"},
 		{name: "untrusted, socket from elsewhere", env: []string{"TCPREMOTEIP=198.51.100.35", "USER=mallory"}, untrusted: true, peer: "203.0.113.5",
 			stderr: "standard input is a TCP connection from 203.0.113.5"},
 		{name: "untrusted, socket from the client", env: []string{"TCPREMOTEIP=198.51.100.36", "USER=alice"}, untrusted: true, peer: "198.51.100.36",
@@ -159,6 +190,13 @@ func TestRun(t *testing.T) {
 				peer:      func() (string, bool) { return tc.peer, tc.peer != "" },
 				trusted:   func() (bool, string) { return !tc.untrusted, "uid 1000 is neither root nor in group 999" },
 				accepted:  func() (bool, string) { return tc.opened == "", tc.opened },
+				stdinKind: func() string { return tc.kind },
+				report: func(fd, user, service string) bool {
+					if fd != "23" || user == "" || service != "pop3" {
+						t.Errorf("report(%q, %q, %q)", fd, user, service)
+					}
+					return tc.reported
+				},
 				neverFile: defaultNever,
 			}
 			env := append([]string{"POPRELAY_SPOOL=" + spool, "POPRELAY_NEVER=" + neverFile}, tc.env...)
@@ -299,6 +337,78 @@ func TestRebuildFlagIgnored(t *testing.T) {
 	}
 	if _, ok, _ := grant.New(dir).Get("198.51.100.7"); !ok {
 		t.Error("not recorded")
+	}
+}
+
+func TestStdinKind(t *testing.T) {
+	saved, err := syscall.Dup(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { syscall.Dup2(saved, 0); syscall.Close(saved) }()
+	as := func(fd int) string {
+		if err := syscall.Dup2(fd, 0); err != nil {
+			t.Fatal(err)
+		}
+		return stdinKind()
+	}
+	pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(pair[0])
+	defer syscall.Close(pair[1])
+	var p [2]int
+	if err := syscall.Pipe(p[:]); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(p[0])
+	defer syscall.Close(p[1])
+	udp, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_DGRAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(udp)
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	for _, tc := range []struct {
+		name string
+		fd   int
+		want string
+	}{
+		{"socketpair (couriertls)", pair[0], "a UNIX socket"},
+		{"pipe read end (sslserver)", p[0], "a pipe"},
+		{"pipe write end", p[1], "a pipe"},
+		{"UDP socket", udp, ""},
+		{"/dev/null", int(null.Fd()), ""},
+	} {
+		if got := as(tc.fd); got != tc.want {
+			t.Errorf("%s: stdinKind = %q; want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestVpopName(t *testing.T) {
+	for _, tc := range []struct {
+		name, user string
+		want       bool
+	}{
+		{"alice@example.com", "alice", true},
+		{"Alice@Example.com", "alice", true},
+		{"alice%example.com", "alice", true},
+		{"alice/example.com", "alice", true},
+		{"alice", "alice", true},
+		{"alicex@example.com", "alice", false},
+		{"bob@example.com", "alice", false},
+		{"@example.com", "alice", false},
+		{"", "alice", false},
+	} {
+		if got := vpopName(tc.name, tc.user); got != tc.want {
+			t.Errorf("vpopName(%q, %q) = %v", tc.name, tc.user, got)
+		}
 	}
 }
 

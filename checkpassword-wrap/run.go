@@ -17,11 +17,13 @@ import (
 
 const prog = "checkpassword-wrap"
 
-const usage = `usage: checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] program [arg ...]
+const usage = `usage: checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] [--before-login] program [arg ...]
   --spool DIR     grant spool (env POPRELAY_SPOOL; default /var/spool/poprelay)
   --service NAME  service recorded with the grant (env POPRELAY_SERVICE, else SERVICE, else pop3)
   --never FILE    never-grant file read in addition to /etc/poprelay/never (env POPRELAY_NEVER)
   --log dovecot   write stderr in Dovecot's log protocol: the audit line as info (env POPRELAY_LOG; default plain)
+  --before-login  run by root in the place of a login program (Courier's imaplogin): record the login
+                  the wrapper after it reports, for this process's TCPREMOTEIP
 `
 
 // result is what run decided: exec argv (if not nil), else exit with code.
@@ -30,6 +32,8 @@ type result struct {
 	code    int
 	trusted bool // the caller is root or in the spool's group
 	stderr  io.Writer
+	stage   bool // --before-login: run argv as the stage's child
+	config  config
 }
 
 // system is what run needs from the process; tests fake it.
@@ -51,6 +55,17 @@ type system struct {
 	// openAsCaller opens a file the caller named with the caller's own
 	// rights, not the setgid group's: nil means never.Open.
 	openAsCaller func(string) (*os.File, error)
+	// report sends the user to the stage before the login over the
+	// descriptor fd names (POPRELAY_LOGIN_FD), and tells whether it
+	// did: nil means never.
+	report func(fd, user, service string) bool
+	// detach hands standard input and output to the stage's child
+	// alone: nil means leave them.
+	detach func()
+	// stdinKind names what standard input is when it is no TCP socket:
+	// "a UNIX socket", "a pipe" (a TLS front end's end), else "" (nil:
+	// never asked).
+	stdinKind func() string
 }
 
 func realSystem() system {
@@ -60,7 +75,29 @@ func realSystem() system {
 		accepted:     func() (bool, string) { return stdinAccepted(PortsFile) },
 		neverFile:    never.DefaultFile,
 		openAsCaller: openAsCaller,
+		stdinKind:    stdinKind,
+		report:       reportLogin,
+		detach:       detachStdio,
 	}
+}
+
+// stdinKind names standard input when it is what a TLS front end gives
+// the login: an AF_UNIX socket (couriertls, a socketpair) or a pipe
+// (sslserver). Anything else ("/dev/null", a terminal, UDP) is "".
+func stdinKind() string {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(0, &st); err != nil {
+		return ""
+	}
+	switch st.Mode & syscall.S_IFMT {
+	case syscall.S_IFIFO:
+		return "a pipe"
+	case syscall.S_IFSOCK:
+		if d, err := syscall.GetsockoptInt(0, syscall.SOL_SOCKET, syscall.SO_DOMAIN); err == nil && d == syscall.AF_UNIX {
+			return "a UNIX socket"
+		}
+	}
+	return ""
 }
 
 // openAsCaller opens path with the effective group set to the real one for
@@ -130,6 +167,7 @@ type config struct {
 	spool, service, never string
 	log                   string // "plain" or "dovecot"
 	rebuild               bool   // --rebuild: accepted, does nothing
+	beforeLogin           bool   // --before-login: the stage
 	argv                  []string
 }
 
@@ -173,6 +211,12 @@ func parseArgs(args []string, env map[string]string) (config, error) {
 				return c, fmt.Errorf("--rebuild takes no value")
 			}
 			c.rebuild = true
+			continue
+		case "before-login":
+			if hasValue {
+				return c, fmt.Errorf("--before-login takes no value")
+			}
+			c.beforeLogin = true
 			continue
 		case "h", "help":
 			return c, errHelp
@@ -250,7 +294,10 @@ func run(args, environ []string, stderr io.Writer, sys system) result {
 		stderr = &dovecotLog{w: stderr, pid: os.Getpid()}
 	}
 	trusted, who := sys.trusted()
-	res := result{argv: c.argv, trusted: trusted, stderr: stderr}
+	res := result{argv: c.argv, trusted: trusted, stderr: stderr, stage: c.beforeLogin, config: c}
+	if c.beforeLogin {
+		return res
+	}
 	if c.rebuild {
 		fmt.Fprintf(stderr, "%s: warning: --rebuild does nothing now (the mail user cannot write the CDB): relayctl watch, or cron's relayctl expire, publishes the grant; drop the flag\n", prog)
 	}
@@ -292,7 +339,14 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 	}
 
 	user := env["USER"]
-	if user == "" && courier {
+	if v := env["VPOPUSER"]; v != "" && user != "" && vpopName(v, user) {
+		// vpopmail's vchkpw: USER is the bare local part, VPOPUSER the
+		// name the client logged in with, domain and all.
+		user = v
+	}
+	if user == "" {
+		// Courier-IMAP 5's imaplogin and courierpop3login set
+		// AUTHENTICATED alone (no USER, AUTHUSER or AUTHARGV0).
 		user = env["AUTHENTICATED"]
 	}
 	if user == "" {
@@ -303,6 +357,11 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 	}
 	if user == "" {
 		say("warning: not recording ip=%s: no user (USER is unset: does checkpassword-wrap come after the password check?)", ip)
+		return false
+	}
+	// Behind a stage before the login (--before-login): it records, for
+	// the address it holds.
+	if fd := env[loginFDEnv]; fd != "" && sys.report != nil && sys.report(fd, user, c.service) {
 		return false
 	}
 	what := fmt.Sprintf("ip=%s user=%s service=%s", ip, show(user), show(c.service))
@@ -326,6 +385,19 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 			return false
 		}
 	} else if !trusted {
+		// A TLS front end (couriertls, sslserver, stunnel) hands the
+		// login a socketpair or a pipe: nothing about it tells where
+		// the client is, and the caller sets the variables it likes.
+		// Only a trusted caller's word stands (SECURITY.md, guarantee
+		// 4: TLS front ends).
+		kind := ""
+		if sys.stdinKind != nil {
+			kind = sys.stdinKind()
+		}
+		if kind != "" {
+			say("warning: not recording %s: standard input is not a TCP socket but %s (a TLS front end such as couriertls or sslserver in between?) and %s, so nothing proves the login came from %s: put a stage before the login or run the chain in the group (TLS FRONT ENDS in checkpassword-wrap(8))", what, kind, who, ip)
+			return false
+		}
 		say("warning: not recording %s: standard input is not a TCP socket and %s", what, who)
 		return false
 	}
@@ -363,6 +435,18 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 	}
 	say("%s%s", what, via)
 	return true
+}
+
+// vpopName tells whether name, vchkpw's VPOPUSER, is the login name of
+// the bare user: user itself, or user followed by one of vpopmail's
+// separators (ATCHARS: @, % or /) and a domain. vchkpw compares in lower case. A
+// VPOPUSER left over from elsewhere, for another user, is not taken.
+func vpopName(name, user string) bool {
+	local := name
+	if i := strings.IndexAny(name, "@%/"); i >= 0 {
+		local = name[:i]
+	}
+	return strings.EqualFold(local, user)
 }
 
 // loadNever returns the built-in never-grant set plus the default file

@@ -35,7 +35,8 @@ NAME=VALUE per line. A user name is shown Go-quoted, and a service name
 or value that holds anything but printable characters (a control, bidi
 or format character, invalid UTF-8, a backslash or a double quote) is
 too. When a grant decided and the rules file has host-name
-rules (=host, =.domain), a warning says the grant overrides them. A rules
+rules (=host, =.domain), a warning says the grant overrides them; another
+says when vpopmail's roaming users are on (see rebuild). A rules
 file the writers hold back (see rebuild) is read as the last confirmed
 rules they publish, CDB.rules, with a warning.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
@@ -113,6 +114,7 @@ func (e *env) check(q rules.Query, a netip.Addr, arg string) error {
 	if granted {
 		e.warnHostRules(rs, "this grant overrides")
 	}
+	e.warnVpopmail()
 	return nil
 }
 

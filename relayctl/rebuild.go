@@ -38,7 +38,9 @@ gets RELAYCLIENT="" and RBLSMTPD="" alone). A grant whose key would end in
 ":" (2001:db8:aaaa::) is refused: tcpserver would also match it as a
 prefix. tcpserver tries the exact address before host-name rules
 (=host, =.domain), so a grant overrides them: rebuild warns when the rules
-file has any. The CDB is replaced atomically under the lock; on any failure
+file has any, and when vpopmail's roaming users are on (its
+~vpopmail/etc/open-smtp written within --max-age: vchkpw rebuilds the
+CDB itself at every login). The CDB is replaced atomically under the lock; on any failure
 the old one stays. Temp files a killed writer left beside the CDB are removed, and so
 are those in the spool older than a minute. A missing rules file is an
 error; --rules "" means none. Once the spool holds 1000 grant files
@@ -67,6 +69,7 @@ rebuild (or send the watcher SIGHUP) to publish the file as it is.`,
 				_, err := e.rebuild()
 				if err == nil {
 					e.warnHostRules(e.built.rs, "grants override")
+					e.warnVpopmail()
 					e.cleanSpool()
 				}
 				return err

@@ -44,6 +44,7 @@ type fixture struct {
 	dir, spool, rules, db string
 	env                   map[string]string
 	now                   time.Time
+	openSMTP              string // vpopmail's open-smtp file; "" none
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -85,6 +86,7 @@ func (f *fixture) run(args ...string) (code int, stdout, stderr string) {
 			}
 			return f.now
 		},
+		openSMTP: func() string { return f.openSMTP },
 	}
 	code = e.run(args)
 	return code, out.String(), errb.String()

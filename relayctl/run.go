@@ -33,6 +33,7 @@ type env struct {
 	confirmRules   bool            // rebuild: the rules file is taken as it is
 	guard          *confirmed.Guard
 	said           map[string]bool // warnings already logged by this run
+	openSMTP       func() string   // vpopmail's open-smtp file; nil: defaultOpenSMTP
 }
 
 // command is one subcommand.

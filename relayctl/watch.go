@@ -315,6 +315,7 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 		}
 	}
 	e.logf("watching %s and %s for %s", e.cfg.Spool, e.cfg.Rules, e.cfg.CDB)
+	e.warnVpopmail()
 	if err := w.Run(ctx); err != nil {
 		if errors.Is(err, context.Canceled) {
 			return nil

@@ -148,7 +148,7 @@ func TestInstallRoutesAgree(t *testing.T) {
 	if debTree != insTree {
 		t.Errorf("the .deb and scripts/install --prefix /usr differ:\n%s", lineDiff(debTree, insTree))
 	}
-	for _, want := range []string{"usr/bin/checkpassword-wrap -rwxr-sr-x 0:", "var/spool/poprelay drwxrws--- 0:", "etc/cron.d/poprelay -rw-r--r-- 0:0", "usr/share/poprelay/poprelay-watch.service", "usr/share/poprelay/relayctl-watch.run -rwxr-xr-x", "etc/tcp.smtp.cdb -rw-r--r--"} {
+	for _, want := range []string{"usr/bin/checkpassword-wrap -rwxr-sr-x 0:", "var/spool/poprelay drwxrws--- 0:", "etc/cron.d/poprelay -rw-r--r-- 0:0", "usr/share/poprelay/poprelay-watch.service", "usr/share/poprelay/relayctl-watch.run -rwxr-xr-x", "usr/share/poprelay/courier-login -rwxr-xr-x", "etc/tcp.smtp.cdb -rw-r--r--"} {
 		if !strings.Contains(debTree, want) {
 			t.Errorf("the .deb installs no %q:\n%s", want, debTree)
 		}

@@ -121,6 +121,7 @@ func TestRelayctlInstallScript(t *testing.T) {
 		"/usr/local/share/poprelay/relayctl-watch.run":     "-rwxr-xr-x 0:0",
 		"/usr/local/share/poprelay/poprelay-watch.service": "-rw-r--r-- 0:0",
 		"/usr/local/share/poprelay/cron":                   "-rw-r--r-- 0:0",
+		"/usr/local/share/poprelay/courier-login":          "-rwxr-xr-x 0:0",
 	} {
 		if got := modeOwner(t, path); got != want {
 			t.Errorf("%s: %s, want %s", path, got, want)
