@@ -63,15 +63,21 @@ func runStage(c config, res result, environ []string, stderr io.Writer, sys syst
 		say("warning: --before-login: unable to start the stage: %v: running %s without one", innermost(err), show(res.argv[0]))
 		return execNext(res, environ, stderr)
 	}
-	theirs := os.NewFile(uintptr(fds[1]), "login report")
-	files := make([]*os.File, loginFD+1)
-	files[0], files[1], files[2], files[loginFD] = os.Stdin, os.Stdout, os.Stderr, theirs
-	// Whatever else the caller left open below loginFD reaches the
-	// program as it would have without the stage (the runtime's own
-	// descriptors are close-on-exec; os.StartProcess closes the rest).
+	// The program's descriptors, by number: standard input, output and
+	// error, the report socket at loginFD, and whatever else the caller
+	// left open below loginFD, as it would have had them without the
+	// stage (the runtime's own descriptors are close-on-exec); the rest
+	// are closed in the child. By number, not as *os.File: an os.File's
+	// finalizer would close an inherited descriptor, later, under
+	// whatever has its number by then.
+	files := make([]uintptr, loginFD+1)
+	for i := range files {
+		files[i] = ^uintptr(0) // -1: closed in the child
+	}
+	files[0], files[1], files[2], files[loginFD] = 0, 1, 2, uintptr(fds[1])
 	for i := 3; i < loginFD; i++ {
 		if flags, err := unix.FcntlInt(uintptr(i), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
-			files[i] = os.NewFile(uintptr(i), "inherited")
+			files[i] = uintptr(i)
 		}
 	}
 	// One POPRELAY_LOGIN_FD, this stage's: getenv takes the first.
@@ -91,8 +97,12 @@ func runStage(c config, res result, environ []string, stderr io.Writer, sys syst
 	// Signals the front end sends reach the login program.
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM)
-	p, err := os.StartProcess(path, res.argv, &os.ProcAttr{Env: childEnv, Files: files})
-	theirs.Close()
+	pid, _, err := syscall.StartProcess(path, res.argv, &syscall.ProcAttr{Env: childEnv, Files: files})
+	syscall.Close(fds[1])
+	var p *os.Process
+	if err == nil {
+		p, err = os.FindProcess(pid)
+	}
 	if err != nil {
 		signal.Reset()
 		syscall.Close(fds[0])
