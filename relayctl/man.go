@@ -107,12 +107,14 @@ Every rebuild (rebuild, expire, allow, revoke, import and watch, from the
 spool or from etcd) publishes of each user's grants only the
 --max-per-user newest (default 16; by login time, then address: a new
 login displaces the user's oldest) and of all grants only the
---max-grants newest (default 100000). 0 turns a cap off. A grant
+--max-grants (default 100000), those without a user first, then the
+newest. 0 turns a cap off. A grant
 without a user (allow without --user, an import) counts only toward
 --max-grants; allow --user NAME counts as one of NAME's. The others get
 no record: list and check show them as "refused: over the cap of ...",
-expire removes them from the spool, and while over --max-grants every
-rebuild warns.`))
+expire removes from the spool those over the per-user cap (those over
+--max-grants stay, and relay again once the total is below it), and
+while over --max-grants every rebuild warns.`))
 	p(".SH DIAGNOSTICS")
 	p("%s", roffText(`relayctl is silent on success unless -v. Errors are one line on standard
 error: "relayctl: fatal: unable to WHAT: WHY", a rule error as
