@@ -91,8 +91,10 @@ Every SMTP host checks each key and value it reads (canonical address,
 field limits) and applies its own never-grant set and static rules to it,
 reads etcd in pages of at most 16 MiB (junk keys are skipped with a few
 warnings and never block the good ones), and keeps at most
---etcd-max-per-host grants per origin host, the newest, warning with the
-host's name. A watch --source etcd started while etcd does not answer
+--etcd-max-per-host grants per origin host, the newest live ones
+(default 50000, half the default --max-grants: one flooding host takes at
+most that; a writer spreading its grants over made-up host names is
+bounded only by --max-grants), warning with the host's name. A watch --source etcd started while etcd does not answer
 writes no CDB without the grants it knew: it serves the cache beside the
 CDB, or leaves the previous CDB as it is until etcd answers.
 Only etcd's access control stops a forged grant: use https://

@@ -81,8 +81,12 @@ const (
 )
 
 // DefaultMaxPerHost is how many grants a mirror keeps per origin host
-// (the "host" of a grant's value) unless configured otherwise.
-const DefaultMaxPerHost = 100000
+// (the "host" of a grant's value) unless configured otherwise: half of
+// the default total cap (merge.DefaultMaxGrants), so that one POP host
+// flooding etcd leaves the other half of the SMTP host's total to the
+// others. A host with more concurrent grants than that, or an SMTP host
+// with a higher --max-grants, raises it.
+const DefaultMaxPerHost = 50000
 
 var (
 	// ErrConfig reports an unusable etcd configuration.
