@@ -922,7 +922,7 @@ func TestCapsAllow(t *testing.T) {
 	f.env["POPRELAY_MAXGRANTS"] = "3"
 	for range 2 {
 		code, _, errs := f.run("rebuild")
-		if code != 0 || !strings.Contains(errs, "relayctl: warning: OVER THE CAP of 3 grants in total (--max-grants, POPRELAY_MAXGRANTS): 2 older grants refused, the 3 newest published") {
+		if code != 0 || !strings.Contains(errs, "relayctl: warning: OVER THE CAP of 3 grants in total (--max-grants, POPRELAY_MAXGRANTS): 2 grants refused, 3 published (those without a user first, then the newest)") {
 			t.Errorf("rebuild over the total cap: exit %d, stderr %q", code, errs)
 		}
 	}

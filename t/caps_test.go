@@ -185,7 +185,7 @@ func TestCapTotal(t *testing.T) {
 	}
 	const warning = "OVER THE CAP of 3 grants in total"
 	r := s.run(t, "rebuild")
-	if r.code != 0 || !strings.Contains(r.stderr, "relayctl: warning: "+warning) || !strings.Contains(r.stderr, "3 older grants refused") {
+	if r.code != 0 || !strings.Contains(r.stderr, "relayctl: warning: "+warning) || !strings.Contains(r.stderr, "3 grants refused") {
 		t.Fatalf("rebuild over the total cap: exit %d, stderr %q; want a warning", r.code, r.stderr)
 	}
 	smtp := startTcpserver(t, baseEnv(), []string{"-x", s.cdb, "-R", "-H"}, "/usr/bin/env")
@@ -218,7 +218,7 @@ func TestCapTotal(t *testing.T) {
 	mark := w.mark()
 	recordAt(t, s.spool, ip4(62, 7), "u7")
 	ips = append(ips, ip4(62, 7))
-	w.waitLineAfter(t, mark, "warning: "+warning+" (--max-grants, POPRELAY_MAXGRANTS): 5 older grants refused")
+	w.waitLineAfter(t, mark, "warning: "+warning+" (--max-grants, POPRELAY_MAXGRANTS): 5 grants refused")
 	if on := relaying(t, smtp, ips); !slices.Equal(on, ips[5:]) {
 		t.Fatalf("the watcher over the total cap: %q relay; want %q", on, ips[5:])
 	}
@@ -251,7 +251,7 @@ func TestCapTotal(t *testing.T) {
 	all := append(slices.Clone(ips), admin)
 	all = append(all, flood...)
 	want := []string{admin, flood[0], flood[1]}
-	w.waitLineAfter(t, mark, "warning: "+warning+" (--max-grants, POPRELAY_MAXGRANTS): 9 older grants refused")
+	w.waitLineAfter(t, mark, "warning: "+warning+" (--max-grants, POPRELAY_MAXGRANTS): 9 grants refused")
 	wait.Succeeds(t, "the flood and the admin's grant to relay", func() error {
 		if on := relaying(t, smtp, all); !slices.Equal(on, want) {
 			return fmt.Errorf("during the flood %q relay; want the admin's %s and the two newest logins %q", on, admin, want)

@@ -74,7 +74,7 @@ func (c Caps) CapReason(kind uint8) string {
 	case CapUser:
 		return fmt.Sprintf("over the cap of %d grants per user (--max-per-user): the user's %d newest are published", c.PerUser, c.PerUser)
 	case CapTotal:
-		return fmt.Sprintf("over the cap of %d grants in total (--max-grants): the newest are published", c.Total)
+		return fmt.Sprintf("over the cap of %d grants in total (--max-grants): those without a user first, then the newest, are published", c.Total)
 	}
 	return ""
 }
@@ -85,7 +85,7 @@ func (c Caps) Warning(sum Summary) string {
 	if sum.OverCap == 0 {
 		return ""
 	}
-	return fmt.Sprintf("OVER THE CAP of %d grants in total (--max-grants, POPRELAY_MAXGRANTS): %d older grants refused, the %d newest published; a flood of logins, or a site that needs a higher cap",
+	return fmt.Sprintf("OVER THE CAP of %d grants in total (--max-grants, POPRELAY_MAXGRANTS): %d grants refused, %d published (those without a user first, then the newest); a flood of logins, or a site that needs a higher cap",
 		c.Total, sum.OverCap, c.Total)
 }
 
