@@ -78,7 +78,7 @@ func newConfig(fset *flag.FlagSet) *config {
 		maxPerUser: &setting{name: "max-per-user", env: "POPRELAY_MAXPERUSER", def: strconv.Itoa(merge.DefaultMaxPerUser),
 			help: "publish at most `N` grants of one user, the newest; 0 for no cap"},
 		maxGrants: &setting{name: "max-grants", env: "POPRELAY_MAXGRANTS", def: strconv.Itoa(merge.DefaultMaxGrants),
-			help: "publish at most `N` grants in all, the newest, with a warning at each rebuild over it; 0 for no cap"},
+			help: "publish at most `N` grants in all (without a user first, then the newest), with a warning at each rebuild over it; 0 for no cap"},
 		verbose:     &setting{name: "v", env: "POPRELAY_VERBOSE", def: "false", isBool: true, help: "say what was done"},
 		lockTimeout: &setting{name: "lock-timeout", env: "POPRELAY_LOCK_TIMEOUT", def: "30s", help: "give up (exit 111) when the CDB's lock is held longer than `DUR`"},
 	}

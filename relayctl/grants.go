@@ -22,9 +22,10 @@ var expireCmd = &command{
 	short: "remove expired grants; rebuild if any went or a login is unpublished (for cron)",
 	usage: "[options]",
 	help: `Remove the grants older than the max age (or past their own expiry, from
-allow --for) from the spool, and those the caps refuse (beyond a user's
---max-per-user newest, or the --max-grants newest of all: a newer login
-displaced them), remove temp files a crash left there, and
+allow --for) from the spool, and those the per-user cap refuses (beyond
+a user's --max-per-user newest: a newer login of the user displaced
+them); those over --max-grants stay, refused while the total is over
+it, and relay again when it is not. Remove temp files a crash left there, and
 rebuild the CDB if any grant went, or if a live grant is not in the CDB
 yet (a login since the last rebuild: expire compares each grant's
 records with the CDB's). So cron alone publishes a login within its
@@ -46,7 +47,7 @@ and warns, until relayctl rebuild confirms the file.`,
 					return unable("list grants in "+e.cfg.Spool, err)
 				}
 				live, gone := grant.Split(gs, now, e.cfg.MaxAge)
-				live, capped, err := e.dropCapped(live)
+				live, capped, over, err := e.dropCapped(live)
 				if err != nil {
 					return err
 				}
@@ -65,8 +66,8 @@ and warns, until relayctl rebuild confirms the file.`,
 				e.cleanSpool()
 				var rerr error
 				if len(gone)+len(capped) > 0 {
-					rerr = e.rebuildAfter(fmt.Sprintf("expired %d grants, removed %d over a cap", len(gone), len(capped)))
-				} else if ip, uerr := e.unpublished(live); uerr != nil {
+					rerr = e.rebuildAfter(fmt.Sprintf("expired %d grants, removed %d over the per-user cap", len(gone), len(capped)))
+				} else if ip, uerr := e.unpublished(live, over); uerr != nil {
 					rerr = uerr
 				} else if ip != "" {
 					e.vlogf("the grant for %s is not in %s yet: rebuilding", ip, e.cfg.CDB)
@@ -78,28 +79,42 @@ and warns, until relayctl rebuild confirms the file.`,
 	},
 }
 
-// dropCapped splits live into the grants the caps leave and the
-// addresses of those they refuse (merge.Capped), which expire removes
-// from the spool: refused for good, as a newer login displaced them,
-// they would only pile up.
-func (e *env) dropCapped(live []grant.Grant) (kept []grant.Grant, capped []string, err error) {
+// dropCapped splits live into the grants expire keeps and the
+// addresses of those the per-user cap refuses (merge.Capped), which
+// expire removes from the spool: a newer login of the same user
+// displaced them for good, and they would only pile up. A grant the
+// total cap refuses stays: a surge of logins (or a run with a lower
+// --max-grants than the watcher's) refuses it for now, and it relays
+// again once the surge is gone, until its own expiry. over tells which
+// of kept the total cap refuses (nil: none), which have no record.
+func (e *env) dropCapped(live []grant.Grant) (kept []grant.Grant, capped []string, over []bool, err error) {
 	opt, err := e.mergeOptions()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	why := merge.Capped(live, opt)
+	byUser := opt.Caps.CapReason(merge.CapUser)
 	n := 0
 	for i, g := range live {
-		if why[i] != "" {
+		if why[i] == byUser && byUser != "" {
 			e.vlogf("removed %s (user %s, login %s): %s", g.IP, quote.Quote(g.User), g.Time.Format(time.RFC3339), why[i])
 			capped = append(capped, g.IP)
 			continue
+		}
+		if why[i] != "" {
+			if over == nil {
+				over = make([]bool, len(live))
+			}
+			over[n] = true
 		}
 		live[n] = g
 		n++
 	}
 	clear(live[n:])
-	return live[:n], capped, nil
+	if over != nil {
+		over = over[:n]
+	}
+	return live[:n], capped, over, nil
 }
 
 var listCmd = &command{
@@ -112,8 +127,8 @@ time, age, time left, and what a rebuild does with the grant: "relay" (with
 "as FILE:LINE", the static rule whose settings the record carries, or "over
 the catch-all deny FILE:LINE"), or "expired", "refused: WHY" (never-grant
 set, a key tcpserver would match as a prefix, or over a cap: the user's
---max-per-user newest grants are published, and the --max-grants newest
-of all), "denied: FILE:LINE" (an
+--max-per-user newest grants are published, and --max-grants of all,
+those without a user first, then the newest), "denied: FILE:LINE" (an
 address, prefix or range deny), "static: FILE:LINE" (an exact static record
 wins). A rules file that is missing or does not parse is one warning line;
 the grants are still listed, live ones as "unknown: rules unreadable".

@@ -91,8 +91,10 @@ Every SMTP host checks each key and value it reads (canonical address,
 field limits) and applies its own never-grant set and static rules to it,
 reads etcd in pages of at most 16 MiB (junk keys are skipped with a few
 warnings and never block the good ones), and keeps at most
---etcd-max-per-host grants per origin host, the newest, warning with the
-host's name. A watch --source etcd started while etcd does not answer
+--etcd-max-per-host grants per origin host, the newest live ones
+(default 50000, half the default --max-grants: one flooding host takes at
+most that; a writer spreading its grants over made-up host names is
+bounded only by --max-grants), warning with the host's name. A watch --source etcd started while etcd does not answer
 writes no CDB without the grants it knew: it serves the cache beside the
 CDB, or leaves the previous CDB as it is until etcd answers.
 Only etcd's access control stops a forged grant: use https://
@@ -107,12 +109,14 @@ Every rebuild (rebuild, expire, allow, revoke, import and watch, from the
 spool or from etcd) publishes of each user's grants only the
 --max-per-user newest (default 16; by login time, then address: a new
 login displaces the user's oldest) and of all grants only the
---max-grants newest (default 100000). 0 turns a cap off. A grant
+--max-grants (default 100000), those without a user first, then the
+newest. 0 turns a cap off. A grant
 without a user (allow without --user, an import) counts only toward
 --max-grants; allow --user NAME counts as one of NAME's. The others get
 no record: list and check show them as "refused: over the cap of ...",
-expire removes them from the spool, and while over --max-grants every
-rebuild warns.`))
+expire removes from the spool those over the per-user cap (those over
+--max-grants stay, and relay again once the total is below it), and
+while over --max-grants every rebuild warns.`))
 	p(".SH DIAGNOSTICS")
 	p("%s", roffText(`relayctl is silent on success unless -v. Errors are one line on standard
 error: "relayctl: fatal: unable to WHAT: WHY", a rule error as

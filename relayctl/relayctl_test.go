@@ -924,7 +924,7 @@ func TestCapsAllow(t *testing.T) {
 	f.env["POPRELAY_MAXGRANTS"] = "3"
 	for range 2 {
 		code, _, errs := f.run("rebuild")
-		if code != 0 || !strings.Contains(errs, "relayctl: warning: OVER THE CAP of 3 grants in total (--max-grants, POPRELAY_MAXGRANTS): 2 older grants refused, the 3 newest published") {
+		if code != 0 || !strings.Contains(errs, "relayctl: warning: OVER THE CAP of 3 grants in total (--max-grants, POPRELAY_MAXGRANTS): 2 grants refused, 3 published (those without a user first, then the newest)") {
 			t.Errorf("rebuild over the total cap: exit %d, stderr %q", code, errs)
 		}
 	}
@@ -932,6 +932,44 @@ func TestCapsAllow(t *testing.T) {
 		ip := fmt.Sprintf("192.0.2.%d", 10+i)
 		if want := i >= 3; relay(ip) != want {
 			t.Errorf("over the total cap, %s relays %v, want %v", ip, !want, want)
+		}
+	}
+	// Grants without a user come first for the total cap: newer logins
+	// of bob and carol do not push out the admin's three.
+	for i, user := range []string{"bob", "carol"} {
+		f.now = start.Add(time.Duration(10+i) * time.Second)
+		if code, _, errs := f.run("allow", fmt.Sprintf("192.0.2.%d", 20+i), "--user", user); code != 0 || !strings.Contains(errs, "OVER THE CAP") {
+			t.Errorf("allow over the total cap: exit %d, stderr %q", code, errs)
+		}
+	}
+	for _, c := range []struct {
+		ip    string
+		relay bool
+	}{{"192.0.2.11", false}, {"192.0.2.12", false}, {"192.0.2.13", true}, {"192.0.2.14", true}, {"192.0.2.15", true}, {"192.0.2.20", false}, {"192.0.2.21", false}} {
+		if relay(c.ip) != c.relay {
+			t.Errorf("logins over the total cap: %s relays %v, want %v", c.ip, !c.relay, c.relay)
+		}
+	}
+	// expire removes nothing the total cap refuses: a surge refuses
+	// them for now, not for good. Over the cap, an expire with nothing
+	// to remove is silent (it does not rebuild for the refused).
+	f.now = start.Add(time.Minute)
+	if code, out, errs := f.run("-v", "expire"); code != 0 || strings.Contains(errs, "removed") {
+		t.Errorf("expire over the total cap: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if gs, _ := grant.New(f.spool).List(); len(gs) != 7 {
+		t.Errorf("expire over the total cap left %d grants, want all 7", len(gs))
+	}
+	if code, out, errs := f.run("expire"); code != 0 || out != "" || errs != "" {
+		t.Errorf("a second expire over the total cap: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	// The surge gone (here: the cap raised), cron's expire publishes
+	// them again.
+	delete(f.env, "POPRELAY_MAXGRANTS")
+	f.ok("expire")
+	for _, ip := range []string{"192.0.2.11", "192.0.2.12", "192.0.2.20", "192.0.2.21"} {
+		if !relay(ip) {
+			t.Errorf("below the total cap again, %s does not relay after expire", ip)
 		}
 	}
 }

@@ -21,7 +21,7 @@ import (
 // a rebuild of this run would publish: a rules file held back is
 // compared as the last confirmed rules, and expire says nothing of it
 // unless it rebuilds.
-func (e *env) unpublished(gs []grant.Grant) (string, error) {
+func (e *env) unpublished(gs []grant.Grant, over []bool) (string, error) {
 	if len(gs) == 0 {
 		return "", nil
 	}
@@ -44,7 +44,10 @@ func (e *env) unpublished(gs []grant.Grant) (string, error) {
 	if err != nil {
 		return gs[0].IP, nil
 	}
-	for _, g := range gs {
+	for i, g := range gs {
+		if over != nil && over[i] {
+			continue // the total cap refuses it: no record
+		}
 		en, err := merge.Classify(ix, g, opt)
 		if err != nil {
 			return g.IP, nil

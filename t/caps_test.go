@@ -166,7 +166,10 @@ func TestCapPerUser(t *testing.T) {
 // TestCapTotal: with a total cap of 3, every rebuild over it (relayctl
 // rebuild, allow, the watcher at each publish) warns, on stderr, in the
 // watch log and in the metrics; the newest 3 relay through a real
-// tcpserver -x, list shows the older refused, expire removes them.
+// tcpserver -x, list shows the older refused. An admin's grant without
+// a user comes first: a flood of newer logins leaves it relaying, and
+// pushes out the users' older grants; expire removes none of those,
+// and they relay again once the flood is gone.
 func TestCapTotal(t *testing.T) {
 	s := newRelayctlSite(t, ":allow\n")
 	s.env = append(s.env, "POPRELAY_MAXGRANTS=3")
@@ -182,7 +185,7 @@ func TestCapTotal(t *testing.T) {
 	}
 	const warning = "OVER THE CAP of 3 grants in total"
 	r := s.run(t, "rebuild")
-	if r.code != 0 || !strings.Contains(r.stderr, "relayctl: warning: "+warning) || !strings.Contains(r.stderr, "3 older grants refused") {
+	if r.code != 0 || !strings.Contains(r.stderr, "relayctl: warning: "+warning) || !strings.Contains(r.stderr, "3 grants refused") {
 		t.Fatalf("rebuild over the total cap: exit %d, stderr %q; want a warning", r.code, r.stderr)
 	}
 	smtp := startTcpserver(t, baseEnv(), []string{"-x", s.cdb, "-R", "-H"}, "/usr/bin/env")
@@ -215,7 +218,7 @@ func TestCapTotal(t *testing.T) {
 	mark := w.mark()
 	recordAt(t, s.spool, ip4(62, 7), "u7")
 	ips = append(ips, ip4(62, 7))
-	w.waitLineAfter(t, mark, "warning: "+warning+" (--max-grants, POPRELAY_MAXGRANTS): 5 older grants refused")
+	w.waitLineAfter(t, mark, "warning: "+warning+" (--max-grants, POPRELAY_MAXGRANTS): 5 grants refused")
 	if on := relaying(t, smtp, ips); !slices.Equal(on, ips[5:]) {
 		t.Fatalf("the watcher over the total cap: %q relay; want %q", on, ips[5:])
 	}
@@ -232,19 +235,56 @@ func TestCapTotal(t *testing.T) {
 		return nil
 	})
 
-	// expire removes the refused; the newest stay and relay.
-	s.relayctl(t, "expire")
-	gs, _ := spoolEntries(t, s.spool)
-	if len(gs) != 3 {
-		t.Errorf("after expire the spool holds %d grants, want the 3 newest", len(gs))
+	// An admin's grant without a user (allow --for 720h) comes before
+	// the users' for the total cap: a flood of newer logins does not
+	// push it out.
+	admin := ip4(62, 20)
+	if r := s.run(t, "allow", admin, "--for", "720h"); r.code != 0 || !strings.Contains(r.stderr, warning) {
+		t.Fatalf("allow %s over the total cap: exit %d, stderr %q; want the warning", admin, r.code, r.stderr)
 	}
-	for _, ip := range ips[5:] {
-		if _, ok := gs[ip]; !ok {
-			t.Errorf("expire removed %s, one of the newest", ip)
+	nextSecond(t, s.spool)
+	mark = w.mark()
+	flood := []string{ip4(62, 8), ip4(62, 9), ip4(62, 10)}
+	for i, ip := range flood {
+		recordAt(t, s.spool, ip, fmt.Sprintf("u%d", 8+i))
+	}
+	all := append(slices.Clone(ips), admin)
+	all = append(all, flood...)
+	want := []string{admin, flood[0], flood[1]}
+	w.waitLineAfter(t, mark, "warning: "+warning+" (--max-grants, POPRELAY_MAXGRANTS): 9 grants refused")
+	wait.Succeeds(t, "the flood and the admin's grant to relay", func() error {
+		if on := relaying(t, smtp, all); !slices.Equal(on, want) {
+			return fmt.Errorf("during the flood %q relay; want the admin's %s and the two newest logins %q", on, admin, want)
+		}
+		return nil
+	})
+
+	// cron's expire with the cap removes none of the refused: they are
+	// refused while the total is over it, not for good.
+	if r := s.run(t, "-v", "expire"); r.code != 0 || strings.Contains(r.stderr, "removed") {
+		t.Errorf("expire over the total cap: exit %d, stderr %q; want nothing removed", r.code, r.stderr)
+	}
+	if gs, _ := spoolEntries(t, s.spool); len(gs) != len(all) {
+		t.Errorf("after expire the spool holds %d grants, want all %d", len(gs), len(all))
+	}
+
+	// The surge gone (the flood revoked), the grants it pushed out
+	// relay again, with the admin's.
+	for _, ip := range flood {
+		if r := s.run(t, "revoke", ip); r.code != 0 {
+			t.Fatalf("revoke %s: exit %d, stderr %q", ip, r.code, r.stderr)
 		}
 	}
-	if on := relaying(t, smtp, ips); !slices.Equal(on, ips[5:]) {
-		t.Fatalf("after expire, %q relay; want %q", on, ips[5:])
+	want = []string{ips[6], ips[7], admin}
+	wait.Succeeds(t, "the grants the flood pushed out to relay again", func() error {
+		if on := relaying(t, smtp, all); !slices.Equal(on, want) {
+			return fmt.Errorf("after the flood %q relay; want %q", on, want)
+		}
+		return nil
+	})
+	s.relayctl(t, "expire")
+	if on := relaying(t, smtp, all); !slices.Equal(on, want) {
+		t.Fatalf("after the flood and expire, %q relay; want %q", on, want)
 	}
 }
 

@@ -89,7 +89,8 @@ func TestEtcdLatency(t *testing.T) {
 
 // preloadGrants writes n grants (10.x.y.z, one hour left) straight into
 // etcd, in transactions of 128 puts, in the documented JSON, on one
-// two-hour lease.
+// two-hour lease, from four POP hosts (pop0 to pop3) in turn: 100k of
+// them stay within the default per-host cap (share.DefaultMaxPerHost).
 func preloadGrants(t testing.TB, cli *clientv3.Client, n int) {
 	t.Helper()
 	ctx := context.Background()
@@ -106,7 +107,7 @@ func preloadGrants(t testing.TB, cli *clientv3.Client, n int) {
 		ops = ops[:0]
 	}
 	for i := 0; i < n; i++ {
-		v, _ := json.Marshal(map[string]any{"user": fmt.Sprint("user", i), "service": "pop3", "host": "pop0",
+		v, _ := json.Marshal(map[string]any{"user": fmt.Sprint("user", i), "service": "pop3", "host": fmt.Sprint("pop", i%4),
 			"time": now, "exp": now.Add(time.Hour)})
 		ip := fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255)
 		ops = append(ops, clientv3.OpPut(share.DefaultPrefix+"grants/"+ip, string(v), clientv3.WithLease(lease.ID)))

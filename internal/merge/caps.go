@@ -30,7 +30,12 @@ import (
 //     cap does not apply to it. relayctl allow --user NAME counts as one
 //     of NAME's grants like a login: it is the newest when made.
 //   - Total: of the candidates the per-user cap keeps, only the Total
-//     newest are published, the older refused (CapTotal).
+//     first are published, the others refused (CapTotal): first those
+//     without a user (an admin's relayctl allow, an import; the wrapper
+//     never records a grant without one), newest first, then the users'
+//     grants, newest first. A flood of logins cannot push out an admin's
+//     grant; the user-less grants, written by the admin alone (or a POP
+//     host sharing through etcd, bounded by its per-host cap), can.
 //
 // Zero (or less) means no cap.
 type Caps struct {
@@ -69,7 +74,7 @@ func (c Caps) CapReason(kind uint8) string {
 	case CapUser:
 		return fmt.Sprintf("over the cap of %d grants per user (--max-per-user): the user's %d newest are published", c.PerUser, c.PerUser)
 	case CapTotal:
-		return fmt.Sprintf("over the cap of %d grants in total (--max-grants): the newest are published", c.Total)
+		return fmt.Sprintf("over the cap of %d grants in total (--max-grants): those without a user first, then the newest, are published", c.Total)
 	}
 	return ""
 }
@@ -80,7 +85,7 @@ func (c Caps) Warning(sum Summary) string {
 	if sum.OverCap == 0 {
 		return ""
 	}
-	return fmt.Sprintf("OVER THE CAP of %d grants in total (--max-grants, POPRELAY_MAXGRANTS): %d older grants refused, the %d newest published; a flood of logins, or a site that needs a higher cap",
+	return fmt.Sprintf("OVER THE CAP of %d grants in total (--max-grants, POPRELAY_MAXGRANTS): %d grants refused, %d published (those without a user first, then the newest); a flood of logins, or a site that needs a higher cap",
 		c.Total, sum.OverCap, c.Total)
 }
 
@@ -97,9 +102,16 @@ type capCand struct {
 	id     int32 // the caller's
 }
 
-// newer orders candidates newest first: by login time, then by address,
-// then by id.
+// newer orders candidates as the caps prefer them: those without a
+// user first (for the total cap; one user's are all alike), then newest
+// first by login time, then by address, then by id.
 func newer(a, b capCand) int {
+	if an, bn := a.user == "", b.user == ""; an != bn {
+		if an {
+			return -1
+		}
+		return 1
+	}
 	if c := cmp.Compare(b.t, a.t); c != 0 {
 		return c
 	}

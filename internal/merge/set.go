@@ -79,6 +79,7 @@ type emeta struct {
 	capped                   uint8 // capNone, CapUser or CapTotal, as of the last publish
 	capNext                  uint8 // the cap deciding, during applyCaps
 	login                    int64 // nanos(entry.g.Time), for the total cap
+	noUser                   bool  // entry.g.User == "": first for the total cap
 	prim, twin               bool  // it has the record
 	shadow, denied, override uint8
 }
@@ -324,33 +325,16 @@ func (s *Set) applyCaps(now time.Time) {
 			}
 		}
 		if c.over(n - byUser) {
-			ts := s.tbuf[:0]
+			// The user-less first (newer): those take the first of
+			// the Total places, the users' grants what is left.
+			noUser := 0
 			for i := range s.meta {
-				if m := &s.meta[i]; cand(m) && m.capNext == capNone {
-					ts = append(ts, m.login)
+				if m := &s.meta[i]; m.noUser && cand(m) {
+					noUser++
 				}
 			}
-			cut, newer := kthNewestTime(ts, c.Total)
-			s.tbuf = ts
-			cs := s.cbuf[:0]
-			for i := range s.meta {
-				m := &s.meta[i]
-				switch {
-				case !cand(m) || m.capNext != capNone || m.login > cut:
-				case m.login == cut:
-					cs = append(cs, candOf(int32(i)))
-				default:
-					m.capNext = CapTotal
-					next = append(next, int32(i))
-				}
-			}
-			// Of those at the cut, the rule decides (by address).
-			newest(cs, c.Total-newer)
-			for _, r := range cs[c.Total-newer:] {
-				s.meta[r.id].capNext = CapTotal
-				next = append(next, r.id)
-			}
-			s.cbuf = cs
+			next = s.totalTier(true, c.Total, cand, candOf, next)
+			next = s.totalTier(false, c.Total-min(noUser, c.Total), cand, candOf, next)
 		}
 	}
 	for _, list := range [][]int32{prev, next} {
@@ -364,6 +348,53 @@ func (s *Set) applyCaps(now time.Time) {
 		}
 	}
 	s.capped, s.cspare = next, prev[:0]
+}
+
+// totalTier is the total cap over the candidates of one tier (without
+// a user, or with one) that the per-user cap kept: only the k newest
+// are kept, the others noted CapTotal in next, which it returns.
+func (s *Set) totalTier(noUser bool, k int, cand func(*emeta) bool, candOf func(int32) capCand, next []int32) []int32 {
+	in := func(m *emeta) bool { return m.noUser == noUser && cand(m) && m.capNext == capNone }
+	ts := s.tbuf[:0]
+	for i := range s.meta {
+		if m := &s.meta[i]; in(m) {
+			ts = append(ts, m.login)
+		}
+	}
+	s.tbuf = ts
+	if len(ts) <= k {
+		return next
+	}
+	if k == 0 {
+		for i := range s.meta {
+			if m := &s.meta[i]; in(m) {
+				m.capNext = CapTotal
+				next = append(next, int32(i))
+			}
+		}
+		return next
+	}
+	cut, newer := kthNewestTime(ts, k)
+	cs := s.cbuf[:0]
+	for i := range s.meta {
+		m := &s.meta[i]
+		switch {
+		case !in(m) || m.login > cut:
+		case m.login == cut:
+			cs = append(cs, candOf(int32(i)))
+		default:
+			m.capNext = CapTotal
+			next = append(next, int32(i))
+		}
+	}
+	// Of those at the cut, the rule decides (by address).
+	newest(cs, k-newer)
+	for _, r := range cs[k-newer:] {
+		s.meta[r.id].capNext = CapTotal
+		next = append(next, r.id)
+	}
+	s.cbuf = cs
+	return next
 }
 
 // Get returns the grant for ip.
@@ -397,7 +428,7 @@ func (s *Set) touch(e *entry) {
 func (s *Set) classify(i int32) {
 	e := &s.ents[i]
 	s.classifyEntry(e)
-	m := emeta{exp: nanos(e.exp), login: nanos(e.g.Time), state: metaLive, prim: e.prim.key != nil, twin: e.twin.key != nil,
+	m := emeta{exp: nanos(e.exp), login: nanos(e.g.Time), noUser: e.g.User == "", state: metaLive, prim: e.prim.key != nil, twin: e.twin.key != nil,
 		shadow: uint8(e.shadow), denied: uint8(e.denied), override: uint8(e.override)}
 	switch e.refused {
 	case "":

@@ -85,8 +85,8 @@ func TestSetMatchesWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	capsList := []Caps{{}, {PerUser: 3}, {PerUser: 10, Total: 60}, {Total: 25}, {PerUser: 1, Total: 40}}
-	capped, over := 0, 0
+	capsList := []Caps{{}, {PerUser: 3}, {PerUser: 10, Total: 60}, {Total: 25}, {PerUser: 1, Total: 40}, {Total: 5}}
+	capped, over, ahead, noUserOver := 0, 0, 0, 0
 	for seed := range uint64(6) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		clock := now
@@ -168,6 +168,29 @@ func TestSetMatchesWrite(t *testing.T) {
 			}
 			capped += sum.Capped
 			over += sum.OverCap
+			// The user-less come first for the total cap: count the
+			// publishes where one older than a user's grant the total
+			// cap refused is published, and those where the total cap
+			// refuses user-less grants too.
+			why := Capped(gs, o)
+			var oldestNoUser, newestOver time.Time
+			for i, g := range gs {
+				switch {
+				case why[i] == o.Caps.CapReason(CapTotal) && g.User == "":
+					noUserOver++
+				case why[i] == o.Caps.CapReason(CapTotal):
+					if g.Time.After(newestOver) {
+						newestOver = g.Time
+					}
+				case why[i] == "" && g.User == "" && g.Expiry(o.MaxAge).After(clock):
+					if oldestNoUser.IsZero() || g.Time.Before(oldestNoUser) {
+						oldestNoUser = g.Time
+					}
+				}
+			}
+			if !oldestNoUser.IsZero() && oldestNoUser.Before(newestOver) {
+				ahead++
+			}
 			var wantNext time.Time
 			for _, g := range gs {
 				if e := g.Expiry(opt.MaxAge); e.After(clock) && (wantNext.IsZero() || e.Before(wantNext)) {
@@ -179,8 +202,9 @@ func TestSetMatchesWrite(t *testing.T) {
 			}
 		}
 	}
-	if capped == 0 || over == 0 {
-		t.Fatalf("the caps never bit: %d grants refused by the per-user cap, %d by the total cap", capped, over)
+	if capped == 0 || over == 0 || ahead == 0 || noUserOver == 0 {
+		t.Fatalf("the caps never bit: %d grants refused by the per-user cap, %d by the total cap; %d publishes kept a user-less grant older than a refused user's, %d user-less refused",
+			capped, over, ahead, noUserOver)
 	}
 }
 

@@ -172,6 +172,71 @@ func TestPerHostCap(t *testing.T) {
 	check("a grant moved to another host", "192.0.2.8", "192.0.2.5", "192.0.2.6", "192.0.2.9", "198.51.100.1", "198.51.100.2", "198.51.100.3")
 }
 
+// TestPerHostCapSkipsExpired: an expired key counts toward no host's
+// cap, in the full read (List, the mirror) and in the watch: with a cap
+// of 2, expired keys of the host with newer login times do not push out
+// its two live grants.
+func TestPerHostCapSkipsExpired(t *testing.T) {
+	e := etcdtest.Start(t)
+	l := &logs{t: t}
+	c, err := Open(Config{Endpoints: []string{e.Client}, DialTimeout: 30 * time.Second, MaxPerHost: 2}, Options{Host: "smtp1", Logf: l.logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cli := etcdtest.Client(t, e.Client)
+	now := time.Now()
+	expired := func(user string, login time.Time) string {
+		b, _ := json.Marshal(record{User: user, Service: "pop3", Host: "pop1", Time: login.UTC(), Exp: now.Add(-time.Second).UTC()})
+		return string(b)
+	}
+	put(t, cli, c.grants+"192.0.2.1", value("u", "pop1", now.Add(-30*time.Minute)))
+	put(t, cli, c.grants+"192.0.2.2", value("u", "pop1", now.Add(-20*time.Minute)))
+	put(t, cli, c.grants+"192.0.2.3", expired("u", now.Add(-10*time.Second)))
+	put(t, cli, c.grants+"192.0.2.4", expired("u", now.Add(-5*time.Second)))
+	want := func(gs []grant.Grant) error {
+		got := ips(gs)
+		if len(got) != 2 || !got["192.0.2.1"] || !got["192.0.2.2"] {
+			return fmt.Errorf("got %v, want the two live grants 192.0.2.1 and 192.0.2.2", got)
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait.Patience)
+	defer cancel()
+	gs, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := want(gs); err != nil {
+		t.Errorf("List: %v", err)
+	}
+	m := runMirror(t, c)
+	<-m.Ready()
+	gs, _ = m.List()
+	if err := want(gs); err != nil {
+		t.Errorf("the mirror's full read: %v", err)
+	}
+	// The watch: two more expired keys with newer logins, then a marker
+	// of another host.
+	put(t, cli, c.grants+"192.0.2.5", expired("u", now.Add(-2*time.Second)))
+	put(t, cli, c.grants+"192.0.2.6", expired("u", now.Add(-time.Second)))
+	put(t, cli, c.grants+"198.51.100.1", value("v", "pop2", now))
+	wait.For(t, "the marker in the mirror", func() bool {
+		gs, _ := m.List()
+		return ips(gs)["198.51.100.1"]
+	})
+	gs, _ = m.List()
+	var pop1 []grant.Grant
+	for _, g := range gs {
+		if g.IP != "198.51.100.1" {
+			pop1 = append(pop1, g)
+		}
+	}
+	if err := want(pop1); err != nil {
+		t.Errorf("the mirror's watch: %v", err)
+	}
+}
+
 func TestHostCapsOrder(t *testing.T) {
 	hc := newHostCaps(2)
 	t0 := time.Now()

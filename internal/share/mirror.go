@@ -339,6 +339,12 @@ func (m *Mirror) apply(resp clientv3.WatchResponse) {
 				drop(ip)
 				continue
 			}
+			if m.caps.max > 0 && !g.Expires.After(m.c.opt.Now()) {
+				// Expired: it relays nowhere and must not take a
+				// live grant's place in its host's count.
+				drop(ip)
+				continue
+			}
 			s := Shared{Grant: g, Host: host}
 			if old, ok := m.grants[g.IP]; ok && old.Host != host {
 				m.caps.remove(old)

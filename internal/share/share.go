@@ -81,8 +81,12 @@ const (
 )
 
 // DefaultMaxPerHost is how many grants a mirror keeps per origin host
-// (the "host" of a grant's value) unless configured otherwise.
-const DefaultMaxPerHost = 100000
+// (the "host" of a grant's value) unless configured otherwise: half of
+// the default total cap (merge.DefaultMaxGrants), so that one POP host
+// flooding etcd leaves the other half of the SMTP host's total to the
+// others. A host with more concurrent grants than that, or an SMTP host
+// with a higher --max-grants, raises it.
+const DefaultMaxPerHost = 50000
 
 var (
 	// ErrConfig reports an unusable etcd configuration.
@@ -893,11 +897,13 @@ func quoteKey(k []byte) string {
 	return fmt.Sprintf("key %q", k)
 }
 
-// read returns every grant as of one revision (expired ones too), reading
-// in bounded pages (see scan). Keys that hold no usable grant are
-// skipped, with a warning for the first few (see skipLog). With perHost
-// > 0, at most that many grants per origin host are kept, the newest
-// (see hostCaps), and each host over it is named in a warning.
+// read returns every grant as of one revision, reading in bounded pages
+// (see scan). Keys that hold no usable grant are skipped, with a warning
+// for the first few (see skipLog). With perHost > 0, the expired are
+// skipped before they are counted (an expired key with a newer login
+// must not push out a live grant), at most that many grants per origin
+// host are kept, the newest (see hostCaps), and each host over it is
+// named in a warning; with perHost 0, expired ones are returned too.
 func (c *Cluster) read(ctx context.Context, perHost int) (map[string]Shared, int64, error) {
 	all, _, rev, err := c.readCapped(ctx, perHost)
 	return all, rev, err
@@ -908,11 +914,15 @@ func (c *Cluster) readCapped(ctx context.Context, perHost int) (map[string]Share
 	all := map[string]Shared{}
 	caps := newHostCaps(perHost)
 	skips := c.newSkips(c.grants)
+	now := c.opt.Now()
 	rev, err := c.scan(ctx, c.grants, func(kv *mvccpb.KeyValue) {
 		g, host, err := c.decode(kv.Key, kv.Value)
 		if err != nil {
 			skips.add(err)
 			return
+		}
+		if perHost > 0 && !g.Expires.After(now) {
+			return // expired: counts for no host
 		}
 		s := Shared{Grant: g, Host: host}
 		all[g.IP] = s

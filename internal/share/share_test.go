@@ -13,6 +13,7 @@ import (
 
 	"github.com/poprelay/poprelay/internal/etcdtest"
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/merge"
 	"github.com/poprelay/poprelay/internal/wait"
 )
 
@@ -382,5 +383,16 @@ func TestRevocations(t *testing.T) {
 		case <-time.After(wait.Patience):
 			t.Fatalf("no revocation %d", i)
 		}
+	}
+}
+
+// TestDefaultPerHostCap: with the default caps, one origin host that
+// floods etcd keeps at most half of the SMTP host's default total cap,
+// so the others' grants keep at least the other half (docs/SECURITY.md,
+// guarantee 15): a per-host default equal to the total let one host's
+// grants fill it.
+func TestDefaultPerHostCap(t *testing.T) {
+	if 2*DefaultMaxPerHost > merge.DefaultMaxGrants {
+		t.Errorf("DefaultMaxPerHost %d is over half of merge.DefaultMaxGrants %d: one flooding host fills the total cap", DefaultMaxPerHost, merge.DefaultMaxGrants)
 	}
 }
