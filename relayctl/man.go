@@ -94,7 +94,9 @@ warnings and never block the good ones), and keeps at most
 --etcd-max-per-host grants per origin host, the newest, warning with the
 host's name. A watch --source etcd started while etcd does not answer
 writes no CDB without the grants it knew: it serves the cache beside the
-CDB, or leaves the previous CDB as it is until etcd answers.
+CDB, or leaves the previous CDB as it is until etcd answers, for at most
+the max age after it was written (then the static rules alone, as every
+login in it has expired by then).
 Only etcd's access control stops a forged grant: use https://
 endpoints with client certificates and etcd's roles (docs/etcd.md).
 These commands warn at start about a plain http:// endpoint on an

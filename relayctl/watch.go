@@ -54,7 +54,10 @@ the spool's grants are also shared through etcd (docs/etcd.md). The two
 exclude each other. With --source etcd no CDB is written before the
 mirror serves grants: while etcd does not answer at start, the cache
 beside the CDB (CDB.etcd) after a second, or without one the previous
-CDB stays as it is, static rule changes included, until etcd answers.`,
+CDB stays as it is, static rule changes included, until etcd answers,
+but for at most the max age after it was written: every login in it has
+expired by then, and the static rules are written alone, with a
+warning, until etcd answers.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on `ADDR` (host:port)")
 		debounce := fs.String("debounce", "", "quiet time before a rebuild, `DUR` (default 5ms)")
