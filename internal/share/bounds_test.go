@@ -327,6 +327,7 @@ func TestScanPagesStartSmall(t *testing.T) {
 	if len(l) == 0 || l[0] != firstPage {
 		t.Fatalf("small keys: the first page asked for %v keys, want %d", l, firstPage)
 	}
+	t.Logf("small keys: pages of %v keys", l)
 	if l[len(l)-1] <= firstPage {
 		t.Errorf("small keys: the pages did not grow: %v", l)
 	}
@@ -347,6 +348,7 @@ func TestScanPagesStartSmall(t *testing.T) {
 	}
 	l = took()
 	learned := m.pages.start()
+	t.Logf("large keys: pages of %v keys, the next read starts at %d", l, learned)
 	if l[0] != firstPage || learned >= firstPage {
 		t.Fatalf("large keys: pages %v, then learned %d, want a first page of %d and less after", l, learned, firstPage)
 	}
