@@ -96,7 +96,9 @@ warnings and never block the good ones), and keeps at most
 most that; a writer spreading its grants over made-up host names is
 bounded only by --max-grants), warning with the host's name. A watch --source etcd started while etcd does not answer
 writes no CDB without the grants it knew: it serves the cache beside the
-CDB, or leaves the previous CDB as it is until etcd answers.
+CDB, or leaves the previous CDB as it is until etcd answers, for at most
+the max age after it was written (then the static rules alone, as every
+login in it has expired by then).
 Only etcd's access control stops a forged grant: use https://
 endpoints with client certificates and etcd's roles (docs/etcd.md).
 These commands warn at start about a plain http:// endpoint on an

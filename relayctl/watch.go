@@ -54,7 +54,10 @@ the spool's grants are also shared through etcd (docs/etcd.md). The two
 exclude each other. With --source etcd no CDB is written before the
 mirror serves grants: while etcd does not answer at start, the cache
 beside the CDB (CDB.etcd) after a second, or without one the previous
-CDB stays as it is, static rule changes included, until etcd answers.`,
+CDB stays as it is, static rule changes included, until etcd answers,
+but for at most the max age after it was written: every login in it has
+expired by then, and the static rules are written alone, with a
+warning, until etcd answers.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		metricsAddr := fs.String("metrics", "", "serve Prometheus metrics on `ADDR` (host:port)")
 		debounce := fs.String("debounce", "", "quiet time before a rebuild, `DUR` (default 5ms)")
@@ -330,6 +333,15 @@ func (e *env) watch(ctx context.Context, opt watchOptions) error {
 // (false), saying why while it waits. If there is no CDB yet, it
 // waits only a moment: there are no grants to lose, and without a CDB
 // tcpserver -x refuses every connection.
+//
+// Without a usable cache the previous CDB is held, but not for ever:
+// it may hold grants nothing here can close (their exps are in no file
+// the watcher reads), and they must close by their exp. A login's exp
+// is at most the max age after its login, so every login in a CDB
+// written at T has expired by T + max age: from then on the CDB is
+// replaced by the static rules alone, with a warning, until etcd
+// answers. A grant given a longer life (relayctl allow --for, an exp
+// chosen by etcd's writer) closes early then, which fails closed.
 func (e *env) waitMirror(ctx context.Context, mirror *share.Mirror) bool {
 	patience := time.NewTimer(5 * time.Second)
 	defer patience.Stop()
@@ -340,17 +352,33 @@ func (e *env) waitMirror(ctx context.Context, mirror *share.Mirror) bool {
 		return false
 	case <-patience.C:
 	}
-	if _, err := os.Lstat(e.cfg.CDB); errors.Is(err, os.ErrNotExist) {
+	fi, err := os.Lstat(e.cfg.CDB)
+	if errors.Is(err, os.ErrNotExist) {
 		e.logf("warning: etcd does not answer yet and there is no %s: writing it with the static rules alone until etcd answers", e.cfg.CDB)
 		return true
 	}
-	e.logf("warning: etcd does not answer yet and there is no usable grant cache (%s): %s stays as it is, static rule changes included, until etcd answers", e.cfg.CDB+".etcd", e.cfg.CDB)
+	now := e.now()
+	written := now // a CDB that cannot be looked at is taken as written now
+	if err == nil && fi.ModTime().Before(now) {
+		written = fi.ModTime()
+	}
+	until := written.Add(e.cfg.MaxAge)
+	if !until.After(now) {
+		e.logf("warning: etcd does not answer yet and there is no usable grant cache (%s): %s was written %s, over the max age (%s) ago, so its grants may have expired: writing it with the static rules alone until etcd answers", e.cfg.CDB+".etcd", e.cfg.CDB, written.UTC().Format(time.RFC3339), e.cfg.MaxAge)
+		return true
+	}
+	e.logf("warning: etcd does not answer yet and there is no usable grant cache (%s): %s stays as it is, static rule changes included, until etcd answers or until %s (the max age after it was written), when its grants may have expired", e.cfg.CDB+".etcd", e.cfg.CDB, until.UTC().Format(time.RFC3339))
+	bound := time.NewTimer(until.Sub(now))
+	defer bound.Stop()
 	select {
 	case <-mirror.Ready():
 		e.logf("etcd answers: publishing")
 		return true
 	case <-ctx.Done():
 		return false
+	case <-bound.C:
+		e.logf("warning: etcd still does not answer and the grants of %s may have expired (written %s, max age %s): writing it with the static rules alone until etcd answers", e.cfg.CDB, written.UTC().Format(time.RFC3339), e.cfg.MaxAge)
+		return true
 	}
 }
 

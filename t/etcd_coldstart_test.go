@@ -185,3 +185,81 @@ func TestEtcdColdStartKeepsGrants(t *testing.T) {
 		return r[0] && !r[1] && r[2]
 	})
 }
+
+// TestEtcdColdStartClosesExpired (issue 26, review of item 4): the
+// previous CDB that a watcher started while etcd is stopped keeps
+// without a cache is not kept for ever: its grants have no exp the
+// watcher can read, so once every login in it may have expired (the
+// max age after the CDB was written) the static rules are published
+// alone, with a warning, until etcd answers. A grant whose exp passes
+// while etcd is stopped stops relaying; before its exp it relays (the
+// hold of item 4); once etcd answers, its grants are published again.
+func TestEtcdColdStartClosesExpired(t *testing.T) {
+	e := etcdtest.Start(t)
+	b := newRelayctlSite(t, "127.0.0.:allow,QMAILQUEUE=\"/var/qmail/bin/simscan\"\n:allow\n")
+	// Short enough for a quick test, long enough for the first watcher
+	// to publish the grant and stop before it expires on a busy machine.
+	const maxAge = 15 * time.Second
+	b.env = append(b.env, "POPRELAY_ETCD_ENDPOINTS="+e.Client, "POPRELAY_ETCD_TIMEOUT=10s", "POPRELAY_MAXAGE="+maxAge.String())
+	cli := etcdtest.Client(t, e.Client)
+	const g = "/poprelay/v1/grants/"
+	putGrant := func(ip, user string) time.Time {
+		t.Helper()
+		now := time.Now().UTC()
+		exp := now.Add(maxAge)
+		v := `{"user":"` + user + `","service":"pop3","host":"pop1","time":"` + now.Format(time.RFC3339Nano) + `","exp":"` + exp.Format(time.RFC3339Nano) + `"}`
+		ctx, cancel := context.WithTimeout(context.Background(), wait.Patience)
+		defer cancel()
+		if _, err := cli.Put(ctx, g+ip, v); err != nil {
+			t.Fatal(err)
+		}
+		return exp
+	}
+	exp := putGrant("127.0.0.61", "alice")
+	wb := b.startWatch(t, "--source", "etcd")
+	wait.For(t, "the grant in B's CDB", func() bool { return relays(t, b.cdb, "127.0.0.61") })
+	wb.stop()
+	if !relays(t, b.cdb, "127.0.0.61") {
+		t.Fatalf("the grant expired before the first watcher stopped: the machine is too slow for a max age of %v", maxAge)
+	}
+	if err := os.Remove(b.cdb + ".etcd"); err != nil {
+		t.Fatal(err)
+	}
+
+	pid := e.Cmd.Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}()
+	wb = b.launchWatch(t, "--source", "etcd")
+	defer wb.stop()
+	wb.waitAny(t, 0, "rebuilt: ", "no usable grant cache")
+	// Item 4: before its exp, the grant still relays (checked only if
+	// the read ended a second before it, the CDB's mtime and this clock
+	// being the same clock).
+	r := relays(t, b.cdb, "127.0.0.61")
+	if time.Now().Before(exp.Add(-time.Second)) && !r {
+		t.Errorf("etcd stopped, no cache: the grant no longer relays before its exp")
+	}
+	wait.For(t, "the grant past its exp to stop relaying while etcd is stopped", func() bool {
+		return !relays(t, b.cdb, "127.0.0.61")
+	})
+	wb.waitLine(t, "writing it with the static rules alone until etcd answers")
+	if ds, err := view(b.cdb, []string{"127.0.0.9"}); err != nil || !strings.Contains(ds[0], "QMAILQUEUE=/var/qmail/bin/simscan") {
+		t.Errorf("the CDB written while etcd is stopped lacks the static rules: %q %v", ds, err)
+	}
+
+	// etcd goes on: the watcher follows it again.
+	syscall.Kill(pid, syscall.SIGCONT)
+	stopped = false
+	putGrant("127.0.0.62", "bob")
+	wait.For(t, "a grant made after etcd answers in B's CDB", func() bool { return relays(t, b.cdb, "127.0.0.62") })
+	if relays(t, b.cdb, "127.0.0.61") {
+		t.Errorf("the expired grant relays again once etcd answers")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -340,5 +341,96 @@ func TestSmaller(t *testing.T) {
 		if got := smaller(tc.n, tc.err); got != tc.want {
 			t.Errorf("smaller(%d, %v) = %d, want %d", tc.n, tc.err, got, tc.want)
 		}
+	}
+}
+
+// TestScanPagesStartSmall: a full read asks for firstPage keys at
+// first, not a page of 5000 (etcd builds a page in memory whatever its
+// bytes), grows from there while the keys are small, and a mirror's
+// next full read starts at the length the large keys of the last one
+// called for.
+func TestScanPagesStartSmall(t *testing.T) {
+	old := maxResponse
+	maxResponse = 1 << 20
+	defer func() { maxResponse = old }()
+	e := etcdtest.Start(t)
+	c := open(t, Options{Host: "smtp1"}, e.Client)
+	var mu sync.Mutex
+	var limits []int
+	c.scanHook = func(n int) {
+		mu.Lock()
+		limits = append(limits, n)
+		mu.Unlock()
+	}
+	took := func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		l := limits
+		limits = nil
+		return l
+	}
+	cli := etcdtest.Client(t, e.Client)
+	now := time.Now()
+	ctx := context.Background()
+	for i := 0; i < 3000; i += 100 {
+		var ops []clientv3.Op
+		for j := i; j < i+100; j++ {
+			ops = append(ops, clientv3.OpPut(c.grants+fmt.Sprintf("10.0.%d.%d", j/256, j%256), value("u", "pop1", now)))
+		}
+		tctx, cancel := context.WithTimeout(ctx, wait.Patience)
+		_, err := cli.Txn(tctx).Then(ops...).Commit()
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := c.Mirror(nil)
+	if err := m.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l := took()
+	if len(l) == 0 || l[0] != firstPage {
+		t.Fatalf("small keys: the first page asked for %v keys, want %d", l, firstPage)
+	}
+	t.Logf("small keys: pages of %v keys", l)
+	if l[len(l)-1] <= firstPage {
+		t.Errorf("small keys: the pages did not grow: %v", l)
+	}
+	if err := m.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if l := took(); l[0] != firstPage {
+		t.Errorf("small keys, second read: the first page asked for %d keys, want %d", l[0], firstPage)
+	}
+
+	// Large keys: the next read starts at what they called for.
+	junk := strings.Repeat("j", 100<<10)
+	for i := 0; i < 20; i++ {
+		put(t, cli, c.grants+fmt.Sprintf("10.0.5.%d/junk", i), junk)
+	}
+	if err := m.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l = took()
+	learned := m.pages.start()
+	t.Logf("large keys: pages of %v keys, the next read starts at %d", l, learned)
+	if l[0] != firstPage || learned >= firstPage {
+		t.Fatalf("large keys: pages %v, then learned %d, want a first page of %d and less after", l, learned, firstPage)
+	}
+	if got, _ := m.List(); len(got) != 3000 {
+		t.Errorf("large keys: %d grants read, want 3000", len(got))
+	}
+	if err := m.load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if l := took(); l[0] != learned {
+		t.Errorf("large keys, next read: the first page asked for %d keys, want the %d learned", l[0], learned)
+	}
+	// A read without a mirror (List) learns nothing and starts small.
+	if _, err := c.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if l := took(); l[0] != firstPage {
+		t.Errorf("List: the first page asked for %d keys, want %d", l[0], firstPage)
 	}
 }

@@ -36,6 +36,8 @@ type Mirror struct {
 	dirty     bool   // changed since the cache was written
 	fromCache bool   // serving the cache: etcd has not answered yet
 
+	pages pager // the page length its full reads learned
+
 	beforeWatch func() // test hook: runs between a full read and its watch
 }
 
@@ -184,7 +186,7 @@ func (m *Mirror) firstLoad(ctx context.Context) error {
 	done := make(chan read, 1)
 	go func() {
 		var r read
-		r.all, r.caps, r.rev, r.err = m.c.readCapped(ctx, m.c.cfg.MaxPerHost)
+		r.all, r.caps, r.rev, r.err = m.c.readCapped(ctx, m.c.cfg.MaxPerHost, &m.pages)
 		done <- r
 	}()
 	grace := time.NewTimer(cacheGrace)
@@ -211,7 +213,7 @@ func (m *Mirror) count() int {
 
 // load replaces the copy by a full read and reports what changed.
 func (m *Mirror) load(ctx context.Context) error {
-	all, caps, rev, err := m.c.readCapped(ctx, m.c.cfg.MaxPerHost)
+	all, caps, rev, err := m.c.readCapped(ctx, m.c.cfg.MaxPerHost, &m.pages)
 	if err != nil {
 		return err
 	}

@@ -47,7 +47,7 @@ func (c *Cluster) Revocations(ctx context.Context, fn func(ip string, at time.Ti
 	}
 	for ctx.Err() == nil {
 		// In bounded pages, as the grants (see scan).
-		rev, err := c.scan(ctx, c.revoked, func(kv *mvccpb.KeyValue) { seen(kv.Key, kv.Value) }, skips)
+		rev, err := c.scan(ctx, c.revoked, func(kv *mvccpb.KeyValue) { seen(kv.Key, kv.Value) }, skips, nil)
 		skips.flush()
 		if err != nil {
 			select {

@@ -48,6 +48,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -363,6 +364,8 @@ type Cluster struct {
 	grants  string      // prefix + "grants/"
 	revoked string      // prefix + "revoked/"
 	leases  leaseCache
+
+	scanHook func(limit int) // tests: told the length each page asks for
 }
 
 // Open returns a Cluster for cfg. Without a user name it does not wait
@@ -762,6 +765,38 @@ func (c *Cluster) ListShared(ctx context.Context) ([]Shared, error) {
 // page is how many keys one read returns at most.
 const page = 5000
 
+// firstPage is how many keys the first read of a scan asks for at most:
+// etcd has no byte limit on a range read, and builds a whole page in
+// memory before the client may refuse it as too large (5000 values of
+// 1.5 MiB are 7 GiB), so a scan starts small and grows to what the
+// pages read say.
+const firstPage = 256
+
+// pager carries the page length a scan learned to the next scan of
+// the same reader (a Mirror's full reads): the smallest length the
+// bytes of its pages called for, so a mirror that met large keys starts
+// its next scan at that length, not at firstPage. The zero pager starts
+// at firstPage.
+type pager struct{ n atomic.Int64 }
+
+// start is the length of a scan's first page.
+func (p *pager) start() int {
+	if p == nil {
+		return firstPage
+	}
+	if n := int(p.n.Load()); n > 0 {
+		return min(n, firstPage)
+	}
+	return firstPage
+}
+
+// learn records the smallest length a scan called for.
+func (p *pager) learn(n int) {
+	if p != nil {
+		p.n.Store(int64(max(1, n)))
+	}
+}
+
 // maxResponse bounds one response from etcd, in bytes (the client's
 // receive limit). etcd refuses a request larger than its
 // --max-request-bytes (default 1.5 MiB), so one key and its value always
@@ -775,25 +810,31 @@ func tooLarge(err error) bool { return status.Code(err) == codes.ResourceExhaust
 
 // scan calls fn with every key under prefix as of one revision, in key
 // order, and returns that revision. It reads pages of at most page keys
-// and maxResponse bytes: a page too large for the limit, or too slow for
-// the timeout while etcd still answers a small read, is read again
-// shorter (to what would fill half the limit, when gRPC tells the size;
-// a sixteenth after a timeout; else half as long), down to one key, and grows back after each page
-// that went through (at most doubling, to what would fill half the limit
-// at that page's size per key); a single key too large even alone is
-// skipped by name (a
+// and maxResponse bytes, the first of at most firstPage keys (or what
+// pg learned from the last scan, if fewer): a page too large for the
+// limit, or too slow for the timeout while etcd still answers a small
+// read, is read again shorter (to what would fill half the limit, when
+// gRPC tells the size; a sixteenth after a timeout; else half as long),
+// down to one key, and grows back after each page that went through (at
+// most doubling, to what would fill half the limit at that page's size
+// per key); a single key too large even alone is skipped by name (a
 // keys-only read tells it), with a warning. So no set of keys, however
 // large or hostile, makes the read fail for good: it costs time in
-// proportion to their bytes.
-func (c *Cluster) scan(ctx context.Context, prefix string, fn func(kv *mvccpb.KeyValue), skips *skipLog) (int64, error) {
+// proportion to their bytes. pg (nil: none) learns the smallest length
+// the pages called for, for the next scan.
+func (c *Cluster) scan(ctx context.Context, prefix string, fn func(kv *mvccpb.KeyValue), skips *skipLog, pg *pager) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	var rev int64
 	from := prefix
-	n := page
+	n := pg.start()
+	least := page // the smallest length the bytes called for
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(n))}
 		if rev != 0 {
 			opts = append(opts, clientv3.WithRev(rev))
+		}
+		if c.scanHook != nil {
+			c.scanHook(n)
 		}
 		tctx, cancel := c.withTimeout(ctx)
 		resp, err := c.cli.Get(tctx, from, opts...)
@@ -816,10 +857,12 @@ func (c *Cluster) scan(ctx context.Context, prefix string, fn func(kv *mvccpb.Ke
 				rev = r
 			}
 			if key == nil {
+				pg.learn(least)
 				return rev, nil // the keys left went meanwhile
 			}
 			if n > 1 {
 				n = smaller(n, err)
+				least = min(least, n)
 				continue
 			}
 			if !tooLarge(err) {
@@ -837,13 +880,20 @@ func (c *Cluster) scan(ctx context.Context, prefix string, fn func(kv *mvccpb.Ke
 			size += len(kv.Key) + len(kv.Value)
 			fn(kv)
 		}
+		// The next page: as many keys as would fill half the limit
+		// at this page's size per key, at most twice as many (keys
+		// past this page may be larger).
+		fill := page
+		if len(resp.Kvs) > 0 {
+			fill = min(page, max(1, len(resp.Kvs)*(maxResponse/2)/max(size, 1)))
+			least = min(least, fill)
+		}
 		if !resp.More || len(resp.Kvs) == 0 {
+			pg.learn(least)
 			return rev, nil
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-		// The next page: as many keys as would fill half the limit
-		// at this page's size per key, at most twice as many.
-		n = min(page, 2*n, max(1, len(resp.Kvs)*(maxResponse/2)/max(size, 1)))
+		n = min(2*n, fill)
 	}
 }
 
@@ -905,12 +955,13 @@ func quoteKey(k []byte) string {
 // host are kept, the newest (see hostCaps), and each host over it is
 // named in a warning; with perHost 0, expired ones are returned too.
 func (c *Cluster) read(ctx context.Context, perHost int) (map[string]Shared, int64, error) {
-	all, _, rev, err := c.readCapped(ctx, perHost)
+	all, _, rev, err := c.readCapped(ctx, perHost, nil)
 	return all, rev, err
 }
 
-// readCapped is read that also returns the count of each host's grants.
-func (c *Cluster) readCapped(ctx context.Context, perHost int) (map[string]Shared, *hostCaps, int64, error) {
+// readCapped is read that also returns the count of each host's grants;
+// pg (nil: none) carries the page length from one read to the next.
+func (c *Cluster) readCapped(ctx context.Context, perHost int, pg *pager) (map[string]Shared, *hostCaps, int64, error) {
 	all := map[string]Shared{}
 	caps := newHostCaps(perHost)
 	skips := c.newSkips(c.grants)
@@ -929,7 +980,7 @@ func (c *Cluster) readCapped(ctx context.Context, perHost int) (map[string]Share
 		if out, ok := caps.add(s); ok {
 			delete(all, out.IP)
 		}
-	}, skips)
+	}, skips, pg)
 	if err != nil {
 		return nil, nil, 0, err
 	}
