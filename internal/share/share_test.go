@@ -60,7 +60,7 @@ func TestFromEnv(t *testing.T) {
 		t.Fatalf("empty: %+v, %v", c, err)
 	}
 	if st := f.Settings(); st[7].Name != "etcd-prefix" || st[7].Value != DefaultPrefix || st[8].Value != "5s" ||
-		st[9].Name != "etcd-max-per-host" || st[9].Value != "100000" {
+		st[9].Name != "etcd-max-per-host" || st[9].Value != "50000" {
 		t.Fatalf("defaults: %+v", st)
 	}
 	for _, bad := range []map[string]string{
