@@ -130,6 +130,12 @@ func TestRun(t *testing.T) {
 		{name: "reported to the stage without TCPREMOTEIP", env: []string{"REMOTE_HOST=198.51.100.46", "REMOTE_PORT=40000", "USER=alice", "POPRELAY_LOGIN_FD=23"}, untrusted: true, peer: "127.0.0.1", reported: true},
 		{name: "no user, nothing reported", env: []string{"REMOTE_HOST=198.51.100.47", "POPRELAY_LOGIN_FD=23"}, untrusted: true, peer: "127.0.0.1", reported: true,
 			stderr: "not recording: no client address (TCPREMOTEIP and IP are unset)"},
+		// Behind stunnel or sslserver without a stage: one line that
+		// says where the address is and what would make it count.
+		{name: "stunnel without a stage", env: []string{"REMOTE_HOST=198.51.100.48", "REMOTE_PORT=40000", "USER=alice"}, untrusted: true, peer: "127.0.0.1",
+			stderr: "checkpassword-wrap: warning: not recording user=alice service=pop3: no client address (TCPREMOTEIP and IP are unset; REMOTE_HOST=198.51.100.48 is stunnel's word, which counts only in a stage before the login: checkpassword-wrap --before-login --remote-var REMOTE_HOST, TLS FRONT ENDS in checkpassword-wrap(8))\n"},
+		{name: "sslserver without -e or a stage", env: []string{"SSLREMOTEIP=198.51.100.49", "USER=alice\n"}, kind: "a pipe",
+			stderr: `checkpassword-wrap: warning: not recording user="alice\n" service=pop3: no client address (TCPREMOTEIP and IP are unset; SSLREMOTEIP=198.51.100.49 is sslserver's word`},
 		{name: "no stage takes the report", env: []string{"TCPREMOTEIP=198.51.100.45", "USER=alice", "POPRELAY_LOGIN_FD=23"}, untrusted: true, kind: "a UNIX socket",
 			stderr: "standard input is not a TCP socket but a UNIX socket"},
 		// A TLS front end's socketpair (couriertls) or pipe (sslserver).

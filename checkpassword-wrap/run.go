@@ -357,6 +357,14 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 		raw, ok, fromIP = ip, true, true
 	}
 	if !ok {
+		// A TLS front end's own variable, in a process that is the
+		// mail user's: nothing proves it (TLS FRONT ENDS).
+		for _, fe := range []struct{ name, who string }{{"REMOTE_HOST", "stunnel"}, {"SSLREMOTEIP", "sslserver"}} {
+			if v, set := env[fe.name]; set && user != "" {
+				say("warning: not recording user=%s service=%s: no client address (TCPREMOTEIP and IP are unset; %s=%s is %s's word, which counts only in a stage before the login: checkpassword-wrap --before-login --remote-var %s, TLS FRONT ENDS in checkpassword-wrap(8))", show(user), show(c.service), fe.name, show(v), fe.who, fe.name)
+				return false
+			}
+		}
 		say("warning: not recording: no client address (TCPREMOTEIP and IP are unset)")
 		return false
 	}
