@@ -68,7 +68,7 @@ chmod 600 /etc/stunnel/pop3s.pem
 		t.Fatalf("the test's certificate: %v", err)
 	}
 	runSh(t, readmeSnippet(t, "stunnel"))
-	conf, err := os.ReadFile("/etc/stunnel/pop3s.conf")
+	conf, err := os.ReadFile("/etc/poprelay/stunnel-pop3s.conf")
 	if err != nil {
 		t.Fatal(err)
 	}
