@@ -1,15 +1,21 @@
 package t
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // stunnel is Debian 12's stunnel4 (5.68, scripts/deps installs it; no
@@ -44,29 +50,11 @@ func TestStunnel(t *testing.T) {
 		return
 	}
 	stunnel := need(t, "stunnel4")
-	need(t, "tcpserver")
-	need(t, "setpriv")
 	const spool = "/var/spool/poprelay-stunnel"
-	d := wrSetup(t)
-	runSh(t, `useradd -m alice
-/src/scripts/install >/dev/null
-install -d -g poprelay -m 2770 `+spool+`
-install -d /var/qmail/bin /etc/stunnel
-# qmail-popup's first argument is the host name; the stand-in takes none.
-printf '#!/bin/sh\nshift\nexec %s "$@"\n' "$1" >/var/qmail/bin/qmail-popup
-chmod 0755 /var/qmail/bin/qmail-popup
-install -m 0755 "$2" /bin/checkpassword
-`, d.Popup, d.Checkpw)
-	dvWriteFile(t, "/var/qmail/bin/qmail-pop3d", 0o755, stunnelPop3d)
-	certDir := t.TempDir()
-	dvTLSCert(t, certDir)
+	d, certDir, pool := frontEndSetup(t, spool, false)
 	runSh(t, `cat "$1/key.pem" "$1/cert.pem" >/etc/stunnel/pop3s.pem
 chmod 600 /etc/stunnel/pop3s.pem
 `, certDir)
-	pool := x509.NewCertPool()
-	if b, err := os.ReadFile(filepath.Join(certDir, "cert.pem")); err != nil || !pool.AppendCertsFromPEM(b) {
-		t.Fatalf("the test's certificate: %v", err)
-	}
 	runSh(t, readmeSnippet(t, "stunnel"))
 	conf, err := os.ReadFile("/etc/poprelay/stunnel-pop3s.conf")
 	if err != nil {
@@ -117,22 +105,9 @@ chmod 600 /etc/stunnel/pop3s.pem
 		}
 	}
 
-	// login logs in over TLS (the certificate verified) and returns
-	// what qmail-pop3d's stand-in printed: its environment.
 	login := func(in *inst, src, pass string) map[string]string {
 		t.Helper()
-		c, err := connectFrom(src, in.port)
-		if err != nil {
-			t.Fatalf("dial stunnel %s from %s: %v", in.name, src, err)
-		}
-		defer c.Close()
-		tc := tls.Client(c, &tls.Config{RootCAs: pool, ServerName: "localhost"})
-		if err := tc.Handshake(); err != nil {
-			t.Fatalf("TLS with stunnel %s from %s: %v", in.name, src, err)
-		}
-		io.WriteString(tc, "alice "+pass+"\n")
-		out, _ := io.ReadAll(tc) // stunnel may close without close_notify
-		return envFrom(string(out))
+		return tlsLogin(t, in.port, src, pool, pass)
 	}
 	wantNoGrant := func(ip string) {
 		t.Helper()
@@ -199,6 +174,92 @@ chmod 600 /etc/stunnel/pop3s.pem
 	dvWantSpool(t, spool, "127.0.0.2")
 
 	// The grant relays through a real tcpserver -x; the rest do not.
+	wantRelays(t, spool, map[string]bool{"127.0.0.2": true, "127.0.0.3": false, "127.0.0.4": false, "127.0.0.5": false})
+}
+
+// frontEndSetup makes, in an isolated root, the system user alice,
+// poprelay installed by scripts/install, the spool, and the qmail chain's
+// stand-ins at qmail's paths (t/wrap_tcpserver_test.go's popup and
+// checkpw: qmail-popup, /bin/checkpassword; qmail-pop3d prints its
+// environment). It returns the chain's directory, a directory with a
+// throwaway certificate for localhost (cert.pem, key.pem; an RSA key if
+// rsaKey: ucspi-ssl loads no other) and a pool that trusts it.
+func frontEndSetup(t *testing.T, spool string, rsaKey bool) (*wrDir, string, *x509.CertPool) {
+	t.Helper()
+	need(t, "tcpserver")
+	need(t, "setpriv")
+	d := wrSetup(t)
+	runSh(t, `useradd -m alice
+/src/scripts/install >/dev/null
+install -d -g poprelay -m 2770 `+spool+`
+install -d /var/qmail/bin /etc/stunnel
+# qmail-popup's first argument is the host name; the stand-in takes none.
+printf '#!/bin/sh\nshift\nexec %s "$@"\n' "$1" >/var/qmail/bin/qmail-popup
+chmod 0755 /var/qmail/bin/qmail-popup
+install -m 0755 "$2" /bin/checkpassword
+`, d.Popup, d.Checkpw)
+	dvWriteFile(t, "/var/qmail/bin/qmail-pop3d", 0o755, stunnelPop3d)
+	certDir := t.TempDir()
+	if rsaKey {
+		rsaTLSCert(t, certDir)
+	} else {
+		dvTLSCert(t, certDir)
+	}
+	pool := x509.NewCertPool()
+	if b, err := os.ReadFile(filepath.Join(certDir, "cert.pem")); err != nil || !pool.AppendCertsFromPEM(b) {
+		t.Fatalf("the test's certificate: %v", err)
+	}
+	return d, certDir, pool
+}
+
+// tlsLogin logs in as alice over TLS from src (the certificate verified
+// against pool) and returns what qmail-pop3d's stand-in printed: its
+// environment.
+func tlsLogin(t *testing.T, port int, src string, pool *x509.CertPool, pass string) map[string]string {
+	t.Helper()
+	c, err := connectFrom(src, port)
+	if err != nil {
+		t.Fatalf("dial %d from %s: %v", port, src, err)
+	}
+	defer c.Close()
+	tc := tls.Client(c, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("TLS with port %d from %s: %v", port, src, err)
+	}
+	io.WriteString(tc, "alice "+pass+"\n")
+	out, _ := io.ReadAll(tc) // the server may close without close_notify
+	return envFrom(string(out))
+}
+
+// rsaTLSCert writes a self-signed certificate for localhost with an RSA
+// key in PKCS #1 form (cert.pem, key.pem).
+func rsaTLSCert(t *testing.T, dir string) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		DNSNames:     []string{"localhost"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dvWriteFile(t, filepath.Join(dir, "cert.pem"), 0o644,
+		string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	dvWriteFile(t, filepath.Join(dir, "key.pem"), 0o600,
+		string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})))
+}
+
+// wantRelays runs relayctl rebuild on spool and checks, through a real
+// tcpserver -x on the CDB, which client addresses get RELAYCLIENT.
+func wantRelays(t *testing.T, spool string, want map[string]bool) {
+	t.Helper()
 	dir := t.TempDir()
 	rulesFile, cdb := filepath.Join(dir, "tcp.smtp"), filepath.Join(dir, "tcp.smtp.cdb")
 	dvWriteFile(t, rulesFile, 0o644, ":allow\n")
@@ -208,7 +269,7 @@ chmod 600 /etc/stunnel/pop3s.pem
 		t.Fatalf("relayctl rebuild: %v\n%s", err, out)
 	}
 	ts := startTcpserver(t, baseEnv(), []string{"-x", cdb, "-R", "-H"}, "/usr/bin/env")
-	for src, relays := range map[string]bool{"127.0.0.2": true, "127.0.0.3": false, "127.0.0.4": false, "127.0.0.5": false} {
+	for src, relays := range want {
 		env := envFrom(dialFrom(t, src, ts.Port, ""))
 		if _, ok := env["RELAYCLIENT"]; ok != relays {
 			t.Errorf("SMTP from %s: RELAYCLIENT set %v, want %v (%v)", src, ok, relays, env)
