@@ -3,7 +3,7 @@
 //
 // Usage:
 //
-//	checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] [--before-login] program [arg ...]
+//	checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] [--before-login [--remote-var NAME]] program [arg ...]
 //
 // It sits in a checkpassword chain after the password check, for example
 //
@@ -61,8 +61,10 @@
 // root in the place of a login program (Courier's imaplogin), it is the
 // stage before the login instead: it starts the program as its child
 // with a report socket on fd 23 (POPRELAY_LOGIN_FD), and records, for
-// its own TCPREMOTEIP, the login the wrapper after the login reports
-// there (stage.go).
+// its own TCPREMOTEIP (or the front end's variable --remote-var names:
+// stunnel's REMOTE_HOST, sslserver's SSLREMOTEIP), the login the wrapper
+// after the login reports there (stage.go). The wrapper reports before it
+// looks for an address of its own: behind stunnel it has none.
 package main
 
 import (

@@ -125,6 +125,17 @@ func TestRun(t *testing.T) {
 		// Behind a stage before the login: the stage records, the wrapper
 		// says nothing; with no stage listening, the usual rules.
 		{name: "reported to the stage", env: []string{"TCPREMOTEIP=::ffff:198.51.100.44", "AUTHENTICATED=alice@example.com", "POPRELAY_LOGIN_FD=23"}, untrusted: true, kind: "a UNIX socket", reported: true},
+		// stunnel's exec mode sets REMOTE_HOST, no TCPREMOTEIP: the
+		// stage holds the address, the wrapper reports the user alone.
+		{name: "reported to the stage without TCPREMOTEIP", env: []string{"REMOTE_HOST=198.51.100.46", "REMOTE_PORT=40000", "USER=alice", "POPRELAY_LOGIN_FD=23"}, untrusted: true, peer: "127.0.0.1", reported: true},
+		{name: "no user, nothing reported", env: []string{"REMOTE_HOST=198.51.100.47", "POPRELAY_LOGIN_FD=23"}, untrusted: true, peer: "127.0.0.1", reported: true,
+			stderr: "not recording: no client address (TCPREMOTEIP and IP are unset)"},
+		// Behind stunnel or sslserver without a stage: one line that
+		// says where the address is and what would make it count.
+		{name: "stunnel without a stage", env: []string{"REMOTE_HOST=198.51.100.48", "REMOTE_PORT=40000", "USER=alice"}, untrusted: true, peer: "127.0.0.1",
+			stderr: "checkpassword-wrap: warning: not recording user=alice service=pop3: no client address (TCPREMOTEIP and IP are unset; REMOTE_HOST=198.51.100.48 is stunnel's word, which counts only in a stage before the login: checkpassword-wrap --before-login --remote-var REMOTE_HOST, TLS FRONT ENDS in checkpassword-wrap(8))\n"},
+		{name: "sslserver without -e or a stage", env: []string{"SSLREMOTEIP=198.51.100.49", "USER=alice\n"}, kind: "a pipe",
+			stderr: `checkpassword-wrap: warning: not recording user="alice\n" service=pop3: no client address (TCPREMOTEIP and IP are unset; SSLREMOTEIP=198.51.100.49 is sslserver's word`},
 		{name: "no stage takes the report", env: []string{"TCPREMOTEIP=198.51.100.45", "USER=alice", "POPRELAY_LOGIN_FD=23"}, untrusted: true, kind: "a UNIX socket",
 			stderr: "standard input is not a TCP socket but a UNIX socket"},
 		// A TLS front end's socketpair (couriertls) or pipe (sslserver).
@@ -149,6 +160,9 @@ func TestRun(t *testing.T) {
 		{name: "unknown flag", args: []string{"--bogus"}, code: 100, stderr: "fatal: unknown flag --bogus"},
 		{name: "flag without value", args: []string{"--spool="}, code: 100, stderr: "fatal: flag --spool needs a value"},
 		{name: "help", args: []string{"--help"}, code: 0, stderr: "usage: checkpassword-wrap"},
+		{name: "--remote-var without --before-login", args: []string{"--remote-var", "REMOTE_HOST"}, code: 100, stderr: "fatal: --remote-var is for the stage: give --before-login too"},
+		{name: "--remote-var of no front end", args: []string{"--before-login", "--remote-var=PATH"}, code: 100, stderr: "fatal: --remote-var PATH: want TCPREMOTEIP, REMOTE_HOST or SSLREMOTEIP"},
+		{name: "--remote-var without value", args: []string{"--before-login", "--remote-var="}, code: 100, stderr: "fatal: flag --remote-var needs a value"},
 	}
 	for _, ip := range []string{"../../etc/passwd", "1.2.3.4/../x", "1.2.3.4\nRELAYCLIENT", "001.002.003.004", "", strings.Repeat("1", 10240),
 		"fe80::1%eth0", "[::1]", "1.2.3.4:110", " 1.2.3.4", "localhost"} {

@@ -17,13 +17,16 @@ import (
 
 const prog = "checkpassword-wrap"
 
-const usage = `usage: checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] [--before-login] program [arg ...]
+const usage = `usage: checkpassword-wrap [--spool DIR] [--service NAME] [--never FILE] [--log dovecot] [--before-login [--remote-var NAME]] program [arg ...]
   --spool DIR     grant spool (env POPRELAY_SPOOL; default /var/spool/poprelay)
   --service NAME  service recorded with the grant (env POPRELAY_SERVICE, else SERVICE, else pop3)
   --never FILE    never-grant file read in addition to /etc/poprelay/never (env POPRELAY_NEVER)
   --log dovecot   write stderr in Dovecot's log protocol: the audit line as info (env POPRELAY_LOG; default plain)
-  --before-login  run by root in the place of a login program (Courier's imaplogin): record the login
-                  the wrapper after it reports, for this process's TCPREMOTEIP
+  --before-login  run by root in the place of a login program (Courier's imaplogin, stunnel's exec):
+                  record the login the wrapper after it reports, for this process's client address
+  --remote-var NAME
+                  with --before-login, the front end's variable holding the client address:
+                  TCPREMOTEIP (couriertcpd, tcpserver; default), REMOTE_HOST (stunnel), SSLREMOTEIP (sslserver)
 `
 
 // result is what run decided: exec argv (if not nil), else exit with code.
@@ -168,6 +171,7 @@ type config struct {
 	log                   string // "plain" or "dovecot"
 	rebuild               bool   // --rebuild: accepted, does nothing
 	beforeLogin           bool   // --before-login: the stage
+	remoteVar             string // --remote-var: the stage's client address variable
 	argv                  []string
 }
 
@@ -206,6 +210,8 @@ func parseArgs(args []string, env map[string]string) (config, error) {
 			dst = &c.never
 		case "log":
 			dst = &c.log
+		case "remote-var":
+			dst = &c.remoteVar
 		case "rebuild":
 			if hasValue {
 				return c, fmt.Errorf("--rebuild takes no value")
@@ -237,6 +243,14 @@ func parseArgs(args []string, env map[string]string) (config, error) {
 	if c.log != "plain" && c.log != "dovecot" {
 		return c, fmt.Errorf("--log %s: want plain or dovecot", show(c.log))
 	}
+	switch {
+	case c.remoteVar == "":
+		c.remoteVar = "TCPREMOTEIP"
+	case !c.beforeLogin:
+		return c, fmt.Errorf("--remote-var is for the stage: give --before-login too")
+	case !remoteVars[c.remoteVar]:
+		return c, fmt.Errorf("--remote-var %s: want TCPREMOTEIP, REMOTE_HOST or SSLREMOTEIP", show(c.remoteVar))
+	}
 	if len(args) == 0 {
 		return c, fmt.Errorf("no program to run")
 	}
@@ -245,6 +259,12 @@ func parseArgs(args []string, env map[string]string) (config, error) {
 }
 
 var errHelp = errors.New("help")
+
+// remoteVars are the variables a stage may take the client address from:
+// those the front ends that run login programs as root set, each only to
+// the address of the client they accepted (couriertcpd and tcpserver,
+// stunnel's exec mode, ucspi-ssl's sslserver).
+var remoteVars = map[string]bool{"TCPREMOTEIP": true, "REMOTE_HOST": true, "SSLREMOTEIP": true}
 
 // show renders untrusted text for a log line: bounded and quoted when it
 // holds anything but plain printable bytes.
@@ -323,12 +343,28 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 		return false
 	}
 
+	user := loginUser(env, courier)
+	// Behind a stage before the login (--before-login): it records, for
+	// the address it holds, whatever this process's variables say (stunnel
+	// sets REMOTE_HOST, not TCPREMOTEIP).
+	if fd := env[loginFDEnv]; fd != "" && user != "" && sys.report != nil && sys.report(fd, user, c.service) {
+		return false
+	}
+
 	raw, ok := env["TCPREMOTEIP"]
 	fromIP := false // the address is Dovecot's post-login IP
 	if ip, isSet := env["IP"]; raw == "" && isSet {
 		raw, ok, fromIP = ip, true, true
 	}
 	if !ok {
+		// A TLS front end's own variable, in a process that is the
+		// mail user's: nothing proves it (TLS FRONT ENDS).
+		for _, fe := range []struct{ name, who string }{{"REMOTE_HOST", "stunnel"}, {"SSLREMOTEIP", "sslserver"}} {
+			if v, set := env[fe.name]; set && user != "" {
+				say("warning: not recording user=%s service=%s: no client address (TCPREMOTEIP and IP are unset; %s=%s is %s's word, which counts only in a stage before the login: checkpassword-wrap --before-login --remote-var %s, TLS FRONT ENDS in checkpassword-wrap(8))", show(user), show(c.service), fe.name, show(v), fe.who, fe.name)
+				return false
+			}
+		}
 		say("warning: not recording: no client address (TCPREMOTEIP and IP are unset)")
 		return false
 	}
@@ -338,30 +374,8 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 		return false
 	}
 
-	user := env["USER"]
-	if v := env["VPOPUSER"]; v != "" && user != "" && vpopName(v, user) {
-		// vpopmail's vchkpw: USER is the bare local part, VPOPUSER the
-		// name the client logged in with, domain and all.
-		user = v
-	}
-	if user == "" {
-		// Courier-IMAP 5's imaplogin and courierpop3login set
-		// AUTHENTICATED alone (no USER, AUTHUSER or AUTHARGV0).
-		user = env["AUTHENTICATED"]
-	}
-	if user == "" {
-		user = env["AUTH_USER"]
-	}
-	if user == "" && !courier {
-		user = env["AUTHUSER"]
-	}
 	if user == "" {
 		say("warning: not recording ip=%s: no user (USER is unset: does checkpassword-wrap come after the password check?)", ip)
-		return false
-	}
-	// Behind a stage before the login (--before-login): it records, for
-	// the address it holds.
-	if fd := env[loginFDEnv]; fd != "" && sys.report != nil && sys.report(fd, user, c.service) {
 		return false
 	}
 	what := fmt.Sprintf("ip=%s user=%s service=%s", ip, show(user), show(c.service))
@@ -435,6 +449,30 @@ func record(c config, env map[string]string, stderr io.Writer, sys system, trust
 	}
 	say("%s%s", what, via)
 	return true
+}
+
+// loginUser is the user who logged in: USER (vchkpw's VPOPUSER when it is
+// USER with a domain), else AUTHENTICATED, AUTH_USER, AUTHUSER (not under
+// an old Courier, where AUTHUSER is the login program's path).
+func loginUser(env map[string]string, courier bool) string {
+	user := env["USER"]
+	if v := env["VPOPUSER"]; v != "" && user != "" && vpopName(v, user) {
+		// vpopmail's vchkpw: USER is the bare local part, VPOPUSER the
+		// name the client logged in with, domain and all.
+		user = v
+	}
+	if user == "" {
+		// Courier-IMAP 5's imaplogin and courierpop3login set
+		// AUTHENTICATED alone (no USER, AUTHUSER or AUTHARGV0).
+		user = env["AUTHENTICATED"]
+	}
+	if user == "" {
+		user = env["AUTH_USER"]
+	}
+	if user == "" && !courier {
+		user = env["AUTHUSER"]
+	}
+	return user
 }
 
 // vpopName tells whether name, vchkpw's VPOPUSER, is the login name of

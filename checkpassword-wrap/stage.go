@@ -20,7 +20,8 @@ import (
 // login the user could set any variable. Run by root (or the group) in
 // the place of the login program (Courier's imaplogin), the stage takes
 // the client address from its own, trusted, environment (couriertcpd's
-// TCPREMOTEIP), starts the login program as its child with one end of a
+// TCPREMOTEIP, or the variable --remote-var names: stunnel's REMOTE_HOST,
+// sslserver's SSLREMOTEIP), starts the login program as its child with one end of a
 // fresh socketpair on fd loginFD (named in POPRELAY_LOGIN_FD), and stays
 // its parent until it exits. The wrapper after the login sends the user
 // over that descriptor instead of recording; the stage records the grant
@@ -133,11 +134,25 @@ func runStage(c config, res result, environ []string, stderr io.Writer, sys syst
 		c := c
 		c.service = service
 		env := map[string]string{"USER": user}
-		if v, ok := environ0(environ, "TCPREMOTEIP"); ok {
-			env["TCPREMOTEIP"] = v
+		remoteVar := c.remoteVar
+		if remoteVar == "" {
+			remoteVar = "TCPREMOTEIP"
 		}
+		v, ok := environ0(environ, remoteVar)
+		if !ok {
+			say("warning: not recording user=%s service=%s: no client address (%s is unset: which variable does the front end set? --remote-var)", show(user), show(service), remoteVar)
+			return
+		}
+		env["TCPREMOTEIP"] = v
 		st := sys
 		st.peer = func() (string, bool) { return peer, isTCP }
+		if remoteVar != "TCPREMOTEIP" {
+			// stunnel's exec mode hands the login a loopback TCP
+			// connection of its own, sslserver pipes: the address is
+			// the front end's word, which stands in this trusted
+			// process, not that connection's peer.
+			st.peer = func() (string, bool) { return "", false }
+		}
 		st.stdinKind = nil
 		record(c, env, &suffixWriter{w: stderr, suffix: fmt.Sprintf(" uid=%d", uid)}, st, true, "")
 	}()

@@ -22,24 +22,41 @@ func TestRunStage(t *testing.T) {
 		code         int
 		ip, user     string
 		stderr       string
+		remoteVar    string // --remote-var
+		peer         string // standard input's TCP peer, if any
+		env          []string
 	}{
 		{"report", `printf 'alice@example.com\000imap' >&$POPRELAY_LOGIN_FD; exit 7`, 7, "198.51.100.50", "alice@example.com",
-			fmt.Sprintf("checkpassword-wrap: ip=198.51.100.50 user=alice@example.com service=imap uid=%d\n", os.Getuid())},
-		{"no login", `exit 1`, 1, "", "", ""},
-		{"report, then the program lives on", `printf 'bob\000pop3' >&23; exec 23>&-; read x </dev/null; exit 0`, 0, "198.51.100.50", "bob", "user=bob service=pop3 uid="},
-		{"a second report is not read", `printf 'carol\000imap' >&23; printf 'mallory\000imap' >&23; exit 0`, 0, "198.51.100.50", "carol", "user=carol "},
-		{"the program's own TCPREMOTEIP counts for nothing", `TCPREMOTEIP=203.0.113.9; printf 'dave\000imap' >&23`, 0, "198.51.100.50", "dave", "ip=198.51.100.50 user=dave"},
-		{"empty user", `printf '\000imap' >&23`, 0, "", "", ""},
-		{"one POPRELAY_LOGIN_FD, the stage's", `[ "$(env | grep -c ^POPRELAY_LOGIN_FD=)" = 1 ] || exit 98; printf 'erin\000imap' >&23`, 0, "198.51.100.50", "erin", "user=erin "},
-		{"the caller's descriptors pass through", `read -r line <&$INHERITED && [ "$line" = inherited ] || exit 97; printf 'frank\000imap' >&23`, 0, "198.51.100.50", "frank", "user=frank "},
+			fmt.Sprintf("checkpassword-wrap: ip=198.51.100.50 user=alice@example.com service=imap uid=%d\n", os.Getuid()), "", "", nil},
+		{"no login", `exit 1`, 1, "", "", "", "", "", nil},
+		{"report, then the program lives on", `printf 'bob\000pop3' >&23; exec 23>&-; read x </dev/null; exit 0`, 0, "198.51.100.50", "bob", "user=bob service=pop3 uid=", "", "", nil},
+		{"a second report is not read", `printf 'carol\000imap' >&23; printf 'mallory\000imap' >&23; exit 0`, 0, "198.51.100.50", "carol", "user=carol ", "", "", nil},
+		{"the program's own TCPREMOTEIP counts for nothing", `TCPREMOTEIP=203.0.113.9; printf 'dave\000imap' >&23`, 0, "198.51.100.50", "dave", "ip=198.51.100.50 user=dave", "", "", nil},
+		{"empty user", `printf '\000imap' >&23`, 0, "", "", "", "", "", nil},
+		{"one POPRELAY_LOGIN_FD, the stage's", `[ "$(env | grep -c ^POPRELAY_LOGIN_FD=)" = 1 ] || exit 98; printf 'erin\000imap' >&23`, 0, "198.51.100.50", "erin", "user=erin ", "", "", nil},
+		{"the caller's descriptors pass through", `read -r line <&$INHERITED && [ "$line" = inherited ] || exit 97; printf 'frank\000imap' >&23`, 0, "198.51.100.50", "frank", "user=frank ", "", "", nil},
+		// stunnel's exec mode: REMOTE_HOST, standard input a loopback
+		// TCP connection of stunnel's own.
+		{"stunnel's REMOTE_HOST", `printf 'gina\000pop3' >&23`, 0, "203.0.113.60", "gina", "checkpassword-wrap: ip=203.0.113.60 user=gina service=pop3 uid=",
+			"REMOTE_HOST", "127.0.0.1", []string{"REMOTE_HOST=203.0.113.60", "REMOTE_PORT=40000"}},
+		{"sslserver's SSLREMOTEIP", `printf 'hank\000pop3' >&23`, 0, "2001:db8::61", "hank", "checkpassword-wrap: ip=2001:db8::61 user=hank service=pop3 uid=",
+			"SSLREMOTEIP", "", []string{"SSLREMOTEIP=2001:0db8:0000:0000:0000:0000:0000:0061"}},
+		{"the front end's variable unset", `printf 'ivan\000pop3' >&23`, 0, "", "", "checkpassword-wrap: warning: not recording user=ivan service=pop3: no client address (REMOTE_HOST is unset: which variable does the front end set? --remote-var)\n",
+			"REMOTE_HOST", "127.0.0.1", nil},
+		{"REMOTE_HOST is no address", `printf 'judy\000pop3' >&23`, 0, "", "", "checkpassword-wrap: warning: not recording: client address 203.0.113.60:40000 is not an IP address\n",
+			"REMOTE_HOST", "127.0.0.1", []string{"REMOTE_HOST=203.0.113.60:40000"}},
+		{"the stage's TCPREMOTEIP must be its socket's peer", `printf 'kate\000pop3' >&23`, 0, "", "", "checkpassword-wrap: warning: not recording ip=198.51.100.50 user=kate service=pop3: standard input is a TCP connection from 127.0.0.1, not from 198.51.100.50\n",
+			"", "127.0.0.1", nil},
+		{"the program's own REMOTE_HOST counts for nothing", `REMOTE_HOST=192.0.2.99 TCPREMOTEIP=192.0.2.99; printf 'leo\000pop3' >&23`, 0, "203.0.113.60", "leo", "ip=203.0.113.60 user=leo ",
+			"REMOTE_HOST", "127.0.0.1", []string{"REMOTE_HOST=203.0.113.60"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			spool := filepath.Join(t.TempDir(), "spool")
 			os.Mkdir(spool, 0o770)
-			c := config{spool: spool, service: "pop3", log: "plain"}
+			c := config{spool: spool, service: "pop3", log: "plain", remoteVar: tc.remoteVar}
 			res := result{argv: []string{"/bin/bash", "-c", `[ "$POPRELAY_LOGIN_FD" = 23 ] || exit 99; ` + tc.script}, trusted: true}
 			sys := system{
-				peer:    func() (string, bool) { return "", false },
+				peer:    func() (string, bool) { return tc.peer, tc.peer != "" },
 				trusted: func() (bool, string) { return true, "" },
 			}
 			// A descriptor as a caller leaves it: open, not close-on-exec.
@@ -57,7 +74,8 @@ func TestRunStage(t *testing.T) {
 				t.Fatal(err)
 			}
 			var stderr strings.Builder
-			code := runStage(c, res, []string{"POPRELAY_LOGIN_FD=5", "INHERITED=" + fmt.Sprint(r.Fd()), "TCPREMOTEIP=::ffff:198.51.100.50", "PATH=/usr/bin:/bin"}, &stderr, sys)
+			env := append([]string{"POPRELAY_LOGIN_FD=5", "INHERITED=" + fmt.Sprint(r.Fd()), "TCPREMOTEIP=::ffff:198.51.100.50", "PATH=/usr/bin:/bin"}, tc.env...)
+			code := runStage(c, res, env, &stderr, sys)
 			if code != tc.code {
 				t.Errorf("exit %d, want %d (stderr %q)", code, tc.code, stderr.String())
 			}
