@@ -3,6 +3,7 @@ package t
 import (
 	"bufio"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -538,6 +539,13 @@ func dvTLSCert(t *testing.T, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	selfSigned(t, dir, key)
+}
+
+// selfSigned writes dir/cert.pem, a certificate for localhost and
+// 127.0.0.1 that key signs itself, and dir/key.pem, key in PKCS #8.
+func selfSigned(t *testing.T, dir string, key crypto.Signer) {
+	t.Helper()
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1),
 		Subject:      pkix.Name{CommonName: "localhost"},
@@ -546,7 +554,7 @@ func dvTLSCert(t *testing.T, dir string) {
 		DNSNames:     []string{"localhost"},
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
