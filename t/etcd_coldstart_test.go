@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -106,16 +107,7 @@ func TestEtcdColdStartKeepsGrants(t *testing.T) {
 		t.Fatalf("no cache after the watcher stopped: %v", err)
 	}
 
-	pid := e.Cmd.Process.Pid
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	stopped := true
-	defer func() {
-		if stopped {
-			syscall.Kill(pid, syscall.SIGCONT)
-		}
-	}()
+	resume := pauseEtcd(t, e)
 
 	// With the cache: the first CDB written holds the grants.
 	wb = b.launchWatch(t, "--source", "etcd")
@@ -164,8 +156,7 @@ func TestEtcdColdStartKeepsGrants(t *testing.T) {
 
 	// etcd goes on: the watcher publishes etcd's grants with the new
 	// static rules, then follows etcd's changes.
-	syscall.Kill(pid, syscall.SIGCONT)
-	stopped = false
+	resume()
 	wb.waitLine(t, "rebuilt: ")
 	if n := wb.rebuilds(0); n[0] != 2 {
 		t.Errorf("etcd back: the first CDB had %d grants, want 2", n[0])
@@ -226,16 +217,7 @@ func TestEtcdColdStartClosesExpired(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	pid := e.Cmd.Process.Pid
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	stopped := true
-	defer func() {
-		if stopped {
-			syscall.Kill(pid, syscall.SIGCONT)
-		}
-	}()
+	resume := pauseEtcd(t, e)
 	wb = b.launchWatch(t, "--source", "etcd")
 	defer wb.stop()
 	wb.waitAny(t, 0, "rebuilt: ", "no usable grant cache")
@@ -255,11 +237,25 @@ func TestEtcdColdStartClosesExpired(t *testing.T) {
 	}
 
 	// etcd goes on: the watcher follows it again.
-	syscall.Kill(pid, syscall.SIGCONT)
-	stopped = false
+	resume()
 	putGrant("127.0.0.62", "bob")
 	wait.For(t, "a grant made after etcd answers in B's CDB", func() bool { return relays(t, b.cdb, "127.0.0.62") })
 	if relays(t, b.cdb, "127.0.0.61") {
 		t.Errorf("the expired grant relays again once etcd answers")
 	}
+}
+
+// pauseEtcd stops e's etcd process (SIGSTOP, by PID): its port still
+// takes connections, and nothing answers on them. It returns the function
+// that resumes it (SIGCONT); the test's end resumes it if nothing did.
+func pauseEtcd(t *testing.T, e *etcdtest.Node) (resume func()) {
+	t.Helper()
+	pid := e.Cmd.Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	resume = func() { once.Do(func() { syscall.Kill(pid, syscall.SIGCONT) }) }
+	t.Cleanup(resume)
+	return resume
 }
