@@ -6,7 +6,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // ucspi-ssl's sslserver is not in Debian, and CI fetches only Debian
@@ -92,15 +93,13 @@ chmod 600 /var/qmail/control/servercert.pem
 		go in.log.read(stderr)
 	}
 	for _, in := range []*inst{readme, plain, withE} {
-		for end := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-			if c, err := connectFrom("127.0.0.1", in.port); err == nil {
+		wait.For(t, fmt.Sprintf("sslserver %s to listen on %d", in.name, in.port), func() bool {
+			c, err := connectFrom("127.0.0.1", in.port)
+			if err == nil {
 				c.Close()
-				break
 			}
-			if time.Now().After(end) {
-				t.Fatalf("sslserver %s does not listen on %d", in.name, in.port)
-			}
-		}
+			return err == nil
+		})
 	}
 	wantNoGrant := func(ip string) {
 		t.Helper()
@@ -111,19 +110,7 @@ chmod 600 /var/qmail/control/servercert.pem
 
 	// README's: the stage records for SSLREMOTEIP.
 	got := tlsLogin(t, readme.port, "127.0.0.2", pool, "secret")
-	if got["SSLREMOTEIP"] != "127.0.0.2" || got["USER"] != "alice" || got["TCPREMOTEIP"] != "" || got["POPRELAY_LOGIN_FD"] != "23" {
-		t.Fatalf("POP3S login: qmail-pop3d's environment %v; the chain said %q", got, d.stderr(t))
-	}
-	want := "checkpassword-wrap: ip=127.0.0.2 user=alice service=pop3 uid=" + aliceUID
-	if l, ok := readme.log.wait("ip=127.0.0.2 "); !ok || l != want {
-		t.Errorf("the stage's audit line %q, want %q", l, want)
-	}
-	if g := dvGrant(t, spool, "127.0.0.2"); g == nil || g["user"] != "alice" || g["service"] != "pop3" {
-		t.Errorf("grant for 127.0.0.2: %v", g)
-	}
-	if out := d.stderr(t); out != "" {
-		t.Errorf("the chain after the stage said %q", out)
-	}
+	wantStaged(t, got, "SSLREMOTEIP", "127.0.0.2", aliceUID, readme.log, spool, d)
 	if got := tlsLogin(t, readme.port, "127.0.0.3", pool, "wrong"); len(got) != 0 {
 		t.Errorf("a wrong password logged in: %v", got)
 	}

@@ -114,19 +114,7 @@ chmod 600 /etc/stunnel/pop3s.pem
 
 	// README's stunnel: the stage records for REMOTE_HOST.
 	env := login(readme, "127.0.0.2", "secret")
-	if env["REMOTE_HOST"] != "127.0.0.2" || env["USER"] != "alice" || env["TCPREMOTEIP"] != "" || env["POPRELAY_LOGIN_FD"] != "23" {
-		t.Fatalf("POP3S login: qmail-pop3d's environment %v; the chain said %q", env, d.stderr(t))
-	}
-	want := "checkpassword-wrap: ip=127.0.0.2 user=alice service=pop3 uid=" + aliceUID
-	if l, ok := readme.log.wait("ip=127.0.0.2 "); !ok || l != want {
-		t.Errorf("the stage's audit line %q, want %q", l, want)
-	}
-	if g := dvGrant(t, spool, "127.0.0.2"); g == nil || g["user"] != "alice" || g["service"] != "pop3" {
-		t.Errorf("grant for 127.0.0.2: %v", g)
-	}
-	if out := d.stderr(t); out != "" {
-		t.Errorf("the chain after the stage said %q", out)
-	}
+	wantStaged(t, env, "REMOTE_HOST", "127.0.0.2", aliceUID, readme.log, spool, d)
 	// A wrong password: no login, nothing recorded.
 	if env := login(readme, "127.0.0.3", "wrong"); len(env) != 0 {
 		t.Errorf("a wrong password logged in: %v", env)
@@ -256,5 +244,27 @@ func wantRelays(t *testing.T, spool string, want map[string]bool) {
 		if _, ok := env["RELAYCLIENT"]; ok != relays {
 			t.Errorf("SMTP from %s: RELAYCLIENT set %v, want %v (%v)", src, ok, relays, env)
 		}
+	}
+}
+
+// wantStaged checks a POP3S login from ip through a stage before the
+// login: qmail-pop3d ran as alice with the address in addrVar alone (no
+// TCPREMOTEIP) and the stage's POPRELAY_LOGIN_FD, the stage's audit line
+// names ip, alice and her uid, the spool holds alice's grant for ip, and
+// the chain after the stage said nothing.
+func wantStaged(t *testing.T, env map[string]string, addrVar, ip, uid string, log *courierLog, spool string, d *wrDir) {
+	t.Helper()
+	if env[addrVar] != ip || env["USER"] != "alice" || env["TCPREMOTEIP"] != "" || env["POPRELAY_LOGIN_FD"] != "23" {
+		t.Fatalf("POP3S login: qmail-pop3d's environment %v; the chain said %q", env, d.stderr(t))
+	}
+	want := "checkpassword-wrap: ip=" + ip + " user=alice service=pop3 uid=" + uid
+	if l, ok := log.wait("ip=" + ip + " "); !ok || l != want {
+		t.Errorf("the stage's audit line %q, want %q", l, want)
+	}
+	if g := dvGrant(t, spool, ip); g == nil || g["user"] != "alice" || g["service"] != "pop3" {
+		t.Errorf("grant for %s: %v", ip, g)
+	}
+	if out := d.stderr(t); out != "" {
+		t.Errorf("the chain after the stage said %q", out)
 	}
 }
