@@ -2,14 +2,14 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"flag"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // TestWarnVpopmail: rebuild, check and watch say, in one line, that
@@ -72,29 +72,15 @@ func TestWarnVpopmailWatch(t *testing.T) {
 		now:      time.Now,
 		openSMTP: func() string { return open },
 	}
-	e.cfg = newConfig(flag.NewFlagSet("relayctl watch", flag.ContinueOnError))
-	if err := e.cfg.resolve(e.lookup); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- e.watch(ctx, watchOptions{debounce: 2 * time.Millisecond, maxDelay: 20 * time.Millisecond,
-			rescan: time.Hour, settle: 10 * time.Millisecond, hup: make(chan os.Signal)})
-	}()
+	stop := runWatchEnv(t, e)
 	said := func() string {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		return errb.String()
 	}
 	want := "relayctl: warning: vpopmail's roaming users are on: " + open + " was written "
-	for end := time.Now().Add(time.Minute); !strings.Contains(said(), want) && time.Now().Before(end); {
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("watch: %v", err)
-	}
+	wait.For(t, "the watcher's warning about vpopmail's roaming users", func() bool { return strings.Contains(said(), want) })
+	stop()
 	if n := strings.Count(said(), want); n != 1 {
 		t.Errorf("the watcher said it %d times:\n%s", n, said())
 	}

@@ -35,8 +35,25 @@ func startWatch(t *testing.T, f *fixture, extra map[string]string) {
 		},
 		now: time.Now,
 	}
-	fset := flag.NewFlagSet("relayctl watch", flag.ContinueOnError)
-	e.cfg = newConfig(fset)
+	stop := runWatchEnv(t, e)
+	t.Cleanup(func() {
+		stop()
+		if s := errb.String(); strings.Contains(s, "fatal") {
+			t.Errorf("watch said: %s", s)
+		}
+		if _, err := os.Lstat(atomic.SpareName(f.db)); err == nil {
+			t.Errorf("%s left after the watcher stopped", atomic.SpareName(f.db))
+		}
+	})
+}
+
+// runWatchEnv resolves e's settings and runs relayctl watch with them in
+// this process, with the short debounce, delay and settle times of these
+// tests, until stop: stop ends it and fails the test if it returned an
+// error.
+func runWatchEnv(t *testing.T, e *env) (stop func()) {
+	t.Helper()
+	e.cfg = newConfig(flag.NewFlagSet("relayctl watch", flag.ContinueOnError))
 	if err := e.cfg.resolve(e.lookup); err != nil {
 		t.Fatal(err)
 	}
@@ -46,18 +63,12 @@ func startWatch(t *testing.T, f *fixture, extra map[string]string) {
 		done <- e.watch(ctx, watchOptions{debounce: 2 * time.Millisecond, maxDelay: 20 * time.Millisecond,
 			rescan: time.Hour, settle: 10 * time.Millisecond, hup: make(chan os.Signal)})
 	}()
-	t.Cleanup(func() {
+	return func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("watch: %v", err)
 		}
-		if s := errb.String(); strings.Contains(s, "fatal") {
-			t.Errorf("watch said: %s", s)
-		}
-		if _, err := os.Lstat(atomic.SpareName(f.db)); err == nil {
-			t.Errorf("%s left after the watcher stopped", atomic.SpareName(f.db))
-		}
-	})
+	}
 }
 
 // TestWatchMatchesRebuild: through hundreds of random logins, refreshes,
