@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // Courier-IMAP and Courier POP3 are Debian 12's (courier-imap
@@ -148,19 +150,34 @@ func (l *courierLog) read(r io.Reader) {
 	}
 }
 
-// wait returns the first line holding want, waiting up to a minute.
-func (l *courierLog) wait(want string) (string, bool) {
-	for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+// wait returns the first line holding want, waiting for it as long as
+// wait.Holds does.
+func (l *courierLog) wait(want string) (line string, ok bool) {
+	ok = wait.Holds(l.t, func() bool {
 		l.mu.Lock()
+		defer l.mu.Unlock()
 		for _, s := range l.lines {
 			if strings.Contains(s, want) {
-				l.mu.Unlock()
-				return s, true
+				line = s
+				return true
 			}
 		}
-		l.mu.Unlock()
-	}
-	return "", false
+		return false
+	})
+	return line, ok
+}
+
+// waitListening waits until what, a server the test started, takes
+// connections on 127.0.0.1:port.
+func waitListening(t *testing.T, what string, port int) {
+	t.Helper()
+	wait.For(t, fmt.Sprintf("%s to listen on %d", what, port), func() bool {
+		c, err := connectFrom("127.0.0.1", port)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 }
 
 // count is how many lines hold s.
@@ -297,14 +314,10 @@ for s in imapd pop3d; do
 done
 `, cert)
 	start(t, baseEnv(), false, "/bin/sh", "-c", "set -a; . /etc/courier/authdaemonrc; exec /usr/lib/courier/courier-authlib/authdaemond")
-	for end := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat("/run/courier/authdaemon/socket"); err == nil {
-			break
-		}
-		if time.Now().After(end) {
-			t.Fatal("authdaemond made no socket in a minute")
-		}
-	}
+	wait.For(t, "authdaemond's socket", func() bool {
+		_, err := os.Stat("/run/courier/authdaemon/socket")
+		return err == nil
+	})
 
 	// The four services on ports of the test's, which the ports file
 	// lists (on 110, 143, 993 and 995 it needs none).
@@ -324,15 +337,7 @@ done
 		logs[s] = l
 	}
 	for s, port := range ports {
-		for end := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-			if c, err := connectFrom("127.0.0.1", port); err == nil {
-				c.Close()
-				break
-			}
-			if time.Now().After(end) {
-				t.Fatalf("%s %s does not listen on %d", s.conf, s.mode, port)
-			}
-		}
+		waitListening(t, s.conf+" "+s.mode, port)
 	}
 
 	imapLogin := func(src string, s svc, user, pass string, starttls bool) bool {

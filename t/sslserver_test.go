@@ -6,8 +6,6 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
-
-	"github.com/poprelay/poprelay/internal/wait"
 )
 
 // ucspi-ssl's sslserver is not in Debian, and CI fetches only Debian
@@ -93,13 +91,7 @@ chmod 600 /var/qmail/control/servercert.pem
 		go in.log.read(stderr)
 	}
 	for _, in := range []*inst{readme, plain, withE} {
-		wait.For(t, fmt.Sprintf("sslserver %s to listen on %d", in.name, in.port), func() bool {
-			c, err := connectFrom("127.0.0.1", in.port)
-			if err == nil {
-				c.Close()
-			}
-			return err == nil
-		})
+		waitListening(t, "sslserver "+in.name, in.port)
 	}
 	wantNoGrant := func(ip string) {
 		t.Helper()

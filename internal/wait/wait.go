@@ -38,6 +38,14 @@ func Succeeds(t testing.TB, what string, f func() error) {
 	}
 }
 
+// Holds polls cond until it holds and reports whether it did before
+// Patience ran out, without failing the test: for a caller that says
+// itself what did not happen.
+func Holds(t testing.TB, cond func() bool) bool {
+	t.Helper()
+	return poll(t, cond)
+}
+
 // Deadline is when a wait starting now gives up: after Patience, or a
 // little before the test binary's own deadline (go test -timeout), so
 // that a wait that fails names its condition instead of ending in a

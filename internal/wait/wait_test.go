@@ -50,3 +50,16 @@ func TestGivesUp(t *testing.T) {
 		t.Fatalf("Succeeds failed with %q", s.failed)
 	}
 }
+
+// TestHolds: Holds says whether the condition came to hold, and fails
+// nothing either way.
+func TestHolds(t *testing.T) {
+	var n atomic.Int32
+	if !Holds(t, func() bool { return n.Add(1) == 3 }) || n.Load() != 3 {
+		t.Fatalf("Holds: %d looks", n.Load())
+	}
+	s := &soon{TB: t}
+	if Holds(s, func() bool { return false }) || s.failed != "" {
+		t.Fatalf("Holds of a condition that never holds: true, or failed with %q", s.failed)
+	}
+}
