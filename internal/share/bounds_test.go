@@ -284,14 +284,7 @@ func TestMirrorCacheEtcdStopped(t *testing.T) {
 	if err := c.Allow(ctx, grant.Grant{IP: "192.0.2.81", User: "a", Service: "pop3", Time: now}); err != nil {
 		t.Fatal(err)
 	}
-	m := c.Mirror(nil)
-	m.UseCache(cache)
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { m.Run(rctx); close(done) }()
-	<-m.Ready()
-	cancel()
-	<-done
+	writeCache(t, c, cache)
 
 	pid := e.Cmd.Process.Pid
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
@@ -302,8 +295,8 @@ func TestMirrorCacheEtcdStopped(t *testing.T) {
 	c2 := open(t, Options{Host: "smtp1", Logf: l.logf}, e.Client)
 	m2 := c2.Mirror(nil)
 	m2.UseCache(cache)
-	rctx, cancel = context.WithCancel(ctx)
-	done = make(chan struct{})
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
 	go func() { m2.Run(rctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	select {

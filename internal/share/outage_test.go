@@ -259,14 +259,7 @@ func TestMirrorCache(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	m := c.Mirror(nil)
-	m.UseCache(cache)
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { m.Run(rctx); close(done) }()
-	<-m.Ready()
-	cancel()
-	<-done // writes the cache
+	writeCache(t, c, cache)
 
 	e.Kill()
 	ml := &logs{t: t}
@@ -291,8 +284,8 @@ func TestMirrorCache(t *testing.T) {
 	if _, err := m2.List(); err != ErrNotReady {
 		t.Fatalf("List before anything: %v", err)
 	}
-	rctx, cancel = context.WithCancel(ctx)
-	done = make(chan struct{})
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
 	go func() { m2.Run(rctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	select {
@@ -367,4 +360,18 @@ func TestMirrorCacheNotInTheWay(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait.For(t, "a change while the cache is written", func() bool { return has(m, "192.0.2.72") })
+}
+
+// writeCache runs a mirror of c with its cache at cache until it is
+// ready, then stops it: stopping, it writes the cache of what it read.
+func writeCache(t *testing.T, c *Cluster, cache string) {
+	t.Helper()
+	m := c.Mirror(nil)
+	m.UseCache(cache)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	<-m.Ready()
+	cancel()
+	<-done
 }
