@@ -2,9 +2,10 @@ package share
 
 import (
 	"container/heap"
-	"fmt"
 	"sort"
 	"time"
+
+	"github.com/poprelay/poprelay/internal/quote"
 )
 
 // hostCaps keeps at most max grants per origin host (the "host" of a
@@ -84,7 +85,7 @@ func quoteHost(h string) string {
 	if h == "" {
 		return "(none given)"
 	}
-	return fmt.Sprintf("%q", h)
+	return quote.Quote(h)
 }
 
 // capHeap is one host's grants, oldest on top, with each address's

@@ -62,6 +62,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/poprelay/poprelay/internal/grant"
+	"github.com/poprelay/poprelay/internal/quote"
 )
 
 // DefaultPrefix is where poprelay keeps its keys in etcd.
@@ -547,7 +548,7 @@ func checkField(v string) error {
 	}
 	for i := 0; i < len(v); i++ {
 		if v[i] < 0x20 || v[i] == 0x7f {
-			return fmt.Errorf("%w: %q has a control character", grant.ErrBadField, v)
+			return fmt.Errorf("%w: %s has a control character", grant.ErrBadField, quote.Quote(v))
 		}
 	}
 	return nil
@@ -942,9 +943,9 @@ func (c *Cluster) firstKey(ctx context.Context, from, end string, rev int64) ([]
 // hostile key may be megabytes long).
 func quoteKey(k []byte) string {
 	if len(k) > 80 {
-		return fmt.Sprintf("key %q... (%d bytes)", k[:80], len(k))
+		return fmt.Sprintf("key %s... (%d bytes)", quote.Quote(string(k[:80])), len(k))
 	}
-	return fmt.Sprintf("key %q", k)
+	return "key " + quote.Quote(string(k))
 }
 
 // read returns every grant as of one revision, reading in bounded pages
